@@ -1,0 +1,40 @@
+# audience-operator: the two commands a new user types are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+
+.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench clean-envtest
+
+all: build
+
+## Build every binary (controller, crdgen, aep-emulator, envtest).
+build:
+	$(CARGO) build --locked --bins
+
+## Build (once, cached by version) the local control-plane binaries from pinned Go modules.
+envtest:
+	@hack/envtest/build.sh >/dev/null
+
+## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
+## kube-apiserver + etcd with the emulator and the operator process.
+test: envtest
+	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" $(CARGO) test --locked --all-targets -- --test-threads=4
+
+## Only the fast tiers (no control plane).
+test-unit:
+	$(CARGO) test --locked --lib --test aep_contract
+
+## The operator's main job end to end on the local defaults (KEEP=1 leaves it running).
+demo: envtest
+	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" hack/demo.sh
+
+## Regenerate the committed CRD from the Rust types.
+crds:
+	$(CARGO) run --locked -q --bin crdgen > crds/externalaudience.yaml
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,723 @@
+//! The AEP HTTP client: one [`AepClient`] per process (connection pool, token cache, per-org rate
+//! limiter), and cheap [`Session`]s bound to one credential and one sandbox that make the typed
+//! calls of reference §7.1.
+//!
+//! Every call sends the five AEP headers, waits for the org's rate limit, carries a timeout, and
+//! refreshes the token once on a 401. Idempotent calls (GET, PATCH, DELETE) are retried with
+//! capped, jittered exponential backoff that never undercuts `Retry-After`. Create and start-run
+//! are never retried blindly: a lost answer becomes [`ErrorKind::OutcomeUnknown`].
+//! Nothing here knows about Kubernetes, and no token or secret reaches a log line or an error.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::error::{Call, Error, ErrorKind, parse_retry_after};
+use super::ims::{AccessToken, TokenCache};
+use super::ratelimit::OrgRateLimiter;
+use super::types::{
+    CreateAudienceRequest, CreateAudienceResponse, ExternalAudience, Operation, PatchAudienceRequest, Run, RunList,
+    StartRunRequest, UpsAudience, UpsAudienceList, error_code_from_body, error_message_from_body,
+};
+
+/// Scopes of an Experience Platform API credential (reference §5).
+pub const DEFAULT_SCOPES: &str = "openid,session,AdobeID,read_organizations,additional_info.projectedProductContext";
+/// Default AEP host.
+pub const DEFAULT_PLATFORM_URL: &str = "https://platform.adobe.io";
+/// Default IMS host.
+pub const DEFAULT_IMS_URL: &str = "https://ims-na1.adobelogin.com";
+/// Page size used by [`Session::find_audiences_by_name`].
+const FIND_PAGE_SIZE: u32 = 50;
+/// Upper bound on pages followed by one lookup (protects against looping `next` links).
+const MAX_PAGES: usize = 1000;
+/// First backoff step for retries.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Client-wide settings. `Default` targets the real Adobe hosts.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// AEP base; `/data/core/ais/…` and `/data/core/ups/…` are appended.
+    pub platform_url: Url,
+    /// IMS base; `/ims/token/v3` is appended.
+    pub ims_url: Url,
+    /// Timeout of every HTTP call.
+    pub request_timeout: Duration,
+    /// Per-org client-side rate limit.
+    pub requests_per_second: u32,
+    /// Retries of idempotent calls after the first attempt.
+    pub max_retries: u32,
+    /// Cap of one backoff step (a longer `Retry-After` is returned to the caller instead).
+    pub max_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            platform_url: Url::parse(DEFAULT_PLATFORM_URL).unwrap_or_else(|e| unreachable!("constant URL parses: {e}")),
+            ims_url: Url::parse(DEFAULT_IMS_URL).unwrap_or_else(|e| unreachable!("constant URL parses: {e}")),
+            request_timeout: Duration::from_secs(30),
+            requests_per_second: 10,
+            max_retries: 4,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An OAuth server-to-server credential plus the org it acts for. `Debug` redacts the secret.
+#[derive(Clone)]
+pub struct Credentials {
+    /// Client ID (also sent as `x-api-key`).
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: SecretString,
+    /// IMS org, `XXXX@AdobeOrg`.
+    pub org_id: String,
+    /// Comma-separated scopes; [`DEFAULT_SCOPES`] for AEP.
+    pub scopes: String,
+    /// Overrides [`ClientConfig::ims_url`].
+    pub ims_url: Option<Url>,
+    /// Overrides [`ClientConfig::platform_url`].
+    pub platform_url: Option<Url>,
+}
+
+impl Credentials {
+    /// A credential with the default scopes and no URL overrides.
+    pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>, org_id: impl Into<String>) -> Self {
+        Credentials {
+            client_id: client_id.into(),
+            client_secret: SecretString::from(client_secret.into()),
+            org_id: org_id.into(),
+            scopes: DEFAULT_SCOPES.to_owned(),
+            ims_url: None,
+            platform_url: None,
+        }
+    }
+
+    /// SHA-256 (hex) over every field, secret included: the token cache key, so a rotated secret
+    /// gets a new token. Reveals nothing about the secret.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        let url = |u: &Option<Url>| u.as_ref().map(Url::as_str).unwrap_or("").to_owned();
+        for part in [
+            self.client_id.as_str(),
+            self.client_secret.expose_secret(),
+            self.org_id.as_str(),
+            self.scopes.as_str(),
+            &url(&self.ims_url),
+            &url(&self.platform_url),
+        ] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("org_id", &self.org_id)
+            .field("scopes", &self.scopes)
+            .field("ims_url", &self.ims_url.as_ref().map(Url::as_str))
+            .field("platform_url", &self.platform_url.as_ref().map(Url::as_str))
+            .finish()
+    }
+}
+
+/// Counters of one client, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientMetrics {
+    /// IMS token requests sent.
+    pub token_requests: u64,
+    /// AEP HTTP requests sent (retries included).
+    pub requests: u64,
+    /// Retries of idempotent calls.
+    pub retries: u64,
+    /// Token refreshes caused by a 401.
+    pub unauthorized_refreshes: u64,
+}
+
+/// One finished AEP HTTP exchange, reported to the observer set with
+/// [`AepClient::with_observer`].
+#[derive(Debug, Clone, Copy)]
+pub struct RequestEvent {
+    /// Bounded operation label, e.g. `create_audience`.
+    pub operation: &'static str,
+    /// HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// `ok` or the error category.
+    pub outcome: &'static str,
+    /// Time from send to the end of the body.
+    pub duration: Duration,
+}
+
+type Observer = Arc<dyn Fn(&RequestEvent) + Send + Sync>;
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    tokens: TokenCache,
+    limiter: OrgRateLimiter,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    refreshes: AtomicU64,
+    observer: Option<Observer>,
+}
+
+/// The process-wide AEP client. Cheap to clone.
+#[derive(Clone)]
+pub struct AepClient {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AepClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AepClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AepClient {
+    /// Builds the client (rustls with the ring provider, HTTP/1.1 and HTTP/2).
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        // Idempotent: a provider installed earlier (by us or the process) stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for (name, url) in [("platform_url", &config.platform_url), ("ims_url", &config.ims_url)] {
+            if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+                return Err(Error::invalid(
+                    Call::Token,
+                    format!("{name} must be an http(s) base URL"),
+                ));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("audience-operator/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::from_transport(Call::Token, e))?;
+        Ok(AepClient {
+            inner: Arc::new(Inner {
+                http,
+                limiter: OrgRateLimiter::new(config.requests_per_second),
+                config,
+                tokens: TokenCache::default(),
+                requests: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+                refreshes: AtomicU64::new(0),
+                observer: None,
+            }),
+        })
+    }
+
+    /// Reports every HTTP exchange to `observer` (e.g. for Prometheus counters). Call before
+    /// cloning the client.
+    pub fn with_observer(self, observer: impl Fn(&RequestEvent) + Send + Sync + 'static) -> Self {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.observer = Some(Arc::new(observer));
+                inner
+            }
+            Err(shared) => {
+                tracing::warn!("AEP client observer ignored: the client was already cloned");
+                return AepClient { inner: shared };
+            }
+        };
+        AepClient { inner: Arc::new(inner) }
+    }
+
+    /// A handle for `creds` in `sandbox`.
+    pub fn session(&self, creds: &Credentials, sandbox: &str) -> Session {
+        Session {
+            client: self.clone(),
+            creds: Arc::new(creds.clone()),
+            sandbox: sandbox.to_owned(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn metrics(&self) -> ClientMetrics {
+        ClientMetrics {
+            token_requests: self.inner.tokens.requests(),
+            requests: self.inner.requests.load(Ordering::Relaxed),
+            retries: self.inner.retries.load(Ordering::Relaxed),
+            unauthorized_refreshes: self.inner.refreshes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Calls on behalf of one credential in one sandbox. Cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    client: AepClient,
+    creds: Arc<Credentials>,
+    sandbox: String,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("client_id", &self.creds.client_id)
+            .field("org_id", &self.creds.org_id)
+            .field("sandbox", &self.sandbox)
+            .finish()
+    }
+}
+
+/// Reads `Retry-After` (seconds or HTTP-date).
+pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()))
+}
+
+impl Session {
+    /// The sandbox this session acts in.
+    pub fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
+
+    /// The org this session acts for.
+    pub fn org_id(&self) -> &str {
+        &self.creds.org_id
+    }
+
+    /// `POST /data/core/ais/external-audience/` → 202 with an operation ID. Never retried; a lost
+    /// answer is [`ErrorKind::OutcomeUnknown`], a duplicate name [`ErrorKind::Conflict`].
+    pub async fn create_audience(&self, req: &CreateAudienceRequest) -> Result<CreateAudienceResponse, Error> {
+        let url = self.ais_url(&["external-audience", ""]);
+        self.json(Call::CreateAudience, Method::POST, url, Some(req)).await
+    }
+
+    /// `GET /data/core/ais/external-audience/operations/{id}`.
+    pub async fn get_operation(&self, operation_id: &str) -> Result<Operation, Error> {
+        let url = self.ais_url(&["external-audience", "operations", operation_id]);
+        self.json(Call::GetOperation, Method::GET, url, None::<&()>).await
+    }
+
+    /// `POST /data/core/ais/external-audience/{id}/runs`. Never retried; refusals (run in
+    /// progress, guardrail) are [`ErrorKind::NotNow`].
+    pub async fn start_run(&self, audience_id: &str, req: &StartRunRequest) -> Result<Run, Error> {
+        let url = self.ais_url(&["external-audience", audience_id, "runs"]);
+        self.json(Call::StartRun, Method::POST, url, Some(req)).await
+    }
+
+    /// `GET /data/core/ais/external-audience/{id}/runs/{runId}`.
+    pub async fn get_run(&self, audience_id: &str, run_id: &str) -> Result<Run, Error> {
+        let url = self.ais_url(&["external-audience", audience_id, "runs", run_id]);
+        self.json(Call::GetRun, Method::GET, url, None::<&()>).await
+    }
+
+    /// `GET /data/core/ais/external-audience/{id}/runs` (newest first).
+    pub async fn list_runs(&self, audience_id: &str) -> Result<Vec<Run>, Error> {
+        let url = self.ais_url(&["external-audience", audience_id, "runs"]);
+        let list: RunList = self.json(Call::ListRuns, Method::GET, url, None::<&()>).await?;
+        Ok(list.runs)
+    }
+
+    /// `PATCH /data/core/ais/external-audience/{id}` with replace semantics (hence retried).
+    pub async fn patch_audience(
+        &self,
+        audience_id: &str,
+        req: &PatchAudienceRequest,
+    ) -> Result<ExternalAudience, Error> {
+        if req.is_empty() {
+            return Err(Error::invalid(Call::PatchAudience, "nothing to patch"));
+        }
+        let url = self.ais_url(&["external-audience", audience_id]);
+        self.json(Call::PatchAudience, Method::PATCH, url, Some(req)).await
+    }
+
+    /// `DELETE /data/core/ais/external-audience/{id}`. A 404 is returned as
+    /// [`ErrorKind::NotFound`]; the caller decides whether that means done.
+    pub async fn delete_audience(&self, audience_id: &str) -> Result<(), Error> {
+        let url = self.ais_url(&["external-audience", audience_id]);
+        self.execute(Call::DeleteAudience, Method::DELETE, url, None::<&()>)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /data/core/ups/audiences/{id}`.
+    pub async fn get_audience(&self, audience_id: &str) -> Result<UpsAudience, Error> {
+        let url = self.ups_url(&["audiences", audience_id]);
+        self.json(Call::GetAudience, Method::GET, url, None::<&()>).await
+    }
+
+    /// External audiences of this sandbox whose name equals `name` exactly: pages through
+    /// `GET /data/core/ups/audiences?name=…` (a case-insensitive contains filter) following
+    /// `_links.next`, keeping exact, `CUSTOM_UPLOAD`/`ExternalSegment` matches (reference §2.4).
+    pub async fn find_audiences_by_name(&self, name: &str) -> Result<Vec<UpsAudience>, Error> {
+        let mut url = self.ups_url(&["audiences"]);
+        url.query_pairs_mut()
+            .append_pair("name", name)
+            .append_pair("limit", &FIND_PAGE_SIZE.to_string());
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            if !seen.insert(url.to_string()) {
+                break;
+            }
+            let page: UpsAudienceList = self
+                .json(Call::FindAudiences, Method::GET, url.clone(), None::<&()>)
+                .await?;
+            let empty = page.children.is_empty();
+            found.extend(page.children.into_iter().filter(|a| a.name == name && a.is_external()));
+            match (empty, self.next_page_url(&url, &page.links, &page.page, name)) {
+                (false, Some(next)) => url = next,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// Resolves the next page: `_links.next.href` (absolute, `/…`, or `@/…` relative to
+    /// `/data/core/ups`), falling back on `_page.next` as a `start` offset. Always stays on the
+    /// configured host (the token must not leak elsewhere) and keeps the `name` filter.
+    fn next_page_url(
+        &self,
+        current: &Url,
+        links: &Option<super::types::UpsLinks>,
+        page: &Option<super::types::UpsPage>,
+        name: &str,
+    ) -> Option<Url> {
+        let href = links
+            .as_ref()
+            .and_then(|l| l.next.as_ref())
+            .map(|l| l.href.trim().to_owned())
+            .filter(|h| !h.is_empty());
+        let mut next = match href {
+            Some(href) => {
+                let (path, query) = match Url::parse(&href) {
+                    Ok(abs) => (abs.path().to_owned(), abs.query().map(str::to_owned)),
+                    Err(_) => {
+                        let (p, q) = href.split_once('?').unwrap_or((href.as_str(), ""));
+                        let path = if let Some(rest) = p.strip_prefix('@') {
+                            let base = self.ups_url(&[]);
+                            format!("{}{}", base.path().trim_end_matches('/'), rest)
+                        } else if p.starts_with('/') {
+                            p.to_owned()
+                        } else {
+                            format!("{}/{}", self.ups_url(&[]).path().trim_end_matches('/'), p)
+                        };
+                        (path, (!q.is_empty()).then(|| q.to_owned()))
+                    }
+                };
+                let mut url = self.platform_url().clone();
+                url.set_path(&path);
+                url.set_query(query.as_deref());
+                url
+            }
+            None => {
+                let start = page.as_ref()?.next.as_ref()?;
+                let start = match start {
+                    serde_json::Value::String(s) if !s.trim().is_empty() => s.trim().to_owned(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                let mut url = current.clone();
+                let kept: Vec<(String, String)> = current
+                    .query_pairs()
+                    .filter(|(k, _)| k != "start")
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                url.query_pairs_mut()
+                    .clear()
+                    .extend_pairs(kept)
+                    .append_pair("start", &start);
+                url
+            }
+        };
+        if !next.query_pairs().any(|(k, _)| k == "name") {
+            next.query_pairs_mut().append_pair("name", name);
+        }
+        Some(next)
+    }
+
+    fn platform_url(&self) -> &Url {
+        self.creds
+            .platform_url
+            .as_ref()
+            .unwrap_or(&self.client.inner.config.platform_url)
+    }
+
+    fn ims_url(&self) -> &Url {
+        self.creds.ims_url.as_ref().unwrap_or(&self.client.inner.config.ims_url)
+    }
+
+    fn service_url(&self, service: &str, segments: &[&str]) -> Url {
+        let mut url = self.platform_url().clone();
+        url.set_query(None);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["data", "core", service]).extend(segments);
+        }
+        url
+    }
+
+    fn ais_url(&self, segments: &[&str]) -> Url {
+        self.service_url("ais", segments)
+    }
+
+    fn ups_url(&self, segments: &[&str]) -> Url {
+        self.service_url("ups", segments)
+    }
+
+    async fn json<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<T, Error> {
+        let (status, bytes) = self.execute(call, method, url, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::decode(call, status, e))
+    }
+
+    /// Sends one logical call: retries (idempotent calls only) around [`Session::attempt`].
+    async fn execute<B: Serialize + ?Sized>(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(u16, Bytes), Error> {
+        let body = match body {
+            Some(b) => Some(
+                serde_json::to_vec(b)
+                    .map_err(|e| Error::invalid(call, format!("request body could not be encoded: {e}")))?,
+            ),
+            None => None,
+        };
+        let inner = &self.client.inner;
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(MIN_BACKOFF)
+            .with_max_delay(inner.config.max_backoff)
+            .with_max_times(inner.config.max_retries as usize)
+            .with_jitter()
+            .build();
+        loop {
+            let error = match self.attempt(call, &method, &url, body.as_deref()).await {
+                Ok(ok) => return Ok(ok),
+                Err(e) => e,
+            };
+            let ErrorKind::Retryable { retry_after } = error.kind() else {
+                return Err(error);
+            };
+            if !call.is_idempotent() {
+                return Err(error);
+            }
+            let Some(step) = backoff.next() else {
+                return Err(error);
+            };
+            let wait = match retry_after {
+                // The server asks for more patience than we spend in-process: hand it back.
+                Some(hint) if hint > inner.config.max_backoff => return Err(error),
+                Some(hint) => step.max(hint),
+                None => step,
+            };
+            inner.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                operation = call.as_str(),
+                status = error.status(),
+                category = error.category(),
+                wait_ms = wait.as_millis() as u64,
+                "Retrying AEP call"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt, plus one token refresh and resend when AEP answers 401 (or the documented
+    /// `100911-400` invalid-token code).
+    async fn attempt(
+        &self,
+        call: Call,
+        method: &Method,
+        url: &Url,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Bytes), Error> {
+        let inner = &self.client.inner;
+        let mut refreshed = false;
+        loop {
+            let token = inner.tokens.token(&inner.http, self.ims_url(), &self.creds).await?;
+            inner.limiter.acquire(&self.creds.org_id).await;
+            let (status, headers, bytes) = self.send(call, method, url, body, &token).await?;
+            if (200..300).contains(&status) {
+                return Ok((status, bytes));
+            }
+            let code = error_code_from_body(&bytes);
+            let token_refused = status == 401 || (status == 400 && code.as_deref() == Some("100911-400"));
+            if token_refused && !refreshed {
+                refreshed = true;
+                inner.refreshes.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    operation = call.as_str(),
+                    status,
+                    "AEP refused the token; refreshing once"
+                );
+                inner.tokens.invalidate(&self.creds, &token).await;
+                continue;
+            }
+            let error = Error::from_status(
+                call,
+                status,
+                retry_after_header(&headers),
+                code,
+                error_message_from_body(&bytes),
+            );
+            tracing::debug!(
+                operation = call.as_str(),
+                status,
+                kind = %error.kind(),
+                "AEP call failed"
+            );
+            return Err(error);
+        }
+    }
+
+    async fn send(
+        &self,
+        call: Call,
+        method: &Method,
+        url: &Url,
+        body: Option<&[u8]>,
+        token: &AccessToken,
+    ) -> Result<(u16, HeaderMap, Bytes), Error> {
+        let inner = &self.client.inner;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| Error::invalid(call, "IMS token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        let header = |name: &str, value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|_| Error::invalid(call, format!("{name} is not a valid header value")))
+        };
+        let mut request = inner
+            .http
+            .request(method.clone(), url.clone())
+            .header(AUTHORIZATION, auth)
+            .header("x-api-key", header("client id", &self.creds.client_id)?)
+            .header("x-gw-ims-org-id", header("org id", &self.creds.org_id)?)
+            .header("x-sandbox-name", header("sandbox", &self.sandbox)?);
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body.to_vec());
+        }
+        inner.requests.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = async {
+            let response = request.send().await.map_err(|e| Error::from_transport(call, e))?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.map_err(|e| Error::from_transport(call, e))?;
+            Ok::<_, Error>((status, headers, bytes))
+        }
+        .await;
+        let duration = started.elapsed();
+        let (status, outcome) = match &result {
+            Ok((s, _, _)) if s.is_success() => (Some(s.as_u16()), "ok"),
+            Ok((s, _, _)) => (Some(s.as_u16()), super::error::status_category(s.as_u16())),
+            Err(e) => (e.status(), e.category()),
+        };
+        tracing::debug!(
+            operation = call.as_str(),
+            method = %method,
+            status,
+            sandbox = %self.sandbox,
+            duration_ms = duration.as_millis() as u64,
+            "AEP request"
+        );
+        if let Some(observer) = &inner.observer {
+            observer(&RequestEvent {
+                operation: call.as_str(),
+                status,
+                outcome,
+                duration,
+            });
+        }
+        let (status, headers, bytes) = result?;
+        Ok((status.as_u16(), headers, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_debug_redacts_the_secret() {
+        let creds = Credentials::new("cid", "very-secret-value", "ORG@AdobeOrg");
+        let debug = format!("{creds:?}");
+        assert!(debug.contains("cid"));
+        assert!(!debug.contains("very-secret-value"));
+        let session = AepClient::new(ClientConfig::default()).unwrap().session(&creds, "prod");
+        assert!(!format!("{session:?}").contains("very-secret-value"));
+    }
+
+    #[test]
+    fn fingerprint_changes_with_every_field_including_the_secret() {
+        let a = Credentials::new("cid", "s1", "ORG@AdobeOrg");
+        let mut b = a.clone();
+        b.client_secret = SecretString::from("s2".to_owned());
+        let mut c = a.clone();
+        c.scopes = "openid".into();
+        let mut d = a.clone();
+        d.ims_url = Some("http://127.0.0.1:1".parse().unwrap());
+        let prints = [a.fingerprint(), b.fingerprint(), c.fingerprint(), d.fingerprint()];
+        for (i, x) in prints.iter().enumerate() {
+            assert_eq!(x.len(), 64);
+            assert!(!x.contains("s1"));
+            for y in &prints[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+    }
+
+    #[test]
+    fn urls_follow_the_seed_paths() {
+        let client = AepClient::new(ClientConfig::default()).unwrap();
+        let s = client.session(&Credentials::new("c", "s", "o"), "dev1");
+        assert_eq!(
+            s.ais_url(&["external-audience", ""]).as_str(),
+            "https://platform.adobe.io/data/core/ais/external-audience/"
+        );
+        assert_eq!(
+            s.ais_url(&["external-audience", "a b", "runs"]).as_str(),
+            "https://platform.adobe.io/data/core/ais/external-audience/a%20b/runs"
+        );
+        let current = s.ups_url(&["audiences"]);
+        let links = Some(super::super::types::UpsLinks {
+            next: Some(super::super::types::Link {
+                href: "@/audiences?start=1&limit=1&totalCount=1".into(),
+            }),
+        });
+        let next = s.next_page_url(&current, &links, &None, "Churn").unwrap();
+        assert_eq!(
+            next.as_str(),
+            "https://platform.adobe.io/data/core/ups/audiences?start=1&limit=1&totalCount=1&name=Churn"
+        );
+        let foreign = Some(super::super::types::UpsLinks {
+            next: Some(super::super::types::Link {
+                href: "https://evil.example/data/core/ups/audiences?start=2&name=x".into(),
+            }),
+        });
+        let next = s.next_page_url(&current, &foreign, &None, "x").unwrap();
+        assert_eq!(next.host_str(), Some("platform.adobe.io"));
+    }
+}

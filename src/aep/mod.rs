@@ -1,0 +1,20 @@
+//! The Adobe Experience Platform boundary: a typed, Kubernetes-free client for the external
+//! audience API (`/data/core/ais`), the audiences list (`/data/core/ups`) and the IMS OAuth
+//! server-to-server token exchange.
+//!
+//! Layout: [`types`] holds the wire formats (shared with the emulator so they cannot drift),
+//! [`client`] the HTTP calls, [`ims`] the token cache, [`error`] the error classification the
+//! controller acts on, [`ratelimit`] the per-org request budget.
+//!
+//! This module must not know about Kubernetes, must not log secrets or tokens, and must never
+//! blindly retry a non-idempotent call (create, start-run).
+
+pub mod client;
+pub mod error;
+pub mod ims;
+pub mod ratelimit;
+pub mod types;
+
+pub use client::{AepClient, ClientConfig, ClientMetrics, Credentials, DEFAULT_SCOPES, Session};
+pub use error::{Error, ErrorKind};
+pub use types::*;

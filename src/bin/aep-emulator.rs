@@ -1,0 +1,250 @@
+//! `aep-emulator`: runs the AEP + IMS emulator standalone (local demo, benchmark, manual curl).
+//!
+//! Prints exactly one line, `listening on <addr>`, to stdout once the listener is bound; logs go
+//! to stderr. Stops on Ctrl-C / SIGTERM, writing the state file if one is configured.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use audience_operator::emulator::{CredentialSpec, Emulator, Faults, Settings};
+use clap::builder::TypedValueParser;
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Emulator of the Adobe Experience Platform external-audience API and the IMS token endpoint.
+///
+/// For local use only: the defaults accept client id `local-client`, secret `local-secret`,
+/// org `LOCAL0RG@AdobeOrg`. Point the operator's platform and IMS URLs at the printed address.
+#[derive(Debug, Parser)]
+#[command(name = "aep-emulator", version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "AEP_EMULATOR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Client ID (API key) accepted by the emulated IMS.
+    #[arg(long, env = "AEP_EMULATOR_CLIENT_ID", default_value = "local-client")]
+    client_id: String,
+
+    /// Client secret accepted for --client-id.
+    #[arg(
+        long,
+        env = "AEP_EMULATOR_CLIENT_SECRET",
+        default_value = "local-secret",
+        hide_env_values = true
+    )]
+    client_secret: String,
+
+    /// IMS org of the credential (value of x-gw-ims-org-id).
+    #[arg(long, env = "AEP_EMULATOR_ORG_ID", default_value = "LOCAL0RG@AdobeOrg")]
+    org_id: String,
+
+    /// Lifetime of issued tokens (expires_in), seconds.
+    #[arg(long, env = "AEP_EMULATOR_TOKEN_LIFETIME_SECS", default_value_t = 86_399)]
+    token_lifetime_secs: u64,
+
+    /// Time from create until the audience exists and the operation can succeed, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_OPERATION_DELAY_MS", default_value_t = 1_000)]
+    operation_delay_ms: u64,
+
+    /// Polls of an operation answered PROCESSING before it reports its outcome.
+    #[arg(long, env = "AEP_EMULATOR_OPERATION_POLLS", default_value_t = 0)]
+    operation_polls: u32,
+
+    /// Time from start until a run can finish, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_RUN_DELAY_MS", default_value_t = 3_000)]
+    run_delay_ms: u64,
+
+    /// Polls of a run answered PROCESSING before it reports its outcome.
+    #[arg(long, env = "AEP_EMULATOR_RUN_POLLS", default_value_t = 0)]
+    run_polls: u32,
+
+    /// Zero-latency mode: operations and runs finish on their first poll (overrides the timing
+    /// flags; for the benchmark).
+    #[arg(long, env = "AEP_EMULATOR_ZERO_LATENCY")]
+    zero_latency: bool,
+
+    /// Guardrail: runs an audience may ever have.
+    #[arg(long, env = "AEP_EMULATOR_MAX_RUNS_PER_AUDIENCE", default_value_t = 10)]
+    max_runs_per_audience: u32,
+
+    /// Guardrail: runs a sandbox may start per UTC day.
+    #[arg(long, env = "AEP_EMULATOR_MAX_RUNS_PER_SANDBOX_PER_DAY", default_value_t = 100)]
+    max_runs_per_sandbox_per_day: u32,
+
+    /// HTTP status for "a run is already in progress" (422 or 409).
+    #[arg(long, env = "AEP_EMULATOR_RUN_IN_PROGRESS_STATUS", default_value_t = 422,
+          value_parser = clap::builder::PossibleValuesParser::new(["409", "422"]).map(|s| s.parse::<u16>().unwrap_or(422)))]
+    run_in_progress_status: u16,
+
+    /// HTTP status for guardrail refusals (422, or 429 with Retry-After).
+    #[arg(long, env = "AEP_EMULATOR_GUARDRAIL_STATUS", default_value_t = 422,
+          value_parser = clap::builder::PossibleValuesParser::new(["422", "429"]).map(|s| s.parse::<u16>().unwrap_or(422)))]
+    guardrail_status: u16,
+
+    /// Strict mode: a missing x-sandbox-name is 401 and a missing Content-Type on bodies is 400
+    /// (default: sandbox `prod`, JSON accepted without the header).
+    #[arg(long, env = "AEP_EMULATOR_STRICT")]
+    strict: bool,
+
+    /// Fault: probability (0..1) of answering an AEP call with 429.
+    #[arg(long, env = "AEP_EMULATOR_RATE_LIMIT_PROBABILITY", default_value_t = 0.0)]
+    rate_limit_probability: f64,
+
+    /// Fault: Retry-After seconds on injected 429/503 answers.
+    #[arg(long, env = "AEP_EMULATOR_RETRY_AFTER_SECS", default_value_t = 1)]
+    retry_after_secs: u64,
+
+    /// Fault: probability (0..1) of answering an AEP call with 500.
+    #[arg(long, env = "AEP_EMULATOR_SERVER_ERROR_PROBABILITY", default_value_t = 0.0)]
+    server_error_probability: f64,
+
+    /// Fault: probability (0..1) of answering an AEP call with 503.
+    #[arg(long, env = "AEP_EMULATOR_UNAVAILABLE_PROBABILITY", default_value_t = 0.0)]
+    unavailable_probability: f64,
+
+    /// Fault: latency added to every AEP call, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+
+    /// Fault: every create operation ends FAILED.
+    #[arg(long, env = "AEP_EMULATOR_FAIL_OPERATIONS")]
+    fail_operations: bool,
+
+    /// Fault: every run ends FAILED.
+    #[arg(long, env = "AEP_EMULATOR_FAIL_RUNS")]
+    fail_runs: bool,
+
+    /// Fault: DELETE answers 422 "in use".
+    #[arg(long, env = "AEP_EMULATOR_REFUSE_DELETE")]
+    refuse_delete: bool,
+
+    /// Fault: every create is committed, then the connection is dropped without an answer.
+    #[arg(long, env = "AEP_EMULATOR_DROP_CREATES")]
+    drop_creates: bool,
+
+    /// Fault: every start-run is committed, then the connection is dropped without an answer.
+    #[arg(long, env = "AEP_EMULATOR_DROP_RUNS")]
+    drop_runs: bool,
+
+    /// Persist state to this JSON file (atomic writes) and load it at start.
+    #[arg(long, env = "AEP_EMULATOR_STATE_FILE")]
+    state_file: Option<PathBuf>,
+
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, env = "AEP_EMULATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let mut settings = Settings {
+        token_lifetime_secs: args.token_lifetime_secs,
+        operation_delay_ms: args.operation_delay_ms,
+        operation_polls: args.operation_polls,
+        run_delay_ms: args.run_delay_ms,
+        run_polls: args.run_polls,
+        max_runs_per_audience: args.max_runs_per_audience,
+        max_runs_per_sandbox_per_day: args.max_runs_per_sandbox_per_day,
+        run_in_progress_status: args.run_in_progress_status,
+        guardrail_status: args.guardrail_status,
+        strict: args.strict,
+        ..Settings::default()
+    };
+    if args.zero_latency {
+        settings.operation_delay_ms = 0;
+        settings.operation_polls = 0;
+        settings.run_delay_ms = 0;
+        settings.run_polls = 0;
+    }
+    let faults = Faults {
+        rate_limit_probability: args.rate_limit_probability,
+        retry_after_secs: args.retry_after_secs,
+        server_error_probability: args.server_error_probability,
+        unavailable_probability: args.unavailable_probability,
+        latency_ms: args.latency_ms,
+        fail_all_operations: args.fail_operations,
+        fail_all_runs: args.fail_runs,
+        refuse_delete_in_use: args.refuse_delete,
+        drop_all_creates: args.drop_creates,
+        drop_all_runs: args.drop_runs,
+        ..Faults::default()
+    };
+    let mut builder = Emulator::builder()
+        .listen(args.listen)
+        .credential(CredentialSpec {
+            client_id: args.client_id,
+            client_secret: args.client_secret,
+            org_id: args.org_id,
+        })
+        .settings(settings)
+        .faults(faults);
+    if let Some(path) = args.state_file {
+        builder = builder.state_file(path);
+    }
+    let mut emulator = builder.spawn().await.context("starting the emulator")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", emulator.addr())?;
+        stdout.flush()?;
+    }
+    tokio::select! {
+        result = emulator.wait() => {
+            result.context("emulator server failed")?;
+        }
+        () = shutdown_signal() => {
+            tracing::info!("Shutting down");
+            tokio::time::timeout(Duration::from_secs(10), emulator.shutdown())
+                .await
+                .context("shutdown timed out")?
+                .context("shutdown failed")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! Every setting of the controller binary, from flags or environment variables.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use url::Url;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What to do when an audience the controller manages disappears from AEP behind its back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum MissingAudiencePolicy {
+    /// Create it again (and ingest again).
+    #[default]
+    Recreate,
+    /// Report Stalled and wait for a human.
+    Stall,
+}
+
+/// Settings of `controller run`.
+#[derive(Parser, Clone, Debug)]
+pub struct RunConfig {
+    /// Kubeconfig to use; in-cluster config (or $KUBECONFIG) when unset.
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Watch only this namespace (ExternalAudiences and Secrets); all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Maximum number of objects reconciled at the same time.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Base URL of AEP (`/data/core/...` is appended). A Secret's `platformUrl` overrides it.
+    #[arg(long, env = "AEP_PLATFORM_URL", default_value = crate::aep::client::DEFAULT_PLATFORM_URL)]
+    pub aep_platform_url: Url,
+
+    /// Base URL of Adobe IMS (`/ims/token/v3` is appended). A Secret's `imsUrl` overrides it.
+    #[arg(long, env = "AEP_IMS_URL", default_value = crate::aep::client::DEFAULT_IMS_URL)]
+    pub aep_ims_url: Url,
+
+    /// Client-side limit of AEP requests per second, per IMS org.
+    #[arg(long, env = "AEP_REQUESTS_PER_SECOND", default_value_t = 10)]
+    pub aep_requests_per_second: u32,
+
+    /// Timeout of each AEP HTTP call.
+    #[arg(long, env = "AEP_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub aep_request_timeout: Duration,
+
+    /// Interval between polls of a create operation.
+    #[arg(long, env = "OPERATION_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub operation_poll_interval: Duration,
+
+    /// Interval between polls of an ingestion run.
+    #[arg(long, env = "RUN_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub run_poll_interval: Duration,
+
+    /// Retry interval after AEP refuses a run for now (run in progress, daily guardrail).
+    #[arg(long, env = "DEFERRED_RETRY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub deferred_retry_interval: Duration,
+
+    /// Retry interval for missing or refused credentials and permission errors.
+    #[arg(long, env = "CREDENTIALS_RETRY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub credentials_retry_interval: Duration,
+
+    /// First step of the per-object error backoff (doubles per failure).
+    #[arg(long, env = "ERROR_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub error_backoff_base: Duration,
+
+    /// Cap of the per-object error backoff.
+    #[arg(long, env = "ERROR_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub error_backoff_max: Duration,
+
+    /// Periodic resync of Ready objects (drift check); `0` turns it off. The annotation
+    /// `aep.audience-operator.dev/resync-interval` overrides it per object.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
+    /// What to do when a managed audience was deleted in AEP behind the operator's back.
+    #[arg(long, env = "MISSING_AUDIENCE_POLICY", value_enum, default_value_t = MissingAudiencePolicy::Recreate)]
+    pub missing_audience_policy: MissingAudiencePolicy,
+
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` or plain seconds (`0` included).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 30s, 5m, 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("invalid duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! The ExternalAudience controller: wiring of the kube-runtime `Controller` (ExternalAudiences,
+//! plus a metadata-only watch of the Secrets they reference), the error type, and startup checks.
+//!
+//! The steps themselves live in [`reconcile`]; the decisions in [`plan`] (pure).
+
+pub mod context;
+pub mod credentials;
+pub mod plan;
+pub mod reconcile;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PartialObjectMeta},
+    runtime::{
+        Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+
+pub use context::{Context, Timing};
+
+use crate::{
+    aep::{AepClient, ClientConfig},
+    api::{ExternalAudience, MANAGER},
+    config::RunConfig,
+    metrics::Metrics,
+};
+
+/// Errors of a reconcile pass (transient: they requeue with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object has no namespace")]
+    MissingNamespace,
+    #[error("object has no resourceVersion")]
+    MissingResourceVersion,
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("{0}")]
+    Credentials(#[source] Box<credentials::CredentialsError>),
+    #[error("AEP: {0}")]
+    Aep(#[source] Box<crate::aep::Error>),
+    #[error("the audience is still being created; deletion waits for the create operation")]
+    CreateInFlight,
+    #[error("serialising status: {0}")]
+    Serde(#[source] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace | Error::MissingResourceVersion => "object",
+            Error::Kube(_) => "kube",
+            Error::Credentials(_) => "credentials",
+            Error::Aep(e) => e.category(),
+            Error::CreateInFlight => "create_in_flight",
+            Error::Serde(_) => "serde",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
+                _ => "finalizer",
+            },
+        }
+    }
+
+    /// The server's `Retry-After`, when an AEP error carried one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Aep(e) => e.kind().retry_after(),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.retry_after(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Fails with a hint when the CRD is not installed (the controller never installs it).
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
+    let api = match namespace {
+        Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
+        None => Api::<ExternalAudience>::all(client.clone()),
+    };
+    api.list_metadata(&ListParams::default().limit(1))
+        .await
+        .map(|_| ())
+        .map_err(Error::Kube)
+}
+
+/// Builds the context and runs the controller until a shutdown signal.
+pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let observer = metrics.clone();
+    let aep = AepClient::new(ClientConfig {
+        platform_url: cfg.aep_platform_url.clone(),
+        ims_url: cfg.aep_ims_url.clone(),
+        request_timeout: cfg.aep_request_timeout,
+        requests_per_second: cfg.aep_requests_per_second,
+        ..ClientConfig::default()
+    })
+    .map_err(|e| Error::Aep(Box::new(e)))?
+    .with_observer(move |ev| observer.observe_aep(ev));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    let timing = Timing {
+        operation_poll: cfg.operation_poll_interval,
+        run_poll: cfg.run_poll_interval,
+        deferred_retry: cfg.deferred_retry_interval,
+        credentials_retry: cfg.credentials_retry_interval,
+        backoff_base: cfg.error_backoff_base,
+        backoff_max: cfg.error_backoff_max,
+        resync: cfg.resync_interval,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        aep,
+        recorder,
+        timing,
+        metrics,
+        cfg.missing_audience_policy,
+    ));
+
+    let (audiences, secrets) = match &cfg.namespace {
+        Some(ns) => (
+            Api::<ExternalAudience>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
+        ),
+        None => (
+            Api::<ExternalAudience>::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client),
+        ),
+    };
+    let controller = Controller::new(audiences, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // Metadata only: the operator never caches Secret data; it reads a Secret when it needs it.
+    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+    controller
+        .watches_stream(secret_changes, move |secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|ea| ea.namespace() == ns && ea.spec.credentials_secret_ref.name == name)
+                .map(|ea| ObjectRef::from_obj(&*ea))
+                .collect::<Vec<_>>()
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "Reconcile error reported by the runtime");
+            }
+        })
+        .await;
+    Ok(())
+}

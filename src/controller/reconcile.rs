@@ -1,0 +1,973 @@
+//! One reconcile pass of an `ExternalAudience`, behind the finalizer:
+//!
+//! * `apply`: load credentials → [`plan::next_step`] → run that one step (at most one mutating AEP
+//!   call) → write the whole status right after it → return when to come back;
+//! * `cleanup`: delete the audience in AEP (or orphan it) and release the finalizer.
+//!
+//! Non-idempotent calls (create, start run) are guarded by a pending marker written with an
+//! optimistic-concurrency precondition *before* the call: a stale cached object makes the write
+//! conflict, so nothing is sent twice. A pass that finds a marker without the id looks before it
+//! creates. Polls return a requeue with jitter; nothing sleeps here.
+
+use std::{sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::{
+    Error,
+    context::Context,
+    credentials::{self, CredentialsError},
+    plan::{self, Facts, Step},
+};
+use crate::{
+    aep::{self, ErrorKind, OperationStatus, RunStatus, Session},
+    api::{
+        DeletionPolicy, ExternalAudience, ExternalAudienceStatus, FINALIZER, IngestionRun, RESYNC_INTERVAL,
+        RUN_HISTORY_LIMIT, RUN_REQUESTED_AT, RunPending, RunState, events, reasons,
+    },
+    config::MissingAudiencePolicy,
+    status::{Health, conditions_for, stable_message},
+};
+
+/// When to come back after a pass.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// Requeue after this long (jittered); the pass succeeded.
+    After(Duration),
+    /// The pass hit a transient error: per-object exponential backoff, at least `Retry-After`.
+    Backoff(Option<Duration>),
+    /// Nothing to do until the object (or its Secret) changes.
+    Await,
+}
+
+struct Outcome {
+    health: Health,
+    next: Next,
+}
+
+impl Outcome {
+    fn new(health: Health, next: Next) -> Self {
+        Outcome { health, next }
+    }
+}
+
+/// Entry point for the kube-runtime `Controller`.
+#[tracing::instrument(skip_all, fields(name = %obj.name_any(), namespace = obj.namespace().unwrap_or_default()))]
+pub async fn reconcile(obj: Arc<ExternalAudience>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
+    let api = Api::<ExternalAudience>::namespaced(ctx.client.clone(), &ns);
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(obj) => apply(&obj, &ctx, &api).await,
+            FinalizerEvent::Cleanup(obj) => cleanup(&obj, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile("pass", started.elapsed());
+    result
+}
+
+/// Per-object backoff after an unexpected error (kube API failures, finalizer patch errors).
+pub fn error_policy(obj: Arc<ExternalAudience>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failures
+        .get_or_create(&crate::metrics::CategoryLabels {
+            category: error.category(),
+        })
+        .inc();
+    tracing::warn!(name = %obj.name_any(), error = %error, "Reconcile failed");
+    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+    Action::requeue(ctx.backoff(key, error.retry_after()))
+}
+
+struct Pass<'a> {
+    ctx: &'a Context,
+    api: &'a Api<ExternalAudience>,
+    obj: &'a ExternalAudience,
+    name: String,
+    generation: i64,
+    reference: ObjectReference,
+    status: ExternalAudienceStatus,
+    original: ExternalAudienceStatus,
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn apply(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
+    let mut pass = Pass::new(obj, ctx, api);
+    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
+    let creds = match credentials::load(&ctx.client, &ns, &obj.spec.credentials_secret_ref.name).await {
+        Ok(c) => {
+            ctx.remember_credentials(&ns, &obj.spec.credentials_secret_ref.name, &c);
+            c
+        }
+        Err(e @ CredentialsError::Kube { .. }) => return Err(Error::Credentials(Box::new(e))),
+        Err(e) => {
+            let reason = match e {
+                CredentialsError::Missing { .. } => reasons::CREDENTIALS_MISSING,
+                _ => reasons::CREDENTIALS_INVALID,
+            };
+            let out = Outcome::new(
+                Health::stalled(reason, e.to_string()),
+                Next::After(ctx.timing.credentials_retry),
+            );
+            return pass
+                .finish(
+                    out,
+                    Some((EventType::Warning, events::CREDENTIALS_ERROR, e.to_string())),
+                )
+                .await;
+        }
+    };
+    let session = ctx.aep.session(&creds, &obj.spec.sandbox);
+    let facts = pass.facts();
+    let step = plan::next_step(&facts);
+    tracing::debug!(?step, "Planned step");
+    let out = pass.run(step, &session).await?;
+    pass.finish(out, None).await
+}
+
+impl<'a> Pass<'a> {
+    fn new(obj: &'a ExternalAudience, ctx: &'a Context, api: &'a Api<ExternalAudience>) -> Self {
+        let status = obj.status.clone().unwrap_or_default();
+        Pass {
+            ctx,
+            api,
+            obj,
+            name: obj.name_any(),
+            generation: obj.meta().generation.unwrap_or_default(),
+            reference: obj.object_ref(&()),
+            original: status.clone(),
+            status,
+        }
+    }
+
+    fn audience_name(&self) -> &str {
+        self.obj.spec.audience_name(&self.name)
+    }
+
+    fn run_request(&self) -> Option<&str> {
+        self.obj.annotations().get(RUN_REQUESTED_AT).map(String::as_str)
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            generation: self.generation,
+            audience_name: self.audience_name(),
+            spec: &self.obj.spec,
+            status: &self.status,
+            run_request: self.run_request(),
+        }
+    }
+
+    fn key(&self) -> (String, String) {
+        (self.obj.namespace().unwrap_or_default(), self.name.clone())
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, note: String) {
+        self.ctx.event(&self.reference, type_, reason, reason, note).await;
+    }
+
+    /// Writes status and decides the requeue.
+    async fn finish(&mut self, out: Outcome, event: Option<(EventType, &str, String)>) -> Result<Action, Error> {
+        self.status.observed_generation = Some(self.generation);
+        self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+        if self.status != self.original {
+            self.write_status(None).await?;
+            // Events for failures are emitted only when the reported state changes: no event storms.
+            if let Some((type_, reason, note)) = event {
+                self.event(type_, reason, note).await;
+            }
+        }
+        let key = self.key();
+        Ok(match out.next {
+            Next::After(d) => {
+                self.ctx.reset_backoff(&key);
+                Action::requeue(Context::jitter(d))
+            }
+            Next::Backoff(retry_after) => Action::requeue(self.ctx.backoff(key, retry_after)),
+            Next::Await => {
+                self.ctx.reset_backoff(&key);
+                Action::await_change()
+            }
+        })
+    }
+
+    /// Replaces the whole status (JSON patch on `/status`). With `precondition`, the write fails
+    /// with 409 unless the object still has that resourceVersion.
+    async fn write_status(&mut self, precondition: Option<&str>) -> Result<(), Error> {
+        let mut ops = Vec::new();
+        if let Some(rv) = precondition {
+            ops.push(json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv}));
+        }
+        ops.push(json!({"op": "add", "path": "/status", "value": self.status}));
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(Error::Serde)?;
+        let updated = self
+            .api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+            .map_err(Error::Kube)?;
+        self.original = updated.status.unwrap_or_default();
+        self.status = self.original.clone();
+        Ok(())
+    }
+
+    /// Persists a pending marker before a non-idempotent call. `Ok(false)`: the cached object
+    /// was stale (conflict) and the call must not be made in this pass.
+    async fn write_marker(&mut self) -> Result<bool, Error> {
+        let rv = self.obj.resource_version().ok_or(Error::MissingResourceVersion)?;
+        match self.write_status(Some(&rv)).await {
+            Ok(()) => Ok(true),
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
+                tracing::debug!("Stale object; re-reading before a non-idempotent call");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn run(&mut self, step: Step, s: &Session) -> Result<Outcome, Error> {
+        match step {
+            Step::Create => self.create(s).await,
+            Step::RecoverCreate => self.recover_create(s).await,
+            Step::PollOperation { operation_id } => self.poll_operation(s, &operation_id).await,
+            Step::Adopt { audience_id } => self.adopt(s, &audience_id).await,
+            Step::Update { audience_id } => self.update(s, &audience_id).await,
+            Step::PollRun { audience_id, run_id } => self.poll_run(s, &audience_id, &run_id).await,
+            Step::RecoverRun { audience_id } => self.recover_run(s, &audience_id).await,
+            Step::StartRun { audience_id } => self.start_run(s, &audience_id).await,
+            Step::Wait => Ok(Outcome::new(
+                self.reported_stall().unwrap_or_else(|| self.current_health()),
+                Next::Await,
+            )),
+            Step::Idle { audience_id } => self.idle(s, &audience_id).await,
+        }
+    }
+
+    /// The terminal problem already reported for this generation, kept as is while waiting.
+    fn reported_stall(&self) -> Option<Health> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True" && c.observed_generation == Some(self.generation))
+            .map(|c| Health::stalled(stalled_reason_const(&c.reason), c.message.clone()))
+    }
+
+    /// Health implied by the recorded state, for passes that only moved it forward.
+    fn current_health(&self) -> Health {
+        let st = &self.status;
+        if st.audience_id.is_none() {
+            return Health::progressing(
+                reasons::CREATING,
+                format!("Creating audience {:?} in AEP", self.audience_name()),
+            );
+        }
+        if st.applied_spec_hash.as_deref() != Some(&plan::updatable_hash(&self.obj.spec)) {
+            return Health::progressing(reasons::UPDATING, "Updating the audience in AEP");
+        }
+        if let Some(run) = &st.last_run
+            && run.status == RunState::Processing
+        {
+            return Health::progressing(
+                reasons::RUN_IN_PROGRESS,
+                format!("Ingestion run {} is in progress", run.run_id),
+            );
+        }
+        if st.run_pending.is_some() || plan::run_owed(&self.facts()) {
+            return Health::progressing(reasons::RUN_PENDING, "An ingestion run is owed for this spec");
+        }
+        if let Some(run) = &st.last_run
+            && run.status == RunState::Failed
+        {
+            let msg = run.message.clone().unwrap_or_else(|| "no message from AEP".into());
+            return Health::stalled(
+                reasons::RUN_FAILED,
+                format!(
+                    "Ingestion run {} failed: {msg}. Runs are not retried automatically (daily quota): change the spec or set the {RUN_REQUESTED_AT} annotation to a new value",
+                    run.run_id
+                ),
+            );
+        }
+        let id = st.audience_id.as_deref().unwrap_or_default();
+        match &st.last_run {
+            Some(run) => Health::ready(format!(
+                "Audience {id} is in sync; ingestion run {} succeeded",
+                run.run_id
+            )),
+            None => Health::ready(format!(
+                "Audience {id} is in sync (adopted; no ingestion run requested)"
+            )),
+        }
+    }
+
+    /// Maps an AEP error to a reported outcome. `what` says which call failed.
+    fn failure(&self, e: &aep::Error, what: &str) -> (Outcome, Option<(EventType, &'static str, String)>) {
+        let msg = stable_message(&format!("{what}: {}", e.message()));
+        let warn = |reason: &'static str| Some((EventType::Warning, reason, msg.clone()));
+        match e.kind() {
+            ErrorKind::Retryable { retry_after } => (
+                Outcome::new(
+                    Health::progressing(reasons::RETRYING, msg.clone()),
+                    Next::Backoff(retry_after),
+                ),
+                warn(events::AEP_ERROR),
+            ),
+            ErrorKind::NotNow { retry_after } => {
+                let d = retry_after.map_or(self.ctx.timing.deferred_retry, |r| {
+                    r.max(self.ctx.timing.deferred_retry)
+                });
+                (
+                    Outcome::new(Health::progressing(reasons::RUN_DEFERRED, msg.clone()), Next::After(d)),
+                    warn(events::RUN_DEFERRED),
+                )
+            }
+            ErrorKind::Terminal | ErrorKind::Conflict => (
+                Outcome::new(Health::stalled(reasons::REJECTED, msg.clone()), Next::Await),
+                warn(events::AEP_ERROR),
+            ),
+            ErrorKind::PermissionDenied => (
+                Outcome::new(
+                    Health::stalled(reasons::PERMISSION_DENIED, msg.clone()),
+                    Next::After(self.ctx.timing.credentials_retry),
+                ),
+                warn(events::AEP_ERROR),
+            ),
+            ErrorKind::Unauthorized => (
+                Outcome::new(
+                    Health::stalled(reasons::CREDENTIALS_INVALID, msg.clone()),
+                    Next::After(self.ctx.timing.credentials_retry),
+                ),
+                warn(events::CREDENTIALS_ERROR),
+            ),
+            ErrorKind::NotFound => (
+                Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
+                warn(events::AEP_ERROR),
+            ),
+            ErrorKind::OutcomeUnknown => (
+                Outcome::new(
+                    Health::progressing(reasons::RETRYING, msg.clone()),
+                    Next::After(self.ctx.timing.operation_poll),
+                ),
+                warn(events::AEP_ERROR),
+            ),
+        }
+    }
+
+    async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {
+        let (out, event) = self.failure(e, what);
+        tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
+        // Write now so the event and the status agree; finish() then sees no change.
+        self.status.observed_generation = Some(self.generation);
+        self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+        if self.status != self.original {
+            self.write_status(None).await?;
+            if let Some((type_, reason, note)) = event {
+                self.event(type_, reason, note).await;
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- create -----------------------------------------------------------------------------
+
+    async fn create(&mut self, s: &Session) -> Result<Outcome, Error> {
+        let name = self.audience_name().to_owned();
+        match s.find_audiences_by_name(&name).await {
+            Err(e) => return self.report(&e, "looking up the audience name").await,
+            Ok(found) if !found.is_empty() => {
+                let id = found[0].id.clone();
+                let msg = format!(
+                    "AEP audience name {name:?} in sandbox {:?} already belongs to audience {id}, which this object did not create. \
+                     To manage that audience, set spec.audienceId: {id}; otherwise choose another spec.name",
+                    self.obj.spec.sandbox
+                );
+                let out = Outcome::new(Health::stalled(reasons::NAME_TAKEN, msg.clone()), Next::Await);
+                self.status.observed_generation = Some(self.generation);
+                self.status.conditions =
+                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+                if self.status != self.original {
+                    self.write_status(None).await?;
+                    self.event(EventType::Warning, events::NAME_TAKEN, msg).await;
+                }
+                return Ok(out);
+            }
+            Ok(_) => {}
+        }
+        self.status.create_pending_since = Some(now());
+        if !self.write_marker().await? {
+            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        }
+        self.post_create(s).await
+    }
+
+    async fn recover_create(&mut self, s: &Session) -> Result<Outcome, Error> {
+        let name = self.audience_name().to_owned();
+        let found = match s.find_audiences_by_name(&name).await {
+            Ok(f) => f,
+            Err(e) => {
+                return self
+                    .report(&e, "looking up an audience whose create was interrupted")
+                    .await;
+            }
+        };
+        if let Some(a) = found.first() {
+            self.status.audience_id = Some(a.id.clone());
+            self.status.create_pending_since = None;
+            self.status.applied_spec_hash = None;
+            self.write_status(None).await?;
+            self.event(
+                EventType::Normal,
+                events::AUDIENCE_CREATED,
+                format!(
+                    "Found audience {} created by an interrupted create of this object",
+                    a.id
+                ),
+            )
+            .await;
+            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        }
+        // Provably absent (or still being created: AEP then answers 409 and we look again).
+        self.status.create_pending_since = Some(now());
+        if !self.write_marker().await? {
+            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        }
+        self.post_create(s).await
+    }
+
+    async fn post_create(&mut self, s: &Session) -> Result<Outcome, Error> {
+        let req = plan::create_request(&self.obj.spec, self.audience_name());
+        match s.create_audience(&req).await {
+            Ok(resp) => {
+                tracing::info!(operation_id = %resp.operation_id, "Requested audience creation");
+                self.status.operation_id = Some(resp.operation_id.clone());
+                self.status.create_pending_since = None;
+                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::AUDIENCE_CREATE_REQUESTED,
+                    format!(
+                        "Requested creation of audience {:?} (operation {})",
+                        self.audience_name(),
+                        resp.operation_id
+                    ),
+                )
+                .await;
+                Ok(Outcome::new(
+                    Health::progressing(
+                        reasons::WAITING_FOR_OPERATION,
+                        format!("Waiting for AEP operation {}", resp.operation_id),
+                    ),
+                    Next::After(self.ctx.timing.operation_poll),
+                ))
+            }
+            Err(e) => {
+                match e.kind() {
+                    // The create may have happened: keep the marker, look it up next pass.
+                    ErrorKind::Conflict => {
+                        let msg = "AEP reports the name exists; looking it up to adopt the audience an interrupted create of this object made";
+                        return Ok(Outcome::new(
+                            Health::progressing(reasons::CREATING, msg),
+                            Next::After(self.ctx.timing.operation_poll),
+                        ));
+                    }
+                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
+                    // Refused outright: nothing was created.
+                    _ => self.status.create_pending_since = None,
+                }
+                self.report(&e, "creating the audience").await
+            }
+        }
+    }
+
+    async fn poll_operation(&mut self, s: &Session, operation_id: &str) -> Result<Outcome, Error> {
+        let op = match s.get_operation(operation_id).await {
+            Ok(op) => op,
+            Err(e) => return self.report(&e, "reading the create operation").await,
+        };
+        match op.status {
+            OperationStatus::Success if op.audience_id.is_some() => {
+                let id = op.audience_id.unwrap_or_default();
+                tracing::info!(audience_id = %id, "Audience created");
+                self.status.audience_id = Some(id.clone());
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::AUDIENCE_CREATED,
+                    format!("Created audience {id}"),
+                )
+                .await;
+                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+            }
+            OperationStatus::Failed => {
+                let msg = stable_message(&format!(
+                    "AEP failed to create the audience (operation {operation_id}): {}",
+                    op.message.as_deref().unwrap_or("no reason given")
+                ));
+                self.status.failed_operation_id = self.status.operation_id.take();
+                let out = Outcome::new(Health::stalled(reasons::OPERATION_FAILED, msg.clone()), Next::Await);
+                self.status.observed_generation = Some(self.generation);
+                self.status.conditions =
+                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+                self.write_status(None).await?;
+                self.event(EventType::Warning, events::OPERATION_FAILED, msg).await;
+                Ok(out)
+            }
+            _ => Ok(Outcome::new(
+                Health::progressing(
+                    reasons::WAITING_FOR_OPERATION,
+                    format!("Waiting for AEP operation {operation_id}"),
+                ),
+                Next::After(self.ctx.timing.operation_poll),
+            )),
+        }
+    }
+
+    async fn adopt(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+        match s.get_audience(audience_id).await {
+            Ok(_) => {
+                self.status.audience_id = Some(audience_id.to_owned());
+                self.status.adopted = true;
+                self.status.applied_spec_hash = None;
+                self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::AUDIENCE_ADOPTED,
+                    format!("Adopted audience {audience_id}"),
+                )
+                .await;
+                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let msg = format!(
+                    "spec.audienceId {audience_id} does not exist in sandbox {:?}",
+                    self.obj.spec.sandbox
+                );
+                self.status.observed_generation = Some(self.generation);
+                let out = Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await);
+                self.status.conditions =
+                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+                if self.status != self.original {
+                    self.write_status(None).await?;
+                    self.event(EventType::Warning, events::AEP_ERROR, msg).await;
+                }
+                Ok(out)
+            }
+            Err(e) => self.report(&e, "reading the audience to adopt").await,
+        }
+    }
+
+    async fn update(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+        match s
+            .patch_audience(audience_id, &plan::patch_request(&self.obj.spec))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(audience_id, "Updated audience");
+                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::AUDIENCE_UPDATED,
+                    format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
+                )
+                .await;
+                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+            Err(e) => self.report(&e, "updating the audience").await,
+        }
+    }
+
+    // ----- runs -------------------------------------------------------------------------------
+
+    fn record_run(&mut self, run_id: String, status: RunState, pending: &RunPending, message: Option<String>) {
+        if let Some(prev) = self.status.last_run.take() {
+            self.status.run_history.insert(0, prev);
+            self.status.run_history.truncate(RUN_HISTORY_LIMIT);
+        }
+        self.status.last_run = Some(IngestionRun {
+            run_id,
+            generation: pending.generation,
+            status,
+            start_time: Some(pending.since.clone()),
+            end_time: (status != RunState::Processing).then(now),
+            message,
+        });
+        self.status.ingested_spec_hash = Some(pending.spec_hash.clone());
+        self.status.ingested_run_request = pending.run_request.clone();
+        self.status.run_pending = None;
+    }
+
+    async fn start_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+        let pending = RunPending {
+            since: now(),
+            generation: self.generation,
+            spec_hash: plan::ingest_hash(&self.obj.spec, self.audience_name()),
+            run_request: self.run_request().map(str::to_owned),
+        };
+        self.status.run_pending = Some(pending.clone());
+        if !self.write_marker().await? {
+            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        }
+        match s.start_run(audience_id, &plan::start_run_request(&self.obj.spec)).await {
+            Ok(run) => {
+                tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
+                self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::INGESTION_STARTED,
+                    format!(
+                        "Started ingestion run {} for generation {}",
+                        run.run_id, self.generation
+                    ),
+                )
+                .await;
+                Ok(Outcome::new(
+                    self.current_health(),
+                    Next::After(self.ctx.timing.run_poll),
+                ))
+            }
+            Err(e) => {
+                match e.kind() {
+                    // The run may exist: keep the marker; the next pass looks for it first.
+                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
+                    _ => self.status.run_pending = None,
+                }
+                if e.kind() == ErrorKind::NotFound {
+                    self.write_status(None).await?;
+                    return self.audience_missing(audience_id).await;
+                }
+                self.report(&e, "starting an ingestion run").await
+            }
+        }
+    }
+
+    async fn recover_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+        let Some(pending) = self.status.run_pending.clone() else {
+            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        };
+        let runs = match s.list_runs(audience_id).await {
+            Ok(r) => r,
+            Err(e) => return self.report(&e, "listing runs after an interrupted start").await,
+        };
+        let known: Vec<&str> = self
+            .status
+            .last_run
+            .iter()
+            .chain(self.status.run_history.iter())
+            .map(|r| r.run_id.as_str())
+            .collect();
+        // Allow for clock skew between AEP and us.
+        let since = pending.since.0.as_second() - 300;
+        let found = runs
+            .into_iter()
+            .filter(|r| !known.contains(&r.run_id.as_str()) && r.created_at.is_none_or(|t| t >= since))
+            .max_by_key(|r| r.created_at.unwrap_or_default());
+        match found {
+            Some(run) => {
+                let state = run_state(&run.status);
+                self.record_run(run.run_id.clone(), state, &pending, run.message.clone());
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Normal,
+                    events::INGESTION_STARTED,
+                    format!("Found ingestion run {} started by an interrupted pass", run.run_id),
+                )
+                .await;
+            }
+            None => {
+                self.status.run_pending = None;
+                self.write_status(None).await?;
+            }
+        }
+        Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+    }
+
+    async fn poll_run(&mut self, s: &Session, audience_id: &str, run_id: &str) -> Result<Outcome, Error> {
+        let run = match s.get_run(audience_id, run_id).await {
+            Ok(r) => r,
+            Err(e) => return self.report(&e, "reading the ingestion run").await,
+        };
+        let state = run_state(&run.status);
+        if state == RunState::Processing {
+            return Ok(Outcome::new(
+                self.current_health(),
+                Next::After(self.ctx.timing.run_poll),
+            ));
+        }
+        let message = run_message(&run);
+        if let Some(last) = self.status.last_run.as_mut() {
+            last.status = state;
+            last.end_time = Some(now());
+            last.message = message.clone();
+        }
+        let health = self.current_health();
+        self.status.observed_generation = Some(self.generation);
+        self.status.conditions = conditions_for(&health, self.generation, &self.original.conditions, &now());
+        self.write_status(None).await?;
+        if state == RunState::Success {
+            tracing::info!(audience_id, run_id, "Ingestion run succeeded");
+            self.event(
+                EventType::Normal,
+                events::INGESTION_SUCCEEDED,
+                format!("Ingestion run {run_id} succeeded"),
+            )
+            .await;
+        } else {
+            let msg = stable_message(&format!(
+                "Ingestion run {run_id} failed: {}",
+                message.unwrap_or_else(|| "no message from AEP".into())
+            ));
+            self.event(EventType::Warning, events::INGESTION_FAILED, msg).await;
+        }
+        let next = if state == RunState::Failed {
+            Next::Await
+        } else {
+            Next::After(Duration::ZERO)
+        };
+        Ok(Outcome::new(health, next))
+    }
+
+    // ----- steady state -----------------------------------------------------------------------
+
+    fn resync_interval(&self) -> Duration {
+        self.obj
+            .annotations()
+            .get(RESYNC_INTERVAL)
+            .and_then(|v| crate::config::parse_duration(v).ok())
+            .unwrap_or(self.ctx.timing.resync)
+    }
+
+    async fn idle(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+        let health = self.current_health();
+        if matches!(health, Health::Stalled { .. }) {
+            return Ok(Outcome::new(health, Next::Await));
+        }
+        let interval = self.resync_interval();
+        if interval.is_zero() {
+            return Ok(Outcome::new(health, Next::Await));
+        }
+        if !self.ctx.resync_due(&self.key(), interval) {
+            return Ok(Outcome::new(health, Next::After(interval)));
+        }
+        // Drift check: one read, sharing the per-org rate limit.
+        match s.get_audience(audience_id).await {
+            Ok(a) => {
+                self.ctx.resynced(self.key());
+                let want_desc = self.obj.spec.description.clone().unwrap_or_default();
+                let mut have_labels = a.labels.clone();
+                let mut want_labels = self.obj.spec.labels.clone();
+                have_labels.sort();
+                want_labels.sort();
+                if a.description.unwrap_or_default() != want_desc || have_labels != want_labels {
+                    self.status.applied_spec_hash = None;
+                    self.write_status(None).await?;
+                    self.event(
+                        EventType::Normal,
+                        events::DRIFT_CORRECTED,
+                        format!("Audience {audience_id} drifted in AEP (description or labels); patching it back to the spec"),
+                    )
+                    .await;
+                    return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+                }
+                Ok(Outcome::new(health, Next::After(interval)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+            Err(e) => self.report(&e, "checking the audience for drift").await,
+        }
+    }
+
+    /// The audience vanished from AEP behind our back.
+    async fn audience_missing(&mut self, audience_id: &str) -> Result<Outcome, Error> {
+        match self.ctx.missing_audience_policy {
+            MissingAudiencePolicy::Stall => {
+                let msg = format!(
+                    "Audience {audience_id} no longer exists in AEP (deleted outside this operator); delete and re-create this object, or run the operator with --missing-audience-policy=recreate"
+                );
+                let out = Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await);
+                self.status.observed_generation = Some(self.generation);
+                self.status.conditions =
+                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+                if self.status != self.original {
+                    self.write_status(None).await?;
+                    self.event(EventType::Warning, events::AUDIENCE_MISSING, msg).await;
+                }
+                Ok(out)
+            }
+            MissingAudiencePolicy::Recreate => {
+                let gone = self.status.audience_id.take();
+                if let Some(id) = gone {
+                    self.status.lost_audience_ids.insert(0, id);
+                    self.status.lost_audience_ids.truncate(RUN_HISTORY_LIMIT);
+                }
+                self.status.operation_id = None;
+                self.status.create_pending_since = None;
+                self.status.applied_spec_hash = None;
+                self.status.ingested_spec_hash = None;
+                self.status.ingested_run_request = None;
+                self.status.run_pending = None;
+                self.status.adopted = false;
+                if let Some(prev) = self.status.last_run.take() {
+                    self.status.run_history.insert(0, prev);
+                    self.status.run_history.truncate(RUN_HISTORY_LIMIT);
+                }
+                self.write_status(None).await?;
+                self.event(
+                    EventType::Warning,
+                    events::AUDIENCE_MISSING,
+                    format!("Audience {audience_id} was deleted in AEP outside this operator; creating it again"),
+                )
+                .await;
+                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+            }
+        }
+    }
+}
+
+fn stalled_reason_const(reason: &str) -> &'static str {
+    [
+        reasons::REJECTED,
+        reasons::OPERATION_FAILED,
+        reasons::NAME_TAKEN,
+        reasons::AUDIENCE_NOT_FOUND,
+        reasons::RUN_FAILED,
+        reasons::PERMISSION_DENIED,
+        reasons::CREDENTIALS_MISSING,
+        reasons::CREDENTIALS_INVALID,
+        reasons::DELETE_REFUSED,
+    ]
+    .into_iter()
+    .find(|r| *r == reason)
+    .unwrap_or(reasons::REJECTED)
+}
+
+fn run_state(s: &RunStatus) -> RunState {
+    match s {
+        RunStatus::Success => RunState::Success,
+        RunStatus::Failed => RunState::Failed,
+        _ => RunState::Processing,
+    }
+}
+
+fn run_message(run: &aep::Run) -> Option<String> {
+    run.message.clone().or_else(|| {
+        let failed: Vec<String> = run
+            .details
+            .iter()
+            .filter(|d| d.status == RunStatus::Failed)
+            .map(|d| match &d.message {
+                Some(m) => format!("{}: {m}", d.stage),
+                None => format!("{} failed", d.stage),
+            })
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    })
+}
+
+// ----- cleanup ----------------------------------------------------------------------------------
+
+async fn cleanup(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
+    let mut pass = Pass::new(obj, ctx, api);
+    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
+    let secret = &obj.spec.credentials_secret_ref.name;
+    let status = pass.status.clone();
+    let never_created =
+        status.audience_id.is_none() && status.operation_id.is_none() && status.create_pending_since.is_none();
+    if never_created {
+        return Ok(Action::await_change());
+    }
+    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
+        let note = match &status.audience_id {
+            Some(id) => format!("Left audience {id} in AEP (deletionPolicy: Orphan)"),
+            None => "Released the object; an audience being created is left in AEP (deletionPolicy: Orphan)".to_owned(),
+        };
+        pass.event(EventType::Normal, events::AUDIENCE_ORPHANED, note).await;
+        return Ok(Action::await_change());
+    }
+    let creds = match credentials::load(&ctx.client, &ns, secret).await {
+        Ok(c) => c,
+        Err(CredentialsError::Kube { source, .. }) => return Err(Error::Kube(source)),
+        Err(e) => {
+            match ctx.recall_credentials(&ns, secret) {
+                Some(c) => c,
+                None => {
+                    // Without credentials nothing can be deleted; holding the finalizer forever would
+                    // block namespace deletion, so release and say so loudly.
+                    pass.event(
+                    EventType::Warning,
+                    events::AUDIENCE_ORPHANED,
+                    format!("Cannot delete the audience in AEP: {e}; releasing the object and leaving the audience in AEP"),
+                )
+                .await;
+                    return Ok(Action::await_change());
+                }
+            }
+        }
+    };
+    let s = ctx.aep.session(&creds, &obj.spec.sandbox);
+    let audience_id = match status.audience_id.clone() {
+        Some(id) => Some(id),
+        None => match &status.operation_id {
+            Some(op) => match s.get_operation(op).await {
+                Ok(op) if op.status == OperationStatus::Success => op.audience_id,
+                Ok(op) if op.status == OperationStatus::Failed => None,
+                Ok(_) => return Err(Error::CreateInFlight),
+                Err(e) => return Err(Error::Aep(Box::new(e))),
+            },
+            None => s
+                .find_audiences_by_name(obj.spec.audience_name(&pass.name))
+                .await
+                .map_err(|e| Error::Aep(Box::new(e)))?
+                .first()
+                .map(|a| a.id.clone()),
+        },
+    };
+    let Some(audience_id) = audience_id else {
+        return Ok(Action::await_change());
+    };
+    match s.delete_audience(&audience_id).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            let msg = stable_message(&format!(
+                "AEP refused to delete audience {audience_id}: {}",
+                e.message()
+            ));
+            let out = Outcome::new(Health::stalled(reasons::DELETE_REFUSED, msg.clone()), Next::Await);
+            pass.status.observed_generation = Some(pass.generation);
+            pass.status.conditions = conditions_for(&out.health, pass.generation, &pass.original.conditions, &now());
+            if pass.status != pass.original {
+                pass.write_status(None).await?;
+                pass.event(EventType::Warning, events::DELETE_REFUSED, msg).await;
+            }
+            // Err keeps the finalizer; error_policy backs off.
+            return Err(Error::Aep(Box::new(e)));
+        }
+    }
+    tracing::info!(audience_id = %audience_id, "Deleted audience");
+    pass.event(
+        EventType::Normal,
+        events::AUDIENCE_DELETED,
+        format!("Deleted audience {audience_id} in AEP"),
+    )
+    .await;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,360 @@
+//! A faithful in-memory emulator of the AEP external-audience API, its `/ups/audiences` lookups and
+//! the IMS token endpoint (reference §7.2) — the project's Pebble. Tests start it in-process on
+//! `127.0.0.1:0` with [`Emulator::builder`]; the `aep-emulator` binary runs it standalone.
+//!
+//! It reuses [`crate::aep::types`] for every body, so client and emulator cannot drift. Lifecycles
+//! (operations, runs) are evaluated lazily from deadlines and poll counts; faults and settings can
+//! change at runtime through `/_emulator/*` ([`admin`]). State is in memory, optionally persisted
+//! to a JSON file with atomic writes. It must never be used as a production dependency of the
+//! controller, and it never logs tokens or secrets.
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+mod routes;
+pub mod state;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use url::Url;
+
+pub use admin::{AdminClient, AdminError, AudienceMutation, CredentialInfo};
+pub use config::{CredentialSpec, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG_ID, Faults, Settings};
+pub use state::{AudienceView, OperationView, RunView, StateView, Stats};
+
+use conn::{ConnHandle, KillableListener};
+use state::{Store, World};
+
+/// State shared by every handler.
+pub(crate) struct Shared {
+    world: Mutex<World>,
+    persist: Notify,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Signals that persisted state changed.
+    pub(crate) fn changed(&self) {
+        self.persist.notify_one();
+    }
+}
+
+/// Entry point: `Emulator::builder()…spawn().await`.
+#[derive(Debug)]
+pub struct Emulator;
+
+impl Emulator {
+    /// A builder with the local defaults: listen on `127.0.0.1:0`, accept
+    /// [`DEFAULT_CLIENT_ID`]/[`DEFAULT_CLIENT_SECRET`] for [`DEFAULT_ORG_ID`], zero latency.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            credentials: Vec::new(),
+            settings: Settings::default(),
+            faults: Faults::default(),
+            state_file: None,
+        }
+    }
+}
+
+/// Configures and starts an emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorBuilder {
+    listen: SocketAddr,
+    credentials: Vec<CredentialSpec>,
+    settings: Settings,
+    faults: Faults,
+    state_file: Option<PathBuf>,
+}
+
+impl EmulatorBuilder {
+    /// Address to bind (port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Accepts this credential (call repeatedly for several). Without any call, the default local
+    /// credential is accepted.
+    pub fn credential(mut self, spec: CredentialSpec) -> Self {
+        self.credentials.push(spec);
+        self
+    }
+
+    /// Replaces all settings.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Edits the settings in place.
+    pub fn configure(mut self, edit: impl FnOnce(&mut Settings)) -> Self {
+        edit(&mut self.settings);
+        self
+    }
+
+    /// Initial faults.
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// `expires_in` of issued tokens.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.token_lifetime_secs = lifetime.as_secs();
+        self
+    }
+
+    /// Operations finish after `delay` and after `processing_polls` polls answered `PROCESSING`.
+    pub fn operation_timing(mut self, delay: Duration, processing_polls: u32) -> Self {
+        self.settings.operation_delay_ms = delay.as_millis() as u64;
+        self.settings.operation_polls = processing_polls;
+        self
+    }
+
+    /// Runs finish after `delay` and after `processing_polls` polls answered `PROCESSING`.
+    pub fn run_timing(mut self, delay: Duration, processing_polls: u32) -> Self {
+        self.settings.run_delay_ms = delay.as_millis() as u64;
+        self.settings.run_polls = processing_polls;
+        self
+    }
+
+    /// Operations and runs finish on their first poll.
+    pub fn zero_latency(self) -> Self {
+        self.operation_timing(Duration::ZERO, 0).run_timing(Duration::ZERO, 0)
+    }
+
+    /// Persists state to `path` (loaded at start when it exists).
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state_file = Some(path.into());
+        self
+    }
+
+    /// Binds the listener and starts serving; returns once connections are accepted.
+    pub async fn spawn(self) -> io::Result<RunningEmulator> {
+        let store = match &self.state_file {
+            Some(path) => load_state(path).await?,
+            None => Store::default(),
+        };
+        let credentials = if self.credentials.is_empty() {
+            vec![CredentialSpec::default()]
+        } else {
+            self.credentials
+        };
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World {
+                store,
+                tokens: HashMap::new(),
+                credentials,
+                settings: self.settings,
+                faults: self.faults,
+                stats: Stats::default(),
+            }),
+            persist: Notify::new(),
+        });
+        let listener = tokio::net::TcpListener::bind(self.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = routes::service_router(shared.clone())
+            .merge(admin::router())
+            .fallback(routes::unmatched)
+            .with_state(shared.clone());
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = axum::serve(
+            KillableListener::new(listener),
+            app.into_make_service_with_connect_info::<ConnHandle>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = shutdown_rx.await;
+        });
+        let server_task = tokio::spawn(async move { server.await });
+        let persister = self
+            .state_file
+            .clone()
+            .map(|path| tokio::spawn(persist_loop(shared.clone(), path)));
+        tracing::info!(%addr, "AEP emulator listening");
+        Ok(RunningEmulator {
+            addr,
+            shared,
+            shutdown: Some(shutdown_tx),
+            server: Some(server_task),
+            persister,
+            state_file: self.state_file,
+        })
+    }
+}
+
+/// A started emulator. Dropping it stops the server (without a final state write; use
+/// [`RunningEmulator::shutdown`] for that).
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<io::Result<()>>>,
+    persister: Option<JoinHandle<()>>,
+    state_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RunningEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningEmulator")
+            .field("addr", &self.addr)
+            .field("state_file", &self.state_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningEmulator {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>/`: use it as both the AEP platform URL and the IMS URL.
+    pub fn base_url(&self) -> Url {
+        Url::parse(&format!("http://{}/", self.addr))
+            .unwrap_or_else(|e| unreachable!("a socket address is a valid URL authority: {e}"))
+    }
+
+    /// A typed admin client for this emulator.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(self.base_url())
+    }
+
+    /// Client credentials for the first accepted credential, with both URLs pointing here.
+    pub fn credentials(&self) -> crate::aep::Credentials {
+        let spec = self.shared.lock().credentials.first().cloned().unwrap_or_default();
+        let mut creds = crate::aep::Credentials::new(spec.client_id, spec.client_secret, spec.org_id);
+        creds.ims_url = Some(self.base_url());
+        creds.platform_url = Some(self.base_url());
+        creds
+    }
+
+    /// A client configuration pointing at this emulator (other values default).
+    pub fn client_config(&self) -> crate::aep::ClientConfig {
+        crate::aep::ClientConfig {
+            platform_url: self.base_url(),
+            ims_url: self.base_url(),
+            ..crate::aep::ClientConfig::default()
+        }
+    }
+
+    /// Counters, read in-process.
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// State view, read in-process.
+    pub fn state(&self) -> StateView {
+        self.shared.lock().view()
+    }
+
+    /// Edits the faults in place.
+    pub fn update_faults(&self, edit: impl FnOnce(&mut Faults)) {
+        edit(&mut self.shared.lock().faults);
+    }
+
+    /// Edits the settings in place.
+    pub fn update_settings(&self, edit: impl FnOnce(&mut Settings)) {
+        edit(&mut self.shared.lock().settings);
+    }
+
+    /// Stops accepting, finishes in-flight requests, writes the state file one last time.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.finish().await
+    }
+
+    /// Serves until the server stops (it only stops on error or after [`Self::shutdown`] from
+    /// elsewhere); for the binary, which races this against a signal.
+    pub async fn wait(&mut self) -> io::Result<()> {
+        match self.server.as_mut() {
+            Some(task) => {
+                let result = task.await.map_err(io::Error::other)?;
+                self.server = None;
+                result
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        if let Some(task) = self.server.take() {
+            task.await.map_err(io::Error::other)??;
+        }
+        if let Some(task) = self.persister.take() {
+            task.abort();
+        }
+        if let Some(path) = &self.state_file {
+            let snapshot = snapshot(&self.shared)?;
+            write_atomic(path, &snapshot).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.persister.take() {
+            task.abort();
+        }
+    }
+}
+
+fn snapshot(shared: &Shared) -> io::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(&shared.lock().store).map_err(io::Error::other)
+}
+
+async fn load_state(path: &Path) -> io::Result<Store> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("state file {} is not valid: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Store::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
+async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let file = tokio::fs::File::create(&tmp).await?;
+    let mut file = file;
+    tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await
+}
+
+async fn persist_loop(shared: Arc<Shared>, path: PathBuf) {
+    loop {
+        shared.persist.notified().await;
+        let result = match snapshot(&shared) {
+            Ok(bytes) => write_atomic(&path, &bytes).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            tracing::warn!(path = %path.display(), %error, "Could not write the state file");
+        }
+    }
+}

@@ -1,0 +1,1055 @@
+//! HTTP surface of the emulated service: IMS `/ims/token/v3`, every `/data/core/ais` external-audience
+//! route with the older spellings of reference §2.12, and `/data/core/ups/audiences`; plus the
+//! gateway-style authentication, fault injection and per-route request accounting around them.
+//!
+//! Handlers hold the world lock only for in-memory work and never across an `.await`. Tokens and
+//! secrets are never logged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use serde_json::{Value, json};
+
+use crate::aep::types::{
+    CreateAudienceResponse, ExtendTtlResponse, GatewayErrorBody, ImsErrorBody, ImsTokenResponse, Link, RunList,
+    RunStatus, ServiceErrorBody, UpsAudience, UpsAudienceList, UpsLinks, UpsPage,
+};
+
+use super::Shared;
+use super::config::{KNOWN_SCOPES, take};
+use super::conn::ConnHandle;
+use super::state::{AudienceRec, OperationRec, RunRec, Tenant, TokenRec, World, actor, now_ms};
+use super::validate;
+
+type AppState = Arc<Shared>;
+
+/// The authenticated caller, inserted by the auth layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    org: String,
+    sandbox: String,
+    client_id: String,
+}
+
+/// Marks a response whose connection was dropped (for the stats layer).
+#[derive(Debug, Clone, Copy)]
+struct Dropped;
+
+const AIS: &str = "/data/core/ais";
+const UPS: &str = "/data/core/ups";
+
+/// Adds `path` and `path/` with the same handlers.
+fn both(router: Router<AppState>, path: &str, handler: MethodRouter<AppState>) -> Router<AppState> {
+    router.route(path, handler.clone()).route(&format!("{path}/"), handler)
+}
+
+/// The service routes (AEP and IMS), with auth, faults and stats layers.
+pub(crate) fn service_router(shared: AppState) -> Router<AppState> {
+    let ea = format!("{AIS}/external-audience");
+    let mut aep = Router::new()
+        .route(&ea, post(create))
+        .route(&format!("{ea}/"), post(create))
+        .route(&format!("{ea}/submit"), post(create));
+    for plural in ["external-audience", "external-audiences"] {
+        for kind in ["operations", "task"] {
+            aep = both(
+                aep,
+                &format!("{AIS}/{plural}/{kind}/{{operation_id}}"),
+                get(get_operation),
+            );
+        }
+    }
+    aep = both(aep, &format!("{ea}/extend-ttl/{{id}}"), post(extend_ttl));
+    aep = both(
+        aep,
+        &format!("{ea}/{{id}}"),
+        axum::routing::patch(patch_audience).delete(delete_audience),
+    );
+    aep = both(aep, &format!("{ea}/{{id}}/runs"), post(start_run).get(list_runs));
+    aep = both(aep, &format!("{ea}/{{id}}/run"), post(start_run).get(list_runs));
+    aep = both(aep, &format!("{ea}/{{id}}/runs/{{run_id}}"), get(get_run));
+    aep = both(aep, &format!("{ea}/{{id}}/run/{{run_id}}"), get(get_run));
+    aep = both(aep, &format!("{UPS}/audiences"), get(list_ups));
+    aep = both(aep, &format!("{UPS}/audiences/{{id}}"), get(get_ups).delete(delete_ups));
+    let aep = aep
+        .route_layer(from_fn_with_state(shared.clone(), authenticate))
+        .route_layer(from_fn_with_state(shared.clone(), inject_faults));
+    Router::new()
+        .merge(aep)
+        .route("/ims/token/v3", post(ims_token))
+        .route_layer(from_fn_with_state(shared, account))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error bodies
+// ---------------------------------------------------------------------------------------------
+
+/// AEP service error (reference §7.2.15).
+pub(crate) fn service_error(status: StatusCode, code: &str, title: &str, detail: impl Into<String>) -> Response {
+    let body = ServiceErrorBody {
+        r#type: Some(format!("http://ns.adobe.com/aep/errors/AIS-{code}")),
+        status: Some(status.as_u16()),
+        title: Some(title.to_owned()),
+        detail: Some(detail.into()),
+        error_code: Some(code.to_owned()),
+        report: None,
+    };
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(detail: impl Into<String>) -> Response {
+    service_error(StatusCode::BAD_REQUEST, "100910-400", "BAD_REQUEST", detail)
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    service_error(
+        StatusCode::NOT_FOUND,
+        "100940-404",
+        "NOT_FOUND",
+        format!("{what} {id} not found in this sandbox"),
+    )
+}
+
+fn refusal(status: u16, retry_after_secs: u64, detail: String) -> Response {
+    let (status, code, title) = match status {
+        409 => (StatusCode::CONFLICT, "100960-409", "CONFLICT"),
+        429 => (StatusCode::TOO_MANY_REQUESTS, "100960-429", "TOO_MANY_REQUESTS"),
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "100960-422", "UNPROCESSABLE_ENTITY"),
+    };
+    let mut response = service_error(status, code, title, detail);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    response
+}
+
+fn gateway_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = GatewayErrorBody {
+        error_code: code.to_owned(),
+        message: message.to_owned(),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn ims_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = ImsErrorBody {
+        error: error.to_owned(),
+        error_description: Some(description.to_owned()),
+    };
+    (status, Json(body)).into_response()
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("request body: not valid JSON ({e})")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------------------
+
+/// Counts requests per route template and status, and writes one structured log line each.
+async fn account(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "UNMATCHED".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = if response.extensions().get::<Dropped>().is_some() {
+        "dropped".to_owned()
+    } else {
+        response.status().as_u16().to_string()
+    };
+    let key = format!("{method} {route}");
+    tracing::info!(
+        method = %method,
+        route = %route,
+        status = %status,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "Handled request"
+    );
+    let mut world = shared.lock();
+    *world
+        .stats
+        .requests
+        .entry(key)
+        .or_insert_with(BTreeMap::new)
+        .entry(status)
+        .or_insert(0) += 1;
+    response
+}
+
+/// Gateway checks of reference §7.2.3, then the caller's (org, sandbox).
+async fn authenticate(State(shared): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let Some(authorization) = header("authorization") else {
+        return gateway_error(StatusCode::UNAUTHORIZED, "403010", "Oauth token is missing.");
+    };
+    let token = authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let (strict, token_rec) = {
+        let world = shared.lock();
+        let rec = world.tokens.get(&token).filter(|t| t.expires_at_ms > now_ms()).cloned();
+        (world.settings.strict, rec)
+    };
+    let Some(token_rec) = token_rec else {
+        return gateway_error(StatusCode::UNAUTHORIZED, "401013", "Oauth token is not valid");
+    };
+    match header("x-api-key") {
+        None => return gateway_error(StatusCode::FORBIDDEN, "403000", "Api Key is required"),
+        Some(key) if key != token_rec.client_id => {
+            return gateway_error(StatusCode::FORBIDDEN, "403003", "Api Key is invalid");
+        }
+        Some(_) => {}
+    }
+    let org = match header("x-gw-ims-org-id") {
+        None => return gateway_error(StatusCode::BAD_REQUEST, "400003", "Missing header"),
+        Some(org) if org != token_rec.org_id => {
+            return service_error(
+                StatusCode::UNAUTHORIZED,
+                "100921-401",
+                "UNAUTHORIZED",
+                "x-gw-ims-org-id: the token does not belong to this IMS org",
+            );
+        }
+        Some(org) => org,
+    };
+    let sandbox = match header("x-sandbox-name") {
+        Some(s) => s,
+        None if strict => {
+            return service_error(
+                StatusCode::UNAUTHORIZED,
+                "100920-401",
+                "UNAUTHORIZED",
+                "x-sandbox-name: header is required",
+            );
+        }
+        None => "prod".to_owned(),
+    };
+    let has_body = matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH);
+    let json_type = header("content-type").is_some_and(|c| c.starts_with("application/json"));
+    if strict && has_body && !json_type && request.uri().path().contains("/external-audience/") {
+        let runs_without_body = request.uri().path().contains("extend-ttl");
+        if !runs_without_body {
+            let body = json!({"type": "/placeholder/type/uri", "status": 400,
+                "title": "BadRequestError", "detail": "A valid content-type must be specified"});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    }
+    request.extensions_mut().insert(Caller {
+        org,
+        sandbox,
+        client_id: token_rec.client_id,
+    });
+    next.run(request).await
+}
+
+/// Latency, 429 and 5xx injection (reference §7.2, issue 3).
+async fn inject_faults(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    let latency = shared.lock().faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let injected = {
+        let mut world = shared.lock();
+        let World { faults, stats, .. } = &mut *world;
+        let roll = |p: f64| p > 0.0 && rand::random::<f64>() < p;
+        let outcome = if take(&mut faults.rate_limit_next, false) || roll(faults.rate_limit_probability) {
+            Some((StatusCode::TOO_MANY_REQUESTS, faults.retry_after_secs))
+        } else if take(&mut faults.unavailable_next, false) || roll(faults.unavailable_probability) {
+            Some((StatusCode::SERVICE_UNAVAILABLE, faults.retry_after_secs))
+        } else if roll(faults.server_error_probability) {
+            Some((StatusCode::INTERNAL_SERVER_ERROR, 0))
+        } else {
+            None
+        };
+        if outcome.is_some() {
+            stats.injected_errors += 1;
+        }
+        outcome
+    };
+    match injected {
+        None => next.run(request).await,
+        Some((StatusCode::TOO_MANY_REQUESTS, retry_after)) => {
+            let mut response = service_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "100970-429",
+                "TOO_MANY_REQUESTS",
+                format!("Too many requests; retry after {retry_after} seconds"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            response
+        }
+        Some((StatusCode::SERVICE_UNAVAILABLE, retry_after)) => {
+            let mut response = service_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "100970-503",
+                "SERVICE_UNAVAILABLE",
+                "Service temporarily unavailable",
+            );
+            if retry_after > 0 {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            response
+        }
+        Some(_) => service_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "100970-500",
+            "INTERNAL_SERVER_ERROR",
+            "Internal server error",
+        ),
+    }
+}
+
+fn commit_then_drop(shared: &Shared, conn: &ConnHandle, mut response: Response) -> Response {
+    conn.kill();
+    shared.lock().stats.connections_dropped += 1;
+    response.extensions_mut().insert(Dropped);
+    response
+}
+
+fn tenant<'w>(world: &'w mut World, caller: &Caller) -> Option<&'w mut Tenant> {
+    world
+        .store
+        .tenants
+        .get_mut(&format!("{}/{}", caller.org, caller.sandbox))
+}
+
+fn visible_audience<'t>(tenant: Option<&'t mut Tenant>, id: &str, now: i64) -> Option<&'t mut AudienceRec> {
+    tenant?.audiences.get_mut(id).filter(|a| a.visible(now))
+}
+
+// ---------------------------------------------------------------------------------------------
+// IMS
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /ims/token/v3` (reference §7.2.16); parameters from the body and/or the query string.
+async fn ims_token(State(shared): State<AppState>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(q) = &query {
+        params.extend(url::form_urlencoded::parse(q.as_bytes()).into_owned());
+    }
+    params.extend(url::form_urlencoded::parse(&body).into_owned());
+    let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let mut world = shared.lock();
+    world.stats.token_requests += 1;
+    let refused = |world: &mut World, status, error, description| {
+        world.stats.token_refusals += 1;
+        tracing::info!(client_id = %param("client_id"), error, "Refused token request");
+        ims_error(status, error, description)
+    };
+    if param("grant_type") != "client_credentials" {
+        return refused(
+            &mut world,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    let Some(cred) = world
+        .credentials
+        .iter()
+        .find(|c| c.client_id == param("client_id"))
+        .cloned()
+    else {
+        return refused(
+            &mut world,
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            "invalid client_id parameter",
+        );
+    };
+    if cred.client_secret != param("client_secret") {
+        return refused(
+            &mut world,
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "invalid client_secret parameter",
+        );
+    }
+    let scopes: Vec<&str> = param("scope")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if scopes.is_empty() || scopes.iter().any(|s| !KNOWN_SCOPES.contains(s)) {
+        return refused(&mut world, StatusCode::BAD_REQUEST, "invalid_scope", "invalid scope");
+    }
+    let lifetime = world.settings.token_lifetime_secs;
+    let token = format!(
+        "emu.{}.{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    world.tokens.insert(
+        token.clone(),
+        TokenRec {
+            client_id: cred.client_id.clone(),
+            org_id: cred.org_id.clone(),
+            expires_at_ms: now_ms().saturating_add((lifetime as i64).saturating_mul(1000)),
+        },
+    );
+    world.stats.tokens_issued += 1;
+    tracing::info!(client_id = %cred.client_id, lifetime_secs = lifetime, "Issued token");
+    Json(ImsTokenResponse {
+        access_token: token,
+        token_type: "bearer".to_owned(),
+        expires_in: Some(lifetime as i64),
+    })
+    .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// External audiences
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /external-audience/` (also without the slash and the legacy `/submit`).
+async fn create(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    body: Bytes,
+) -> Response {
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut world = shared.lock();
+    world.stats.create_requests += 1;
+    let definition = match validate::create_request(&value) {
+        Ok(d) => d,
+        Err(detail) => {
+            world.stats.create_rejections += 1;
+            return bad_request(detail);
+        }
+    };
+    let now = now_ms();
+    let duplicate = tenant(&mut world, &caller).and_then(|t| {
+        t.audiences
+            .values()
+            .find(|a| {
+                a.definition.name == definition.name
+                    || (definition.custom_audience_id.is_some()
+                        && a.definition.custom_audience_id == definition.custom_audience_id)
+            })
+            .map(|a| a.id.clone())
+    });
+    if let Some(existing) = duplicate {
+        world.stats.create_conflicts += 1;
+        return service_error(
+            StatusCode::CONFLICT,
+            "100950-409",
+            "DUPLICATE_RESOURCE",
+            format!(
+                "name: an audience named {:?} already exists in this sandbox ({existing})",
+                definition.name
+            ),
+        );
+    }
+    let World {
+        faults,
+        settings,
+        stats,
+        ..
+    } = &mut *world;
+    let failure = take(&mut faults.fail_next_operations, faults.fail_all_operations)
+        .then(|| faults.operation_failure_message.clone());
+    let drop_connection = take(&mut faults.drop_next_creates, faults.drop_all_creates);
+    let ready_at_ms = now.saturating_add(settings.operation_delay_ms as i64);
+    let processing_polls = settings.operation_polls;
+    stats.creates += 1;
+    let operation_id = uuid::Uuid::new_v4().to_string();
+    let audience_id = failure.is_none().then(|| uuid::Uuid::new_v4().to_string());
+    let created_by = actor(&caller.client_id);
+    let tenant = world.tenant_mut(&caller.org, &caller.sandbox);
+    if let Some(id) = &audience_id {
+        tenant.audiences.insert(
+            id.clone(),
+            AudienceRec {
+                id: id.clone(),
+                definition: definition.clone(),
+                lifecycle_state: "published".to_owned(),
+                dataset_id: uuid::Uuid::new_v4().simple().to_string(),
+                ready_at_ms,
+                created_at_ms: now,
+                updated_at_ms: now,
+                created_by: created_by.clone(),
+                updated_by: created_by.clone(),
+                runs: Vec::new(),
+            },
+        );
+    }
+    tenant.operations.insert(
+        operation_id.clone(),
+        OperationRec {
+            id: operation_id.clone(),
+            audience_id: audience_id.clone(),
+            definition: definition.clone(),
+            failure,
+            ready_at_ms,
+            processing_polls,
+            polls: 0,
+            created_at_ms: now,
+            created_by,
+        },
+    );
+    drop(world);
+    shared.changed();
+    tracing::info!(
+        org = %caller.org,
+        sandbox = %caller.sandbox,
+        operation_id = %operation_id,
+        audience_id = audience_id.as_deref().unwrap_or(""),
+        drop_connection,
+        "Accepted create"
+    );
+    let response = (
+        StatusCode::ACCEPTED,
+        Json(CreateAudienceResponse {
+            operation_id,
+            operation_details: Some(definition),
+        }),
+    )
+        .into_response();
+    if drop_connection {
+        return commit_then_drop(&shared, &conn, response);
+    }
+    response
+}
+
+/// `GET /external-audience(s)/operations/{id}` and the legacy `/task/{id}`.
+async fn get_operation(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(operation_id): Path<String>,
+) -> Response {
+    let mut world = shared.lock();
+    world.stats.operation_polls += 1;
+    let now = now_ms();
+    let Some(op) = tenant(&mut world, &caller).and_then(|t| t.operations.get_mut(&operation_id)) else {
+        return not_found("operation", &operation_id);
+    };
+    let status = op.advance(now, true);
+    Json(op.to_wire(status)).into_response()
+}
+
+/// `POST /external-audience/{id}/runs` (also `/run`).
+async fn start_run(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
+    Path(audience_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut world = shared.lock();
+    world.stats.run_requests += 1;
+    let now = now_ms();
+    let settings = world.settings.clone();
+    let World {
+        store, faults, stats, ..
+    } = &mut *world;
+    let Some(tenant) = store.tenants.get_mut(&format!("{}/{}", caller.org, caller.sandbox)) else {
+        return not_found("audience", &audience_id);
+    };
+    let today = now.div_euclid(86_400_000);
+    let runs_today = tenant
+        .audiences
+        .values()
+        .flat_map(|a| a.runs.iter())
+        .filter(|r| r.created_at_ms.div_euclid(86_400_000) == today)
+        .count();
+    let sandbox_name = tenant.sandbox.clone();
+    let Some(audience) = visible_audience(Some(tenant), &audience_id, now) else {
+        return not_found("audience", &audience_id);
+    };
+    let request = match validate::start_run_request(&value) {
+        Ok(r) => r,
+        Err(detail) => return bad_request(detail),
+    };
+    let running = audience
+        .runs
+        .iter_mut()
+        .find_map(|r| r.in_progress(now).then(|| r.id.clone()));
+    if let Some(running) = running {
+        stats.run_in_progress_refusals += 1;
+        let detail = format!(
+            "audience {audience_id}: a run is already in progress (run {running}); a new run can start once it has finished"
+        );
+        return refusal(
+            settings.run_in_progress_status,
+            settings.guardrail_retry_after_secs,
+            detail,
+        );
+    }
+    let guardrail = if audience.runs.len() >= settings.max_runs_per_audience as usize {
+        Some(format!(
+            "audience {audience_id}: guardrail reached, at most {} ingestion runs per audience",
+            settings.max_runs_per_audience
+        ))
+    } else if runs_today >= settings.max_runs_per_sandbox_per_day as usize {
+        Some(format!(
+            "sandbox {sandbox_name}: guardrail reached, at most {} ingestion runs per sandbox per day",
+            settings.max_runs_per_sandbox_per_day
+        ))
+    } else {
+        None
+    };
+    if let Some(detail) = guardrail {
+        stats.guardrail_refusals += 1;
+        return refusal(settings.guardrail_status, settings.guardrail_retry_after_secs, detail);
+    }
+    let failure = take(&mut faults.fail_next_runs, faults.fail_all_runs).then(|| faults.run_failure_message.clone());
+    let drop_connection = take(&mut faults.drop_next_runs, faults.drop_all_runs);
+    let run = RunRec {
+        id: uuid::Uuid::new_v4().to_string(),
+        data_filter_start_time: request.data_filter_start_time,
+        data_filter_end_time: request.data_filter_end_time,
+        differential_ingestion: request.differential_ingestion.unwrap_or(true),
+        failure,
+        ready_at_ms: now.saturating_add(settings.run_delay_ms as i64),
+        processing_polls: settings.run_polls,
+        polls: 0,
+        ended: None,
+        created_at_ms: now,
+        created_by: actor(&caller.client_id),
+    };
+    let wire = run.to_wire(audience, None);
+    // The new run counts as in progress at its start, even in zero-latency mode.
+    let concurrent = 1 + audience
+        .runs
+        .iter_mut()
+        .map(|r| r.in_progress(now))
+        .filter(|busy| *busy)
+        .count() as u64;
+    audience.runs.push(run);
+    stats.max_concurrent_runs_per_audience = stats.max_concurrent_runs_per_audience.max(concurrent);
+    stats.runs_started += 1;
+    drop(world);
+    shared.changed();
+    tracing::info!(
+        org = %caller.org,
+        sandbox = %caller.sandbox,
+        audience_id = %audience_id,
+        run_id = %wire.run_id,
+        drop_connection,
+        "Started run"
+    );
+    let response = Json(wire).into_response();
+    if drop_connection {
+        return commit_then_drop(&shared, &conn, response);
+    }
+    response
+}
+
+/// `GET /external-audience/{id}/runs/{runId}` (also `/run/{runId}`).
+async fn get_run(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path((audience_id, run_id)): Path<(String, String)>,
+) -> Response {
+    let mut world = shared.lock();
+    world.stats.run_polls += 1;
+    let now = now_ms();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+        return not_found("audience", &audience_id);
+    };
+    let Some(index) = audience.runs.iter().position(|r| r.id == run_id) else {
+        return not_found("run", &run_id);
+    };
+    let status = audience.runs[index].advance(now, true);
+    let wire = audience.runs[index].to_wire(audience, Some(status));
+    Json(wire).into_response()
+}
+
+/// `GET /external-audience/{id}/runs` with `limit`, `sortBy`, `property=status=…` (§7.2.12).
+async fn list_runs(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(audience_id): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut limit = 20usize;
+    let mut sort_by = "-createdAt".to_owned();
+    let mut filters: Vec<(String, bool, String)> = Vec::new();
+    for (key, value) in &query {
+        match key.as_str() {
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=40).contains(&n) => limit = n,
+                _ => return bad_request("limit: must be an integer between 1 and 40"),
+            },
+            "sortBy" => sort_by = value.clone(),
+            "property" => {
+                let parsed = value
+                    .split_once("!=")
+                    .map(|(a, v)| (a, false, v))
+                    .or_else(|| value.split_once('=').map(|(a, v)| (a, true, v)));
+                match parsed {
+                    Some((attr, eq, v)) if matches!(attr, "status" | "name") => {
+                        filters.push((attr.to_owned(), eq, v.trim_start_matches('=').to_owned()))
+                    }
+                    _ => return bad_request("property: supported filters are status=… and name=…"),
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut world = shared.lock();
+    world.stats.run_polls += 1;
+    let now = now_ms();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+        return not_found("audience", &audience_id);
+    };
+    let statuses: Vec<RunStatus> = audience.runs.iter_mut().map(|r| r.advance(now, true)).collect();
+    let mut runs: Vec<_> = audience
+        .runs
+        .iter()
+        .zip(statuses)
+        .map(|(r, s)| r.to_wire(audience, Some(s)))
+        .map(|mut r| {
+            r.details.clear();
+            r
+        })
+        .filter(|r| {
+            filters.iter().all(|(attr, eq, v)| {
+                let actual = match attr.as_str() {
+                    "status" => r.status.as_str().to_owned(),
+                    _ => r.audience_name.clone().unwrap_or_default(),
+                };
+                actual.eq_ignore_ascii_case(v) == *eq
+            })
+        })
+        .collect();
+    let descending = sort_by.starts_with('-');
+    match sort_by.trim_start_matches('-') {
+        "name" => runs.sort_by(|a, b| a.audience_name.cmp(&b.audience_name)),
+        _ => runs.sort_by_key(|r| r.created_at),
+    }
+    if descending {
+        runs.reverse();
+    }
+    let total = runs.len();
+    runs.truncate(limit);
+    let page = json!({"limit": limit, "count": runs.len(), "totalCount": total});
+    Json(RunList { runs, page: Some(page) }).into_response()
+}
+
+/// `PATCH /external-audience/{id}`: replace semantics per property (§7.2.10).
+async fn patch_audience(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(audience_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut world = shared.lock();
+    let now = now_ms();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+        return not_found("audience", &audience_id);
+    };
+    let patch = match validate::patch_request(&value, &audience.definition) {
+        Ok(p) => p,
+        Err(detail) => return bad_request(detail),
+    };
+    let d = &mut audience.definition;
+    if let Some(description) = patch.description {
+        d.description = Some(description);
+    }
+    if let Some(labels) = patch.labels {
+        d.labels = labels;
+    }
+    if let Some(ttl) = patch.ttl_in_days {
+        d.ttl_in_days = Some(ttl);
+    }
+    for f in patch.fields.unwrap_or_default() {
+        if let Some(stored) = d.fields.iter_mut().find(|s| s.name == f.name) {
+            stored.labels = f.labels;
+        }
+    }
+    audience.updated_at_ms = now;
+    audience.updated_by = actor(&caller.client_id);
+    let mut body = serde_json::to_value(audience.to_external()).unwrap_or(Value::Null);
+    // The doc sample shows `sourceSpec` flat in PATCH responses.
+    if let Some(spec) = body.get_mut("sourceSpec")
+        && let Some(params) = spec.get_mut("params").map(Value::take)
+    {
+        *spec = params;
+    }
+    world.stats.patches += 1;
+    drop(world);
+    shared.changed();
+    tracing::info!(audience_id = %audience_id, "Patched audience");
+    Json(body).into_response()
+}
+
+fn delete_in(shared: &Shared, caller: &Caller, audience_id: &str) -> Response {
+    let mut world = shared.lock();
+    let now = now_ms();
+    let in_use = world.faults.refuse_delete_in_use;
+    let key = format!("{}/{}", caller.org, caller.sandbox);
+    let World { store, stats, .. } = &mut *world;
+    let Some(tenant) = store.tenants.get_mut(&key) else {
+        return not_found("audience", audience_id);
+    };
+    if visible_audience(Some(tenant), audience_id, now).is_none() {
+        return not_found("audience", audience_id);
+    }
+    if in_use {
+        stats.delete_refusals += 1;
+        return service_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "100960-422",
+            "UNPROCESSABLE_ENTITY",
+            format!(
+                "audience {audience_id} is used by a downstream activation or another audience and cannot be deleted"
+            ),
+        );
+    }
+    tenant.audiences.remove(audience_id);
+    stats.deletes += 1;
+    drop(world);
+    shared.changed();
+    tracing::info!(audience_id = %audience_id, "Deleted audience");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /external-audience/{id}` → 204.
+async fn delete_audience(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(audience_id): Path<String>,
+) -> Response {
+    delete_in(&shared, &caller, &audience_id)
+}
+
+/// `POST /external-audience/extend-ttl/{id}` → 200 `{audienceId, name}`.
+async fn extend_ttl(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(audience_id): Path<String>,
+) -> Response {
+    let mut world = shared.lock();
+    let now = now_ms();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+        return not_found("audience", &audience_id);
+    };
+    audience.updated_at_ms = now;
+    audience.updated_by = actor(&caller.client_id);
+    let body = ExtendTtlResponse {
+        audience_id: audience.id.clone(),
+        name: audience.definition.name.clone(),
+    };
+    drop(world);
+    shared.changed();
+    Json(body).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// /data/core/ups/audiences
+// ---------------------------------------------------------------------------------------------
+
+fn ups_attr(record: &UpsAudience, attr: &str) -> Option<String> {
+    Some(match attr {
+        "id" => record.id.clone(),
+        "audienceId" => record.audience_id.clone()?,
+        "name" => record.name.clone(),
+        "namespace" => record.namespace.clone()?,
+        "originName" => record.origin_name.clone()?,
+        "type" => record.r#type.clone()?,
+        "lifecycleState" => record.lifecycle_state.clone()?,
+        "description" => record.description.clone()?,
+        _ => return None,
+    })
+}
+
+const PROPERTY_ATTRS: &[&str] = &[
+    "id",
+    "audienceId",
+    "name",
+    "namespace",
+    "originName",
+    "type",
+    "lifecycleState",
+    "description",
+];
+
+/// `GET /data/core/ups/audiences` (reference §7.2.9).
+async fn list_ups(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut world = shared.lock();
+    let mut start = 0usize;
+    let mut limit = world.settings.ups_default_limit.max(1) as usize;
+    let mut sort: Option<(String, bool)> = None;
+    let mut properties: Vec<(String, bool, String)> = Vec::new();
+    let mut name: Option<String> = None;
+    let mut description: Option<String> = None;
+    for (key, value) in &query {
+        match key.as_str() {
+            "start" => match value.parse::<usize>() {
+                Ok(n) => start = n,
+                Err(_) => return bad_request("start: must be a non-negative integer"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => return bad_request("limit: must be an integer between 1 and 1000"),
+            },
+            "sort" => {
+                let (attr, dir) = value.split_once(':').unwrap_or((value.as_str(), "asc"));
+                sort = Some((attr.to_owned(), dir.eq_ignore_ascii_case("desc")));
+            }
+            "property" => {
+                let parsed = value
+                    .split_once("!=")
+                    .map(|(a, v)| (a, false, v))
+                    .or_else(|| value.split_once("==").map(|(a, v)| (a, true, v)));
+                match parsed {
+                    Some((attr, eq, v)) if PROPERTY_ATTRS.contains(&attr) => {
+                        properties.push((attr.to_owned(), eq, v.to_owned()))
+                    }
+                    _ => {
+                        return bad_request(format!(
+                            "property: must be <attribute>==<value> with attribute one of {}",
+                            PROPERTY_ATTRS.join(", ")
+                        ));
+                    }
+                }
+            }
+            "name" => name = Some(value.to_lowercase()),
+            "description" => description = Some(value.to_lowercase()),
+            _ => {}
+        }
+    }
+    let include_inactive = properties.iter().any(|(attr, _, _)| attr == "audienceId");
+    let now = now_ms();
+    let mut records: Vec<UpsAudience> = match tenant(&mut world, &caller) {
+        None => Vec::new(),
+        Some(t) => t
+            .audiences
+            .values()
+            .filter(|a| a.visible(now))
+            .map(|a| a.to_ups(t))
+            .collect(),
+    };
+    drop(world);
+    records.retain(|r| {
+        (include_inactive || r.lifecycle_state.as_deref() != Some("inactive"))
+            && name.as_ref().is_none_or(|n| r.name.to_lowercase().contains(n))
+            && description
+                .as_ref()
+                .is_none_or(|d| r.description.as_deref().unwrap_or("").to_lowercase().contains(d))
+            && properties
+                .iter()
+                .all(|(attr, eq, v)| (ups_attr(r, attr).as_deref() == Some(v.as_str())) == *eq)
+    });
+    let (sort_attr, descending) = sort.unwrap_or_else(|| ("creationTime".to_owned(), false));
+    records.sort_by(|a, b| {
+        let ordering = match sort_attr.as_str() {
+            "name" => a.name.cmp(&b.name),
+            "updateTime" | "updateEpoch" => a.update_time.cmp(&b.update_time),
+            _ => a.creation_time.cmp(&b.creation_time),
+        };
+        ordering.then_with(|| a.id.cmp(&b.id))
+    });
+    if descending {
+        records.reverse();
+    }
+    let total = records.len();
+    let children: Vec<UpsAudience> = records.into_iter().skip(start).take(limit).collect();
+    let next_start = start + limit;
+    let more = next_start < total;
+    let body = UpsAudienceList {
+        page: Some(UpsPage {
+            total_count: Some(total as i64),
+            page_size: Some(children.len() as i64),
+            next: more.then(|| Value::String(next_start.to_string())),
+            start: Some(start as i64),
+            limit: Some(limit as i64),
+            total_pages: Some(total.div_ceil(limit) as i64),
+        }),
+        links: more.then(|| UpsLinks {
+            next: Some(Link {
+                href: format!("@/audiences?start={next_start}&limit={limit}&totalCount={total}"),
+            }),
+        }),
+        children,
+    };
+    Json(body).into_response()
+}
+
+/// `GET /data/core/ups/audiences/{id}`.
+async fn get_ups(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let mut world = shared.lock();
+    let now = now_ms();
+    let Some(t) = tenant(&mut world, &caller) else {
+        return not_found("audience", &id);
+    };
+    match t.audiences.get(&id).filter(|a| a.visible(now)) {
+        Some(a) => Json(a.to_ups(t)).into_response(),
+        None => not_found("audience", &id),
+    }
+}
+
+/// `DELETE /data/core/ups/audiences/{id}` → 204.
+async fn delete_ups(
+    State(shared): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    delete_in(&shared, &caller, &id)
+}
+
+/// Fallback: 404 with a service error body naming the route.
+pub(crate) async fn unmatched(method: Method, uri: axum::http::Uri) -> Response {
+    tracing::info!(method = %method, path = %uri.path(), "No such route");
+    service_error(
+        StatusCode::NOT_FOUND,
+        "100940-404",
+        "NOT_FOUND",
+        format!("no route for {method} {}", uri.path()),
+    )
+}

@@ -1,0 +1,526 @@
+//! The emulator's world: audiences, operations and runs per (org, sandbox), issued tokens,
+//! counters, and the admin views of them. Lifecycles are evaluated lazily from stored deadlines,
+//! so no background task mutates state.
+//!
+//! Only plain data and pure transitions live here; HTTP handling is in `routes`, persistence is
+//! in `mod.rs`. Tokens are never persisted.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aep::types::{
+    CreateAudienceRequest, DEFAULT_NAMESPACE, ExternalAudience, ORIGIN_CUSTOM_UPLOAD, Operation, OperationStatus, Run,
+    RunStage, RunStatus, UPS_TYPE_EXTERNAL_SEGMENT, UpsAudience, UpsSandbox,
+};
+
+use super::config::{CredentialSpec, Faults, Settings};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Who made a change: the emulator reports the technical account of the client ID.
+pub(crate) fn actor(client_id: &str) -> String {
+    format!("{client_id}@techacct.adobe.com")
+}
+
+/// Persisted state (the `--state-file` content).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Store {
+    /// Keyed by `"<org>/<sandbox>"`.
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// Resources of one (org, sandbox).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tenant {
+    /// IMS org.
+    pub org: String,
+    /// Sandbox name.
+    pub sandbox: String,
+    /// Stable sandbox ID.
+    pub sandbox_id: String,
+    /// Audiences by ID.
+    pub audiences: BTreeMap<String, AudienceRec>,
+    /// Create operations by ID.
+    pub operations: BTreeMap<String, OperationRec>,
+}
+
+/// A stored audience.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudienceRec {
+    /// `/ais` audience ID and `/ups` `id`.
+    pub id: String,
+    /// Canonical definition (ttl filled in).
+    pub definition: CreateAudienceRequest,
+    /// `published`, `inactive`, …
+    pub lifecycle_state: String,
+    /// Backing dataset.
+    pub dataset_id: String,
+    /// Becomes visible at this instant (ms).
+    pub ready_at_ms: i64,
+    /// Created (ms).
+    pub created_at_ms: i64,
+    /// Last update (ms).
+    pub updated_at_ms: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Last updater.
+    pub updated_by: String,
+    /// Runs, oldest first.
+    pub runs: Vec<RunRec>,
+}
+
+/// A stored create operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperationRec {
+    /// Operation ID.
+    pub id: String,
+    /// The audience it creates (`None` when it is going to fail).
+    pub audience_id: Option<String>,
+    /// Echo of the definition.
+    pub definition: CreateAudienceRequest,
+    /// Failure message, when it is going to fail.
+    pub failure: Option<String>,
+    /// Outcome may be reported from this instant (ms).
+    pub ready_at_ms: i64,
+    /// Polls answered `PROCESSING` before the outcome.
+    pub processing_polls: u32,
+    /// Polls seen so far.
+    pub polls: u32,
+    /// Created (ms).
+    pub created_at_ms: i64,
+    /// Creator.
+    pub created_by: String,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRec {
+    /// Run ID.
+    pub id: String,
+    /// Request fields.
+    pub data_filter_start_time: i64,
+    /// Request fields.
+    pub data_filter_end_time: Option<i64>,
+    /// Request fields.
+    pub differential_ingestion: bool,
+    /// Failure message, when it is going to fail.
+    pub failure: Option<String>,
+    /// Outcome may be reported from this instant (ms).
+    pub ready_at_ms: i64,
+    /// Polls answered `PROCESSING` before the outcome.
+    pub processing_polls: u32,
+    /// Polls seen so far.
+    pub polls: u32,
+    /// Final status, frozen once reached.
+    pub ended: Option<String>,
+    /// Started (ms).
+    pub created_at_ms: i64,
+    /// Starter.
+    pub created_by: String,
+}
+
+impl OperationRec {
+    /// Status now, counting this call as a poll when `poll` is set.
+    pub(crate) fn advance(&mut self, now: i64, poll: bool) -> OperationStatus {
+        let done = now >= self.ready_at_ms && self.polls >= self.processing_polls;
+        if poll {
+            self.polls = self.polls.saturating_add(1);
+        }
+        match (done, &self.failure) {
+            (false, _) => OperationStatus::Processing,
+            (true, None) => OperationStatus::Success,
+            (true, Some(_)) => OperationStatus::Failed,
+        }
+    }
+
+    pub(crate) fn to_wire(&self, status: OperationStatus) -> Operation {
+        let success = status == OperationStatus::Success;
+        Operation {
+            operation_id: self.id.clone(),
+            audience_id: if success { self.audience_id.clone() } else { None },
+            audience_name: Some(self.definition.name.clone()),
+            operation_details: Some(self.definition.clone()),
+            message: if status == OperationStatus::Failed {
+                self.failure.clone()
+            } else {
+                None
+            },
+            status,
+            created_by: Some(self.created_by.clone()),
+            created_at: Some(self.created_at_ms / 1000),
+            updated_by: Some(self.created_by.clone()),
+            updated_at: Some(self.ready_at_ms.max(self.created_at_ms) / 1000),
+        }
+    }
+}
+
+impl RunRec {
+    /// Status now, counting this call as a poll when `poll` is set; terminal states freeze.
+    pub(crate) fn advance(&mut self, now: i64, poll: bool) -> RunStatus {
+        if let Some(ended) = &self.ended {
+            return RunStatus::from(ended.as_str());
+        }
+        let done = now >= self.ready_at_ms && self.polls >= self.processing_polls;
+        if poll {
+            self.polls = self.polls.saturating_add(1);
+        }
+        if !done {
+            return RunStatus::Processing;
+        }
+        let status = if self.failure.is_some() {
+            RunStatus::Failed
+        } else {
+            RunStatus::Success
+        };
+        self.ended = Some(status.as_str().to_owned());
+        status
+    }
+
+    /// Whether the run still counts as in progress (no poll consumed).
+    pub(crate) fn in_progress(&mut self, now: i64) -> bool {
+        !self.advance(now, false).is_terminal()
+    }
+
+    pub(crate) fn to_wire(&self, audience: &AudienceRec, status: Option<RunStatus>) -> Run {
+        let details = match &status {
+            None => Vec::new(),
+            Some(s) => {
+                let (first, second, message) = match s {
+                    RunStatus::Failed => (RunStatus::Failed, RunStatus::Failed, self.failure.clone()),
+                    other => (other.clone(), other.clone(), None),
+                };
+                vec![
+                    RunStage {
+                        stage: "DATASET_INGEST".to_owned(),
+                        status: first,
+                        flow_run_id: Some(format!("{}-dataset", self.id)),
+                        message,
+                    },
+                    RunStage {
+                        stage: "PROFILE_STORE_INGEST".to_owned(),
+                        status: second,
+                        flow_run_id: Some(format!("{}-profile", self.id)),
+                        message: None,
+                    },
+                ]
+            }
+        };
+        Run {
+            run_id: self.id.clone(),
+            audience_id: audience.id.clone(),
+            audience_name: Some(audience.definition.name.clone()),
+            message: if status == Some(RunStatus::Failed) {
+                self.failure.clone()
+            } else {
+                None
+            },
+            status: status.unwrap_or_default(),
+            details,
+            differential_ingestion: Some(self.differential_ingestion),
+            data_filter_start_time: Some(self.data_filter_start_time),
+            data_filter_end_time: self.data_filter_end_time,
+            created_at: Some(self.created_at_ms / 1000),
+            created_by: Some(self.created_by.clone()),
+        }
+    }
+}
+
+impl AudienceRec {
+    pub(crate) fn visible(&self, now: i64) -> bool {
+        now >= self.ready_at_ms
+    }
+
+    pub(crate) fn to_external(&self) -> ExternalAudience {
+        let d = &self.definition;
+        ExternalAudience {
+            audience_id: self.id.clone(),
+            audience_name: Some(d.name.clone()),
+            description: d.description.clone(),
+            fields: d.fields.clone(),
+            source_spec: Some(d.source_spec.clone()),
+            ttl_in_days: d.ttl_in_days,
+            labels: d.labels.clone(),
+            audience_type: d.audience_type.clone(),
+            origin_name: Some(d.origin_name.clone()),
+            namespace: Some(d.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())),
+            created_by: Some(self.created_by.clone()),
+            created_at: Some(self.created_at_ms / 1000),
+            updated_by: Some(self.updated_by.clone()),
+            updated_at: Some(self.updated_at_ms / 1000),
+        }
+    }
+
+    pub(crate) fn to_ups(&self, tenant: &Tenant) -> UpsAudience {
+        let d = &self.definition;
+        UpsAudience {
+            id: self.id.clone(),
+            audience_id: Some(d.custom_audience_id.clone().unwrap_or_else(|| self.id.clone())),
+            name: d.name.clone(),
+            description: d.description.clone(),
+            namespace: Some(d.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())),
+            ims_org_id: Some(tenant.org.clone()),
+            sandbox: Some(UpsSandbox {
+                sandbox_id: tenant.sandbox_id.clone(),
+                sandbox_name: tenant.sandbox.clone(),
+                r#type: if tenant.sandbox == "prod" {
+                    "production".to_owned()
+                } else {
+                    "development".to_owned()
+                },
+                default: tenant.sandbox == "prod",
+            }),
+            is_system: Some(false),
+            r#type: Some(UPS_TYPE_EXTERNAL_SEGMENT.to_owned()),
+            origin_name: Some(ORIGIN_CUSTOM_UPLOAD.to_owned()),
+            lifecycle_state: Some(self.lifecycle_state.clone()),
+            created_by: Some(self.created_by.clone()),
+            dataset_id: Some(self.dataset_id.clone()),
+            labels: d.labels.clone(),
+            creation_time: Some(self.created_at_ms),
+            update_epoch: Some(self.updated_at_ms / 1000),
+            update_time: Some(self.updated_at_ms),
+            create_epoch: Some(self.created_at_ms / 1000),
+        }
+    }
+}
+
+/// An issued IMS token.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenRec {
+    pub client_id: String,
+    pub org_id: String,
+    pub expires_at_ms: i64,
+}
+
+/// Counters (`GET /_emulator/stats`). Route labels are templates, so the map is bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// `"METHOD /route/{template}"` → status (or `dropped`) → count.
+    pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Requests to the IMS token endpoint.
+    pub token_requests: u64,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+    /// Token requests refused.
+    pub token_refusals: u64,
+    /// Create requests that passed authentication and fault injection.
+    pub create_requests: u64,
+    /// Creates accepted (operations started).
+    pub creates: u64,
+    /// Creates refused as duplicates.
+    pub create_conflicts: u64,
+    /// Creates refused by validation.
+    pub create_rejections: u64,
+    /// Operation polls.
+    pub operation_polls: u64,
+    /// Start-run requests that passed authentication and fault injection.
+    pub run_requests: u64,
+    /// Runs started.
+    pub runs_started: u64,
+    /// Start-runs refused because a run was in progress.
+    pub run_in_progress_refusals: u64,
+    /// Start-runs refused by a guardrail.
+    pub guardrail_refusals: u64,
+    /// Run polls (get run and list runs).
+    pub run_polls: u64,
+    /// Successful PATCHes.
+    pub patches: u64,
+    /// Successful deletes (ais, ups and admin).
+    pub deletes: u64,
+    /// Deletes refused as "in use".
+    pub delete_refusals: u64,
+    /// Highest number of simultaneously in-progress runs seen on one audience.
+    pub max_concurrent_runs_per_audience: u64,
+    /// Connections dropped after committing (commit-then-drop).
+    pub connections_dropped: u64,
+    /// Injected 429/500/503 answers.
+    pub injected_errors: u64,
+}
+
+impl Stats {
+    /// Requests for one route template, all statuses.
+    pub fn requests_for(&self, route: &str) -> u64 {
+        self.requests
+            .get(route)
+            .map(|by_status| by_status.values().sum())
+            .unwrap_or(0)
+    }
+
+    /// Requests for one route template and status (`"202"`, `"dropped"`, …).
+    pub fn requests_with_status(&self, route: &str, status: &str) -> u64 {
+        self.requests
+            .get(route)
+            .and_then(|by_status| by_status.get(status))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// `GET /_emulator/state`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateView {
+    /// Every audience (visible or still being created), by tenant then name.
+    pub audiences: Vec<AudienceView>,
+    /// Every create operation.
+    pub operations: Vec<OperationView>,
+}
+
+impl StateView {
+    /// Audiences of one sandbox with this name.
+    pub fn audiences_named<'a>(
+        &'a self,
+        sandbox: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a AudienceView> + 'a {
+        self.audiences
+            .iter()
+            .filter(move |a| a.sandbox == sandbox && a.name == name)
+    }
+
+    /// The audience with this ID.
+    pub fn audience(&self, id: &str) -> Option<&AudienceView> {
+        self.audiences.iter().find(|a| a.audience_id == id)
+    }
+}
+
+/// One audience in [`StateView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceView {
+    /// IMS org.
+    pub org: String,
+    /// Sandbox.
+    pub sandbox: String,
+    /// Audience ID.
+    pub audience_id: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Audience-level labels.
+    pub labels: Vec<String>,
+    /// Field name → labels.
+    pub field_labels: BTreeMap<String, Vec<String>>,
+    /// Data expiration.
+    pub ttl_in_days: Option<u32>,
+    /// Lifecycle state.
+    pub lifecycle_state: String,
+    /// Whether create has finished (visible through the API).
+    pub visible: bool,
+    /// Runs, oldest first.
+    pub runs: Vec<RunView>,
+}
+
+/// One run in [`AudienceView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunView {
+    /// Run ID.
+    pub run_id: String,
+    /// `PROCESSING`, `SUCCESS`, `FAILED`.
+    pub status: String,
+    /// Epoch seconds.
+    pub created_at: i64,
+}
+
+/// One operation in [`StateView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationView {
+    /// IMS org.
+    pub org: String,
+    /// Sandbox.
+    pub sandbox: String,
+    /// Operation ID.
+    pub operation_id: String,
+    /// Audience name.
+    pub name: String,
+    /// Audience ID (for operations that succeed).
+    pub audience_id: Option<String>,
+    /// Current status (without consuming a poll).
+    pub status: String,
+}
+
+/// Everything behind the emulator's one lock.
+#[derive(Debug)]
+pub(crate) struct World {
+    pub store: Store,
+    pub tokens: HashMap<String, TokenRec>,
+    pub credentials: Vec<CredentialSpec>,
+    pub settings: Settings,
+    pub faults: Faults,
+    pub stats: Stats,
+}
+
+impl World {
+    pub(crate) fn tenant_mut(&mut self, org: &str, sandbox: &str) -> &mut Tenant {
+        self.store
+            .tenants
+            .entry(format!("{org}/{sandbox}"))
+            .or_insert_with(|| Tenant {
+                org: org.to_owned(),
+                sandbox: sandbox.to_owned(),
+                sandbox_id: uuid::Uuid::new_v4().to_string(),
+                ..Tenant::default()
+            })
+    }
+
+    /// Finds an audience by ID in any tenant (admin use).
+    pub(crate) fn find_audience_mut(&mut self, id: &str) -> Option<&mut AudienceRec> {
+        self.store.tenants.values_mut().find_map(|t| t.audiences.get_mut(id))
+    }
+
+    pub(crate) fn view(&mut self) -> StateView {
+        let now = now_ms();
+        let mut view = StateView::default();
+        for tenant in self.store.tenants.values_mut() {
+            for audience in tenant.audiences.values_mut() {
+                let visible = audience.visible(now);
+                let runs = audience
+                    .runs
+                    .iter_mut()
+                    .map(|r| RunView {
+                        run_id: r.id.clone(),
+                        status: r.advance(now, false).as_str().to_owned(),
+                        created_at: r.created_at_ms / 1000,
+                    })
+                    .collect();
+                view.audiences.push(AudienceView {
+                    org: tenant.org.clone(),
+                    sandbox: tenant.sandbox.clone(),
+                    audience_id: audience.id.clone(),
+                    name: audience.definition.name.clone(),
+                    description: audience.definition.description.clone(),
+                    labels: audience.definition.labels.clone(),
+                    field_labels: audience
+                        .definition
+                        .fields
+                        .iter()
+                        .map(|f| (f.name.clone(), f.labels.clone()))
+                        .collect(),
+                    ttl_in_days: audience.definition.ttl_in_days,
+                    lifecycle_state: audience.lifecycle_state.clone(),
+                    visible,
+                    runs,
+                });
+            }
+            for op in tenant.operations.values_mut() {
+                let status = op.advance(now, false);
+                view.operations.push(OperationView {
+                    org: tenant.org.clone(),
+                    sandbox: tenant.sandbox.clone(),
+                    operation_id: op.id.clone(),
+                    name: op.definition.name.clone(),
+                    audience_id: op.audience_id.clone(),
+                    status: status.as_str().to_owned(),
+                });
+            }
+        }
+        view.audiences.sort_by(|a, b| {
+            (&a.org, &a.sandbox, &a.name, &a.audience_id).cmp(&(&b.org, &b.sandbox, &b.name, &b.audience_id))
+        });
+        view
+    }
+}

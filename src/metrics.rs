@@ -1,0 +1,115 @@
+//! Prometheus metrics of the controller and its AEP client. Labels are bounded: operation names,
+//! HTTP status classes and error categories, never object names or error strings.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::aep::client::RequestEvent;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AepLabels {
+    pub operation: &'static str,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub step: &'static str,
+}
+
+/// All metrics, registered in one registry.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconcile_runs: Family<StepLabels, Counter>,
+    pub reconcile_failures: Family<CategoryLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub aep_requests: Family<AepLabels, Counter>,
+    pub aep_request_duration: Family<AepLabels, Histogram>,
+}
+
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("externalaudience");
+        let reconcile_runs = Family::<StepLabels, Counter>::default();
+        let reconcile_failures = Family::<CategoryLabels, Counter>::default();
+        let reconcile_duration = Histogram::new(duration_buckets());
+        let aep_requests = Family::<AepLabels, Counter>::default();
+        let aep_request_duration =
+            Family::<AepLabels, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
+        registry.register(
+            "reconcile_runs",
+            "Reconcile passes by planned step",
+            reconcile_runs.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Failed reconcile passes by error category",
+            reconcile_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "aep_requests",
+            "AEP HTTP requests by operation and status",
+            aep_requests.clone(),
+        );
+        registry.register(
+            "aep_request_duration_seconds",
+            "Duration of AEP HTTP requests",
+            aep_request_duration.clone(),
+        );
+        Metrics {
+            registry,
+            reconcile_runs,
+            reconcile_failures,
+            reconcile_duration,
+            aep_requests,
+            aep_request_duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one AEP exchange (wired as the AEP client's observer).
+    pub fn observe_aep(&self, ev: &RequestEvent) {
+        let labels = AepLabels {
+            operation: ev.operation,
+            status: ev.status.map_or_else(|| ev.outcome.to_owned(), |s| s.to_string()),
+        };
+        self.aep_requests.get_or_create(&labels).inc();
+        self.aep_request_duration
+            .get_or_create(&labels)
+            .observe(ev.duration.as_secs_f64());
+    }
+
+    pub fn observe_reconcile(&self, step: &'static str, duration: Duration) {
+        self.reconcile_runs.get_or_create(&StepLabels { step }).inc();
+        self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,177 @@
+//! Pure helpers for the status contract: the kstatus condition set (`Ready`, `Reconciling`,
+//! `Stalled`), timestamp-preserving condition updates, and the "did anything change?" check.
+//!
+//! Nothing here does I/O. `lastTransitionTime` moves only when a condition's status flips, so a
+//! pass that changes nothing writes nothing (no reconcile storms).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{ExternalAudienceStatus, conditions};
+
+/// What a pass concluded about the object, in kstatus terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Converged: `Ready=True`.
+    Ready { message: String },
+    /// Work is pending: `Reconciling=True`, `Ready=False`.
+    Progressing { reason: &'static str, message: String },
+    /// Cannot progress without a change: `Stalled=True`, `Ready=False`.
+    Stalled { reason: &'static str, message: String },
+}
+
+impl Health {
+    pub fn progressing(reason: &'static str, message: impl Into<String>) -> Self {
+        Health::Progressing {
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+        Health::Stalled {
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn ready(message: impl Into<String>) -> Self {
+        Health::Ready {
+            message: message.into(),
+        }
+    }
+    /// The reason written to the `Ready` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Health::Ready { .. } => crate::api::reasons::READY,
+            Health::Progressing { reason, .. } | Health::Stalled { reason, .. } => reason,
+        }
+    }
+    pub fn message(&self) -> &str {
+        match self {
+            Health::Ready { message } | Health::Progressing { message, .. } | Health::Stalled { message, .. } => {
+                message
+            }
+        }
+    }
+}
+
+/// The three conditions for `health`, keeping `lastTransitionTime` of conditions whose status
+/// did not change. Never `Reconciling=True` together with `Stalled=True`.
+pub fn conditions_for(health: &Health, generation: i64, previous: &[Condition], now: &Time) -> Vec<Condition> {
+    let (ready, reconciling, stalled) = match health {
+        Health::Ready { .. } => ("True", "False", "False"),
+        Health::Progressing { .. } => ("False", "True", "False"),
+        Health::Stalled { .. } => ("False", "False", "True"),
+    };
+    let reason = health.reason();
+    let message = health.message();
+    let idle_reason = |t: &str| match t {
+        conditions::RECONCILING => "Idle",
+        _ => "NotStalled",
+    };
+    [
+        (conditions::READY, ready),
+        (conditions::RECONCILING, reconciling),
+        (conditions::STALLED, stalled),
+    ]
+    .into_iter()
+    .map(|(type_, status)| {
+        let active = status == "True" || type_ == conditions::READY;
+        let (reason, message) = if active {
+            (reason.to_owned(), message.to_owned())
+        } else {
+            (idle_reason(type_).to_owned(), String::new())
+        };
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason,
+            message,
+            observed_generation: Some(generation),
+            last_transition_time,
+        }
+    })
+    .collect()
+}
+
+/// The condition of `type_`, if present.
+pub fn condition<'a>(status: &'a ExternalAudienceStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// True when `type_` is `True` for `generation`.
+pub fn is_true_for(status: &ExternalAudienceStatus, type_: &str, generation: i64) -> bool {
+    condition(status, type_).is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
+}
+
+/// Keeps messages stable and bounded: AEP request ids and timestamps would make every write
+/// different, and condition messages are limited to 32 KiB by the API.
+pub fn stable_message(message: &str) -> String {
+    const MAX: usize = 1024;
+    let mut out: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > MAX {
+        let mut cut = MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().expect("timestamp"))
+    }
+
+    #[test]
+    fn ready_sets_ready_true_and_others_false() {
+        let c = conditions_for(&Health::ready("ok"), 3, &[], &t("2026-01-01T00:00:00Z"));
+        let by = |ty: &str| c.iter().find(|c| c.type_ == ty).cloned().expect("condition");
+        assert_eq!(by("Ready").status, "True");
+        assert_eq!(by("Reconciling").status, "False");
+        assert_eq!(by("Stalled").status, "False");
+        assert!(c.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn never_reconciling_and_stalled_together() {
+        for h in [
+            Health::ready("a"),
+            Health::progressing("X", "b"),
+            Health::stalled("Y", "c"),
+        ] {
+            let c = conditions_for(&h, 1, &[], &t("2026-01-01T00:00:00Z"));
+            let trues: Vec<_> = c
+                .iter()
+                .filter(|c| c.status == "True")
+                .map(|c| c.type_.as_str())
+                .collect();
+            assert!(!(trues.contains(&"Reconciling") && trues.contains(&"Stalled")), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let first = conditions_for(&Health::progressing("A", "m"), 1, &[], &t("2026-01-01T00:00:00Z"));
+        let same = conditions_for(&Health::progressing("B", "n"), 2, &first, &t("2026-01-02T00:00:00Z"));
+        assert_eq!(first[0].last_transition_time, same[0].last_transition_time);
+        let flipped = conditions_for(&Health::ready("ok"), 2, &same, &t("2026-01-03T00:00:00Z"));
+        assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));
+        // Stalled stayed False: its time is kept.
+        assert_eq!(flipped[2].last_transition_time, first[2].last_transition_time);
+    }
+
+    #[test]
+    fn stable_message_collapses_whitespace_and_bounds_length() {
+        assert_eq!(stable_message("a \n  b"), "a b");
+        assert!(stable_message(&"x".repeat(5000)).len() <= 1024 + '…'.len_utf8());
+    }
+}

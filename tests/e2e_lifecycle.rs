@@ -1,0 +1,264 @@
+//! End to end on the real control plane + AEP emulator + operator process (issue: core
+//! lifecycle). The operator runs with the ServiceAccount identity and `deploy/` RBAC.
+
+mod support;
+
+use std::time::Duration;
+
+use audience_operator::emulator::config::Faults;
+use support::operator::{Env, condition_is, condition_message, is_ready, kubectl};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_example_reaches_ready_with_one_audience_and_one_run() {
+    let env = Env::start("seed", |b| {
+        b.operation_timing(Duration::from_millis(300), 1)
+            .run_timing(Duration::from_millis(300), 1)
+    })
+    .await;
+    let (ok, out) = env.apply_yaml(&env.seed_yaml());
+    assert!(ok, "kubectl apply: {out}");
+
+    let (ok, out) = kubectl(
+        &[
+            "wait",
+            "-n",
+            &env.ns,
+            "--for=condition=Ready",
+            "--timeout=90s",
+            "externalaudience/loyalty-members",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl wait: {out}");
+
+    let obj = env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+    let st = obj.status.clone().expect("status");
+    assert!(st.operation_id.is_some(), "{st:?}");
+    let audience_id = st.audience_id.clone().expect("audience id");
+    let run = st.last_run.clone().expect("last run");
+    assert_eq!(run.status, audience_operator::api::RunState::Success);
+    assert_eq!(Some(run.generation), obj.metadata.generation);
+    assert!(
+        obj.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == audience_operator::api::FINALIZER)
+    );
+
+    let state = env.emulator.state();
+    let named: Vec<_> = state.audiences_named("prod", "Loyalty members").collect();
+    assert_eq!(named.len(), 1, "exactly one audience: {state:?}");
+    assert_eq!(named[0].audience_id, audience_id);
+    let stats = env.emulator.stats();
+    assert_eq!(stats.creates, 1);
+    assert_eq!(stats.runs_started, 1);
+
+    // What users see.
+    let (ok, out) = kubectl(&["get", "ea", "-n", &env.ns, "-o", "wide"], None);
+    assert!(
+        ok && out.contains(&audience_id) && out.contains("True") && out.contains("Success"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn description_change_patches_once_and_runs_once_more() {
+    let env = Env::start("update", |b| b.zero_latency()).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+    let before = env.emulator.stats();
+
+    env.merge_spec(
+        "loyalty-members",
+        serde_json::json!({"description": "Refreshed weekly"}),
+    )
+    .await;
+    let obj = env
+        .wait_obj("loyalty-members", "Ready at the new generation", READY_TIMEOUT, |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.last_run.as_ref())
+                    .map(|r| r.generation)
+                    == o.metadata.generation
+        })
+        .await;
+    assert_eq!(obj.metadata.generation, Some(2));
+    let after = env.emulator.stats();
+    assert_eq!(after.patches - before.patches, 1, "exactly one PATCH");
+    assert_eq!(after.runs_started - before.runs_started, 1, "exactly one new run");
+    let state = env.emulator.state();
+    let aud = state
+        .audiences_named("prod", "Loyalty members")
+        .next()
+        .expect("audience");
+    assert_eq!(aud.description.as_deref(), Some("Refreshed weekly"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_changes_during_a_run_coalesce_into_one_follow_up_run() {
+    let env = Env::start("coalesce", |b| b.zero_latency().run_timing(Duration::from_secs(3), 0)).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_obj("loyalty-members", "running its first ingestion", READY_TIMEOUT, |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.last_run.as_ref())
+            .is_some_and(|r| r.status == audience_operator::api::RunState::Processing)
+    })
+    .await;
+    for i in 0..3 {
+        env.merge_spec(
+            "loyalty-members",
+            serde_json::json!({"description": format!("change {i}")}),
+        )
+        .await;
+    }
+    let obj = env
+        .wait_obj("loyalty-members", "Ready at the final generation", READY_TIMEOUT, |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.last_run.as_ref())
+                    .map(|r| r.generation)
+                    == o.metadata.generation
+        })
+        .await;
+    assert_eq!(obj.metadata.generation, Some(4));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.run_in_progress_refusals, 0, "never two runs at once: {stats:?}");
+    assert_eq!(stats.max_concurrent_runs_per_audience, 1);
+    assert_eq!(
+        stats.runs_started, 2,
+        "the first run plus one coalesced follow-up: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_ready_operator_makes_no_aep_writes() {
+    let mut env = Env::start("restart", |b| b.zero_latency()).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+    env.stop_operator(false);
+    let before = env.emulator.stats();
+    env.start_operator();
+    // Observe for one minute: reads (drift check) are allowed, writes are not.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = env.emulator.stats();
+        assert_eq!(now.create_requests, before.create_requests, "no create after restart");
+        assert_eq!(now.run_requests, before.run_requests, "no run after restart");
+        assert_eq!(now.patches, before.patches, "no PATCH after restart");
+        assert_eq!(now.deletes, before.deletes, "no DELETE after restart");
+    }
+    assert!(is_ready(&env.get("loyalty-members").await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_is_reported_and_creating_it_heals_the_object() {
+    let env = Env::start_with("nosecret", |b| b.zero_latency(), Vec::new(), false).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env
+        .wait_obj("loyalty-members", "reporting the missing Secret", READY_TIMEOUT, |o| {
+            condition_is(o, "Ready", "False") && condition_message(o, "Ready").contains("aep-credentials")
+        })
+        .await;
+    assert!(
+        condition_message(&obj, "Ready").starts_with("CredentialsMissing"),
+        "{}",
+        condition_message(&obj, "Ready")
+    );
+    assert_eq!(env.emulator.stats().create_requests, 0);
+    // Creating the Secret alone (no touch of the object) heals it through the Secret watch.
+    env.create_secret("aep-credentials").await;
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+}
+
+/// Counts AEP requests over a window, to prove there is no hot loop.
+async fn requests_over(env: &Env, window: Duration) -> u64 {
+    let total =
+        |s: &audience_operator::emulator::state::Stats| s.requests.values().flat_map(|m| m.values()).sum::<u64>();
+    let before = total(&env.emulator.stats());
+    tokio::time::sleep(window).await;
+    total(&env.emulator.stats()) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_operation_stalls_with_aeps_message_and_no_hot_loop() {
+    let env = Env::start("opfail", |b| {
+        b.zero_latency().faults(Faults {
+            fail_all_operations: true,
+            operation_failure_message: "Dataset creation failed: quota exceeded".into(),
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    assert!(condition_is(&obj, "Ready", "False"));
+    assert!(
+        condition_message(&obj, "Stalled").contains("Dataset creation failed: quota exceeded"),
+        "{}",
+        condition_message(&obj, "Stalled")
+    );
+    assert!(!condition_is(&obj, "Reconciling", "True"));
+    let n = requests_over(&env, Duration::from_secs(30)).await;
+    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_run_stalls_with_aeps_message_and_is_not_retried() {
+    let env = Env::start("runfail", |b| {
+        b.zero_latency().faults(Faults {
+            fail_all_runs: true,
+            run_failure_message: "PROFILE_STORE_INGEST: malformed row 17".into(),
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    assert!(condition_is(&obj, "Ready", "False"));
+    assert!(
+        condition_message(&obj, "Stalled").contains("malformed row 17"),
+        "{}",
+        condition_message(&obj, "Stalled")
+    );
+    let n = requests_over(&env, Duration::from_secs(30)).await;
+    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+    assert_eq!(
+        env.emulator.stats().runs_started,
+        1,
+        "a failed run is not retried automatically"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_identity_namespace_is_rejected_by_aep_and_stalls() {
+    let env = Env::start("badns", |b| b.zero_latency()).await;
+    let yaml = env
+        .seed_yaml()
+        .replace("identityNs: email", "identityNs: notANamespace");
+    assert!(env.apply_yaml(&yaml).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    let msg = condition_message(&obj, "Stalled");
+    assert!(msg.contains("identityNs") && msg.contains("notANamespace"), "{msg}");
+    let n = requests_over(&env, Duration::from_secs(30)).await;
+    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+    assert_eq!(env.emulator.stats().creates, 0);
+}

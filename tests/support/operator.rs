@@ -1,0 +1,285 @@
+//! End-to-end fixture: a namespace with the CRD and `deploy/` RBAC installed, an AEP emulator
+//! (real HTTP on loopback), a credentials Secret pointing at it, and the operator binary running
+//! as its ServiceAccount identity, scoped to the namespace.
+#![allow(dead_code)]
+
+use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
+
+use audience_operator::{
+    api::{ExternalAudience, ExternalAudienceStatus},
+    emulator::{Emulator, RunningEmulator},
+    envtest::Watched,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::{admin, control_plane, namespace, wait_for};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs kubectl as the admin; returns (success, stdout+stderr).
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(control_plane().admin_kubeconfig())
+        .args(args);
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Installs the CRD and `deploy/rbac.yaml` once per test binary, as a user would.
+pub fn install_crd_and_rbac() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        for file in ["crds/externalaudience.yaml", "deploy/rbac.yaml"] {
+            let path = format!("{ROOT}/{file}");
+            let (ok, out) = kubectl(&["apply", "--server-side", "-f", &path], None);
+            assert!(ok, "kubectl apply {file}: {out}");
+        }
+        let (ok, out) = kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/externalaudiences.aep.audience-operator.dev",
+            ],
+            None,
+        );
+        assert!(ok, "crd established: {out}");
+    });
+}
+
+/// Operator flags used by the tests (fast polls; everything else default).
+pub fn fast_flags() -> Vec<String> {
+    [
+        "--operation-poll-interval=300ms",
+        "--run-poll-interval=300ms",
+        "--error-backoff-base=200ms",
+        "--error-backoff-max=5s",
+        "--deferred-retry-interval=5s",
+        "--credentials-retry-interval=5s",
+        "--metrics-addr=127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+pub struct Env {
+    pub client: Client,
+    pub ns: String,
+    pub emulator: RunningEmulator,
+    pub operator: Option<Watched>,
+    pub log: PathBuf,
+    pub extra_flags: Vec<String>,
+}
+
+impl Env {
+    /// A namespace, an emulator configured by `configure`, the credentials Secret, the operator.
+    pub async fn start(
+        prefix: &str,
+        configure: impl FnOnce(audience_operator::emulator::EmulatorBuilder) -> audience_operator::emulator::EmulatorBuilder,
+    ) -> Env {
+        Self::start_with(prefix, configure, Vec::new(), true).await
+    }
+
+    pub async fn start_with(
+        prefix: &str,
+        configure: impl FnOnce(audience_operator::emulator::EmulatorBuilder) -> audience_operator::emulator::EmulatorBuilder,
+        extra_flags: Vec<String>,
+        with_secret: bool,
+    ) -> Env {
+        install_crd_and_rbac();
+        let client = admin().await;
+        let ns = namespace(&client, prefix).await;
+        let emulator = configure(Emulator::builder().listen("127.0.0.1:0".parse().expect("addr")))
+            .spawn()
+            .await
+            .expect("emulator starts");
+        let log = control_plane().dir().join(format!("operator-{ns}.log"));
+        let mut env = Env {
+            client,
+            ns,
+            emulator,
+            operator: None,
+            log,
+            extra_flags,
+        };
+        if with_secret {
+            env.create_secret("aep-credentials").await;
+        }
+        env.start_operator();
+        env
+    }
+
+    /// The credentials Secret for the emulator's default credential.
+    pub async fn create_secret(&self, name: &str) {
+        let creds = self.emulator.credentials();
+        let base = self.emulator.base_url().to_string();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {
+                "clientId": creds.client_id,
+                "clientSecret": secrecy::ExposeSecret::expose_secret(&creds.client_secret),
+                "orgId": creds.org_id,
+                "platformUrl": base,
+                "imsUrl": base,
+            }
+        }))
+        .expect("secret json");
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create secret");
+    }
+
+    pub fn start_operator(&mut self) {
+        let mut args = vec![
+            "run".to_owned(),
+            format!("--kubeconfig={}", control_plane().operator_kubeconfig().display()),
+            format!("--namespace={}", self.ns),
+        ];
+        args.extend(fast_flags());
+        args.extend(self.extra_flags.iter().cloned());
+        let envs = vec![("RUST_LOG".to_owned(), "info,audience_operator=debug".to_owned())];
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
+        self.operator = Some(Watched::spawn(&bin, &args, &envs, &self.log).expect("operator starts"));
+    }
+
+    /// Stops the operator (SIGKILL when `crash`).
+    pub fn stop_operator(&mut self, crash: bool) {
+        if let Some(op) = self.operator.take() {
+            if crash { op.kill() } else { op.stop() }
+        }
+    }
+
+    pub fn api(&self) -> Api<ExternalAudience> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Applies a manifest with `kubectl apply` in this namespace.
+    pub fn apply_yaml(&self, yaml: &str) -> (bool, String) {
+        kubectl(&["apply", "-n", &self.ns, "-f", "-"], Some(yaml))
+    }
+
+    /// The seed example, in this namespace.
+    pub fn seed_yaml(&self) -> String {
+        std::fs::read_to_string(format!("{ROOT}/deploy/samples/loyalty-members.yaml"))
+            .expect("sample")
+            .replace("namespace: marketing", &format!("namespace: {}", self.ns))
+    }
+
+    pub async fn get(&self, name: &str) -> ExternalAudience {
+        self.api().get(name).await.expect("get object")
+    }
+
+    pub async fn status(&self, name: &str) -> ExternalAudienceStatus {
+        self.get(name).await.status.unwrap_or_default()
+    }
+
+    /// Waits until `check` holds for the object, dumping the operator log tail on timeout.
+    pub async fn wait_obj(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&ExternalAudience) -> bool,
+    ) -> ExternalAudience {
+        let api = self.api();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(obj) = api.get(name).await
+                && check(&obj)
+            {
+                return obj;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let obj = api.get(name).await.ok();
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {name} to be {what}\nobject status: {:#?}\noperator log tail:\n{}",
+                    obj.and_then(|o| o.status),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for Ready=True at the current generation.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> ExternalAudience {
+        self.wait_obj(name, "Ready", timeout, is_ready).await
+    }
+
+    pub async fn merge_spec(&self, name: &str, spec: serde_json::Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+            .await
+            .expect("patch spec");
+    }
+}
+
+/// Ready=True for the object's current generation, with observedGeneration caught up.
+pub fn is_ready(obj: &ExternalAudience) -> bool {
+    condition_is(obj, "Ready", "True")
+}
+
+pub fn condition_is(obj: &ExternalAudience, type_: &str, status: &str) -> bool {
+    let generation = obj.metadata.generation;
+    obj.status.as_ref().is_some_and(|s| {
+        s.observed_generation == generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == status && c.observed_generation == generation)
+    })
+}
+
+pub fn condition_message(obj: &ExternalAudience, type_: &str) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+        .unwrap_or_default()
+}
+
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for(what, timeout, check).await
+}
