@@ -18,7 +18,7 @@ envtest:
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
 test: envtest
-	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" $(CARGO) test --locked --all-targets -- --test-threads=4
+	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
 
 ## Only the fast tiers (no control plane).
 test-unit:

@@ -826,18 +826,14 @@ async fn docs_shaped_requests_are_answered_per_the_reference() {
 
 #[tokio::test]
 async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
-    let emu = start(|b| b).await;
-    let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/aep-emulator.md"))
-        .expect("docs/aep-emulator.md exists");
-
-    let curl = |args: &[&str]| -> Value {
-        let out = std::process::Command::new("curl")
+    async fn curl(args: &[&str]) -> Value {
+        let out = tokio::process::Command::new("curl")
             .arg("--silent")
             .arg("--show-error")
             .arg("--fail-with-body")
             .args(args)
             .output()
+            .await
             .expect("curl runs");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
@@ -846,7 +842,12 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    };
+    }
+
+    let emu = start(|b| b).await;
+    let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/aep-emulator.md"))
+        .expect("docs/aep-emulator.md exists");
 
     // 1. Token (docs: "Get an access token").
     let token_url = format!("{base}/ims/token/v3");
@@ -865,7 +866,8 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
         "client_secret=local-secret",
         "-d",
         "scope=openid,session,AdobeID,read_organizations,additional_info.projectedProductContext",
-    ]);
+    ])
+    .await;
     assert_eq!(token["token_type"], "bearer");
     assert_eq!(token["expires_in"], 86399);
     let access = token["access_token"].as_str().unwrap().to_owned();
@@ -889,7 +891,7 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
     let mut args = vec!["-X", "POST", create_url.as_str()];
     args.extend(headers);
     args.extend(["-H", "Content-Type: application/json", "-d", body.as_str()]);
-    let created = curl(&args);
+    let created = curl(&args).await;
     assert_eq!(created["operationDetails"]["ttlInDays"], 40);
     let op_id = created["operationId"].as_str().unwrap().to_owned();
 
@@ -898,7 +900,7 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
     let op_url = format!("{base}/data/core/ais/external-audience/operations/{op_id}");
     let mut args = vec!["-X", "GET", op_url.as_str()];
     args.extend(headers);
-    let op = curl(&args);
+    let op = curl(&args).await;
     assert_eq!(op["status"], "SUCCESS");
     let audience_id = op["audienceId"].as_str().unwrap().to_owned();
 
@@ -913,7 +915,7 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
         "-d",
         r#"{"dataFilterStartTime": 764245635}"#,
     ]);
-    let run = curl(&args);
+    let run = curl(&args).await;
     assert_eq!(run["audienceId"], audience_id.as_str());
     let run_id = run["runId"].as_str().unwrap().to_owned();
 
@@ -921,7 +923,7 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
     let run_url = format!("{runs_url}/{run_id}");
     let mut args = vec!["-X", "GET", run_url.as_str()];
     args.extend(headers);
-    let status = curl(&args);
+    let status = curl(&args).await;
     assert_eq!(status["status"], "SUCCESS");
     assert_eq!(status["runId"], run_id.as_str());
 

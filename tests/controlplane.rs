@@ -11,7 +11,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
-    core::ErrorResponse,
+    core::Status,
 };
 use serde_json::json;
 
@@ -81,7 +81,7 @@ fn widget(name: &str, spec: serde_json::Value) -> DynamicObject {
     .expect("widget json")
 }
 
-fn api_error(e: kube::Error) -> ErrorResponse {
+fn api_error(e: kube::Error) -> Status {
     match e {
         kube::Error::Api(resp) => *resp,
         other => panic!("expected an API error, got {other}"),

@@ -247,6 +247,7 @@ async fn failed_run_stalls_with_aeps_message_and_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_identity_namespace_is_rejected_by_aep_and_stalls() {
     let env = Env::start("badns", |b| b.zero_latency()).await;
+    // The emulator knows only the standard namespaces (and those added with --identity-namespace).
     let yaml = env
         .seed_yaml()
         .replace("identityNs: email", "identityNs: notANamespace");

@@ -74,6 +74,16 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_ZERO_LATENCY")]
     zero_latency: bool,
 
+    /// Extra identity namespace the org knows, besides AEP's standard ones (Email, ECID, CRMID,
+    /// Phone, GAID, IDFA, AAID, Email_LC_SHA256, Phone_SHA256); repeatable. A create that names an
+    /// unknown namespace is refused with 400.
+    #[arg(
+        long = "identity-namespace",
+        env = "AEP_EMULATOR_IDENTITY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    identity_namespaces: Vec<String>,
+
     /// Guardrail: runs an audience may ever have.
     #[arg(long, env = "AEP_EMULATOR_MAX_RUNS_PER_AUDIENCE", default_value_t = 10)]
     max_runs_per_audience: u32,
@@ -197,6 +207,9 @@ async fn main() -> anyhow::Result<()> {
         strict: args.strict,
         ..Settings::default()
     };
+    settings
+        .identity_namespaces
+        .extend(args.identity_namespaces.iter().cloned());
     if args.zero_latency {
         settings.operation_delay_ms = 0;
         settings.operation_polls = 0;

@@ -122,9 +122,7 @@ mod tests {
 
     #[test]
     fn names_missing_keys_without_values() {
-        let err = from_secret_data(data(&[("clientSecret", "s3cr3t")]))
-            .err()
-            .expect("error");
+        let err = from_secret_data(data(&[("clientSecret", "s3cr3t")])).expect_err("missing keys");
         assert_eq!(err, "missing or empty keys: clientId, orgId");
         let err = from_secret_data(data(&[
             ("clientId", "a"),
@@ -132,8 +130,7 @@ mod tests {
             ("orgId", "o"),
             ("imsUrl", "::"),
         ]))
-        .err()
-        .expect("error");
+        .expect_err("bad url");
         assert!(err.contains("imsUrl") && !err.contains("s3cr3t"), "{err}");
     }
 }

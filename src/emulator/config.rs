@@ -92,6 +92,9 @@ pub struct Settings {
     pub strict: bool,
     /// Default page size of `/ups/audiences`.
     pub ups_default_limit: u32,
+    /// Identity namespaces the org knows: a create naming another one is refused with 400.
+    /// Defaults to AEP's standard namespaces; an empty list accepts any.
+    pub identity_namespaces: Vec<String>,
 }
 
 impl Default for Settings {
@@ -109,6 +112,10 @@ impl Default for Settings {
             guardrail_retry_after_secs: 3600,
             strict: false,
             ups_default_limit: 20,
+            identity_namespaces: crate::emulator::validate::STANDARD_NAMESPACES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }

@@ -150,11 +150,11 @@ fn ims_error(status: StatusCode, error: &str, description: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, Response> {
+fn parse_json(body: &Bytes) -> Result<Value, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("request body: not valid JSON ({e})")))
+    serde_json::from_slice(body).map_err(|e| format!("request body: not valid JSON ({e})"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,11 +444,13 @@ async fn create(
 ) -> Response {
     let value = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(detail) => return bad_request(detail),
     };
     let mut world = shared.lock();
     world.stats.create_requests += 1;
-    let definition = match validate::create_request(&value) {
+    let definition = match validate::create_request(&value)
+        .and_then(|d| validate::known_identity_namespaces(&d, &world.settings.identity_namespaces).map(|()| d))
+    {
         Ok(d) => d,
         Err(detail) => {
             world.stats.create_rejections += 1;
@@ -575,7 +577,7 @@ async fn start_run(
 ) -> Response {
     let value = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(detail) => return bad_request(detail),
     };
     let mut world = shared.lock();
     world.stats.run_requests += 1;
@@ -778,7 +780,7 @@ async fn patch_audience(
 ) -> Response {
     let value = match parse_json(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(detail) => return bad_request(detail),
     };
     let mut world = shared.lock();
     let now = now_ms();

@@ -69,6 +69,39 @@ fn ttl(value: Option<&Value>) -> Result<Option<u32>, Detail> {
     }
 }
 
+/// Identity namespaces every org knows (AEP's standard namespaces).
+pub const STANDARD_NAMESPACES: &[&str] = &[
+    "Email",
+    "ECID",
+    "CRMID",
+    "Phone",
+    "GAID",
+    "IDFA",
+    "AAID",
+    "Email_LC_SHA256",
+    "Phone_SHA256",
+];
+
+/// Refuses identity namespaces the org does not know (compared case-insensitively), naming the
+/// field: `fields[i].identityNs: unknown identity namespace "x"; known: …`. An empty `known`
+/// list accepts any namespace.
+pub fn known_identity_namespaces(req: &CreateAudienceRequest, known: &[String]) -> Result<(), Detail> {
+    if known.is_empty() {
+        return Ok(());
+    }
+    for (i, f) in req.fields.iter().enumerate() {
+        if let Some(ns) = &f.identity_ns
+            && !known.iter().any(|k| k.eq_ignore_ascii_case(ns))
+        {
+            return Err(format!(
+                "fields[{i}].identityNs: unknown identity namespace {ns:?}; this org knows {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Canonical spelling of well-known identity namespaces; others are echoed as sent.
 pub fn canonical_namespace(ns: &str) -> String {
     const KNOWN: &[&str] = &[

@@ -1,0 +1,350 @@
+//! End to end lifecycle safety (issue: exactly-once create, deletion policy, adoption, drift,
+//! credential rotation) on the real control plane + emulator + operator process.
+
+mod support;
+
+use std::time::Duration;
+
+use audience_operator::{
+    aep::AepClient,
+    api::RunState,
+    emulator::{AudienceMutation, CredentialSpec, config::Faults},
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use support::operator::{Env, condition_is, condition_message, is_ready};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn audiences_named(env: &Env, name: &str) -> usize {
+    env.emulator.state().audiences_named("prod", name).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_create_response_still_yields_exactly_one_audience() {
+    let env = Env::start("drop-create", |b| {
+        b.operation_timing(Duration::from_millis(500), 0).faults(Faults {
+            drop_next_creates: 1,
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env.wait_ready("loyalty-members", TIMEOUT).await;
+    let stats = env.emulator.stats();
+    assert_eq!(stats.connections_dropped, 1, "the fault fired: {stats:?}");
+    assert_eq!(
+        audiences_named(&env, "Loyalty members"),
+        1,
+        "{:?}",
+        env.emulator.state()
+    );
+    let st = obj.status.expect("status");
+    let aud = env
+        .emulator
+        .state()
+        .audiences_named("prod", "Loyalty members")
+        .next()
+        .cloned()
+        .expect("audience");
+    assert_eq!(st.audience_id.as_deref(), Some(aud.audience_id.as_str()));
+    assert_eq!(aud.runs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_start_run_response_does_not_start_a_second_run() {
+    let env = Env::start("drop-run", |b| {
+        b.run_timing(Duration::from_millis(500), 0).faults(Faults {
+            drop_next_runs: 1,
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", TIMEOUT).await;
+    let stats = env.emulator.stats();
+    assert_eq!(stats.connections_dropped, 1, "{stats:?}");
+    assert_eq!(
+        stats.runs_started, 1,
+        "the run committed before the drop is found, not repeated: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_owned_by_nobody_stalls_with_a_hint_and_spec_audience_id_adopts_it() {
+    let env = Env::start("adopt", |b| b.zero_latency()).await;
+    // An audience created outside the operator.
+    let session = AepClient::new(env.emulator.client_config())
+        .expect("client")
+        .session(&env.emulator.credentials(), "prod");
+    let req = audience_operator::controller::plan::create_request(
+        &serde_json::from_value(json!({
+            "credentialsSecretRef": {"name": "x"}, "sandbox": "prod",
+            "fields": [{"name": "ppid", "type": "string", "identityNs": "email"}],
+            "sourceSpec": {"path": "a.csv", "type": "file"},
+            "ingestion": {"dataFilterStartTime": 1}
+        }))
+        .expect("spec"),
+        "Loyalty members",
+    );
+    let op = session.create_audience(&req).await.expect("create");
+    let id = support::wait_for("the outside audience", TIMEOUT, || async {
+        session
+            .get_operation(&op.operation_id)
+            .await
+            .ok()
+            .and_then(|o| o.audience_id)
+    })
+    .await;
+    let creates_before = env.emulator.stats().create_requests;
+
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled on the name", TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    let msg = condition_message(&obj, "Stalled");
+    assert!(
+        msg.starts_with("AudienceNameTaken") && msg.contains(&format!("spec.audienceId: {id}")),
+        "{msg}"
+    );
+
+    env.merge_spec("loyalty-members", json!({"audienceId": id})).await;
+    let obj = env.wait_ready("loyalty-members", TIMEOUT).await;
+    let st = obj.status.expect("status");
+    assert_eq!(st.audience_id.as_deref(), Some(id.as_str()));
+    assert!(st.adopted);
+    assert!(st.last_run.is_none(), "adoption starts no run");
+    let stats = env.emulator.stats();
+    assert_eq!(stats.create_requests, creates_before, "zero creates");
+    assert_eq!(stats.runs_started, 0);
+    assert_eq!(audiences_named(&env, "Loyalty members"), 1);
+    // The adopted audience now matches the spec.
+    let aud = env.emulator.state().audience(&id).cloned().expect("audience");
+    assert_eq!(
+        aud.description.as_deref(),
+        Some("Members exported nightly from the CRM")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_policy_deletes_orphan_keeps_and_refusal_holds_the_finalizer() {
+    let env = Env::start("delete", |b| b.zero_latency()).await;
+    let seed = env.seed_yaml();
+    let orphan = seed
+        .replace("name: loyalty-members", "name: orphan")
+        .replace("name: Loyalty members", "name: Orphaned members")
+        .replace("deletionPolicy: Delete", "deletionPolicy: Orphan");
+    let refused = seed
+        .replace("name: loyalty-members", "name: refused")
+        .replace("name: Loyalty members", "name: Refused members");
+    for y in [&seed, &orphan, &refused] {
+        assert!(env.apply_yaml(y).0);
+    }
+    for n in ["loyalty-members", "orphan", "refused"] {
+        env.wait_ready(n, TIMEOUT).await;
+    }
+    let api = env.api();
+
+    api.delete("loyalty-members", &DeleteParams::default())
+        .await
+        .expect("delete");
+    support::wait_for("loyalty-members gone", TIMEOUT, || async {
+        api.get_opt("loyalty-members")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(audiences_named(&env, "Loyalty members"), 0, "deleted in AEP");
+
+    api.delete("orphan", &DeleteParams::default()).await.expect("delete");
+    support::wait_for("orphan gone", TIMEOUT, || async {
+        api.get_opt("orphan").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(audiences_named(&env, "Orphaned members"), 1, "left in AEP");
+
+    env.emulator.update_faults(|f| f.refuse_delete_in_use = true);
+    api.delete("refused", &DeleteParams::default()).await.expect("delete");
+    let obj = env
+        .wait_obj("refused", "reporting the refusal", TIMEOUT, |o| {
+            o.metadata.deletion_timestamp.is_some() && condition_message(o, "Stalled").starts_with("DeleteRefused")
+        })
+        .await;
+    assert!(
+        obj.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == audience_operator::api::FINALIZER)
+    );
+    assert_eq!(audiences_named(&env, "Refused members"), 1);
+    env.emulator.update_faults(|f| f.refuse_delete_in_use = false);
+    support::wait_for("refused gone once the refusal is lifted", TIMEOUT, || async {
+        api.get_opt("refused").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(audiences_named(&env, "Refused members"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_corrected_and_a_deleted_audience_is_recreated() {
+    let env = Env::start_with("drift", |b| b.zero_latency(), vec!["--resync-interval=2s".into()], true).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env.wait_ready("loyalty-members", TIMEOUT).await;
+    let id = obj.status.and_then(|s| s.audience_id).expect("audience id");
+
+    let admin = env.emulator.admin();
+    admin
+        .mutate_audience(
+            &id,
+            &AudienceMutation {
+                description: Some("edited in the UI".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("mutate");
+    support::wait_for("the description to be corrected", TIMEOUT, || async {
+        let state = env.emulator.state();
+        (state.audience(&id)?.description.as_deref() == Some("Members exported nightly from the CRM")).then_some(())
+    })
+    .await;
+
+    admin.delete_audience(&id).await.expect("delete behind our back");
+    let obj = env
+        .wait_obj("loyalty-members", "Ready with a new audience", TIMEOUT, |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.audience_id.as_deref())
+                    .is_some_and(|a| a != id)
+        })
+        .await;
+    assert!(obj.status.expect("status").lost_audience_ids.contains(&id));
+    assert_eq!(audiences_named(&env, "Loyalty members"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_audience_is_reported_stalled_under_the_stall_policy() {
+    let env = Env::start_with(
+        "drift-stall",
+        |b| b.zero_latency(),
+        vec!["--resync-interval=2s".into(), "--missing-audience-policy=stall".into()],
+        true,
+    )
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env.wait_ready("loyalty-members", TIMEOUT).await;
+    let id = obj.status.and_then(|s| s.audience_id).expect("audience id");
+    env.emulator
+        .admin()
+        .delete_audience(&id)
+        .await
+        .expect("delete behind our back");
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled", TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    assert!(condition_message(&obj, "Stalled").starts_with("AudienceNotFound"));
+    assert_eq!(env.emulator.stats().creates, 1, "not recreated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_secret_is_used_on_the_next_call_without_restart() {
+    let env = Env::start("rotate", |b| b.zero_latency()).await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", TIMEOUT).await;
+    let old = env.emulator.credentials();
+    let new = CredentialSpec {
+        client_id: "rotated-client".into(),
+        client_secret: "rotated-secret".into(),
+        org_id: old.org_id.clone(),
+    };
+    let admin = env.emulator.admin();
+    admin.add_credentials(&new).await.expect("add credentials");
+    let secrets = kube::Api::<Secret>::namespaced(env.client.clone(), &env.ns);
+    secrets
+        .patch(
+            "aep-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"clientId": new.client_id, "clientSecret": new.client_secret}})),
+        )
+        .await
+        .expect("rotate secret");
+    admin.revoke_credentials(&old.client_id).await.expect("revoke old");
+    admin.revoke_tokens().await.expect("revoke tokens");
+    let before = env.emulator.stats().patches;
+    env.merge_spec("loyalty-members", json!({"description": "after rotation"}))
+        .await;
+    let obj = env
+        .wait_obj("loyalty-members", "Ready after rotation", TIMEOUT, |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.last_run.as_ref())
+                    .map(|r| r.generation)
+                    == o.metadata.generation
+        })
+        .await;
+    assert_eq!(
+        obj.status.and_then(|s| s.last_run).map(|r| r.status),
+        Some(RunState::Success)
+    );
+    assert_eq!(env.emulator.stats().patches, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_creation_and_ingestion_never_duplicates() {
+    const OBJECTS: usize = 10;
+    const TRIALS: usize = 30;
+    let mut env = Env::start("crash", |b| {
+        b.operation_timing(Duration::from_millis(400), 0)
+            .run_timing(Duration::from_millis(800), 0)
+    })
+    .await;
+    let seed = env.seed_yaml();
+    let yaml: String = (0..OBJECTS)
+        .map(|i| {
+            seed.replace("name: loyalty-members", &format!("name: crash-{i}"))
+                .replace("name: Loyalty members", &format!("name: Crash audience {i}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(env.apply_yaml(&yaml).0);
+    let mut rng_state: u64 = 0x9e3779b97f4a7c15;
+    let mut trials = 0;
+    for _ in 0..TRIALS {
+        // A pseudo-random moment in the first 50..1200 ms of each operator life.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        let delay = Duration::from_millis(50 + rng_state % 1150);
+        tokio::time::sleep(delay).await;
+        env.stop_operator(true);
+        trials += 1;
+        env.start_operator();
+    }
+    for i in 0..OBJECTS {
+        env.wait_ready(&format!("crash-{i}"), Duration::from_secs(120)).await;
+    }
+    let state = env.emulator.state();
+    for i in 0..OBJECTS {
+        let name = format!("Crash audience {i}");
+        let auds: Vec<_> = state.audiences_named("prod", &name).collect();
+        assert_eq!(auds.len(), 1, "{name}: duplicates after {trials} kills: {auds:?}");
+        assert_eq!(
+            auds[0].runs.len(),
+            1,
+            "{name}: one run for its one generation: {:?}",
+            auds[0].runs
+        );
+    }
+    eprintln!("crash trials: {trials} SIGKILLs over {OBJECTS} objects; 0 duplicate audiences, 0 duplicate runs");
+}
