@@ -78,16 +78,10 @@ async fn name_owned_by_nobody_stalls_with_a_hint_and_spec_audience_id_adopts_it(
     let session = AepClient::new(env.emulator.client_config())
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
-    let req = audience_operator::controller::plan::create_request(
-        &serde_json::from_value(json!({
-            "credentialsSecretRef": {"name": "x"}, "sandbox": "prod",
-            "fields": [{"name": "ppid", "type": "string", "identityNs": "email"}],
-            "sourceSpec": {"path": "a.csv", "type": "file"},
-            "ingestion": {"dataFilterStartTime": 1}
-        }))
-        .expect("spec"),
-        "Loyalty members",
-    );
+    // Same definition as the seed example, but another description (the adoption PATCHes it).
+    let seed: audience_operator::api::ExternalAudience = serde_yaml::from_str(&env.seed_yaml()).expect("seed yaml");
+    let mut req = audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members");
+    req.description = Some("made by hand".into());
     let op = session.create_audience(&req).await.expect("create");
     let id = support::wait_for("the outside audience", TIMEOUT, || async {
         session
