@@ -18,7 +18,7 @@ envtest:
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
 test: envtest
-	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
+	bin="$$(hack/envtest/build.sh)" && ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
 
 ## Only the fast tiers (no control plane).
 test-unit:
@@ -26,7 +26,7 @@ test-unit:
 
 ## The operator's main job end to end on the local defaults (KEEP=1 leaves it running).
 demo: envtest
-	ENVTEST_BIN_DIR="$$(hack/envtest/build.sh)" hack/demo.sh
+	bin="$$(hack/envtest/build.sh)" && ENVTEST_BIN_DIR="$$bin" hack/demo.sh
 
 ## Regenerate the committed CRD from the Rust types.
 crds:

@@ -40,7 +40,8 @@ fi
 mkdir -p "$work"
 
 log "Starting the local control plane"
-eval "$("$bin/envtest" start --dir "$work/cluster")"
+cluster_env=$("$bin/envtest" start --dir "$work/cluster")
+eval "$cluster_env"
 export KUBECONFIG
 
 log "Starting the AEP emulator"

@@ -16,12 +16,19 @@ mkdir -p "$bin"
 
 log() { echo "envtest-build: $*" >&2; }
 
+# Version checks capture the whole output first: `cmd | grep -q` under pipefail fails at random
+# when grep exits early and the writer gets SIGPIPE.
 have_kube() {
-  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] &&
-    "$bin/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes v$KUBE_VERSION"
+  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] || return 1
+  local v
+  v=$("$bin/kube-apiserver" --version 2>/dev/null) || return 1
+  [ "$v" = "Kubernetes v$KUBE_VERSION" ]
 }
 have_etcd() {
-  [ -x "$bin/etcd" ] && "$bin/etcd" --version 2>/dev/null | grep -q "etcd Version: $ETCD_VERSION"
+  [ -x "$bin/etcd" ] || return 1
+  local v
+  v=$("$bin/etcd" --version 2>/dev/null) || return 1
+  case "$v" in *"etcd Version: $ETCD_VERSION"*) return 0 ;; *) return 1 ;; esac
 }
 
 command -v go >/dev/null || { log "Go toolchain not found on PATH (needed to build the control plane)"; exit 1; }
