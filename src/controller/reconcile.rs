@@ -371,7 +371,12 @@ impl<'a> Pass<'a> {
     async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {
         let (out, event) = self.failure(e, what);
         tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
-        // Write now so the event and the status agree; finish() then sees no change.
+        self.publish(out, event).await
+    }
+
+    /// Writes the outcome's conditions now, so that the status and the event agree (finish()
+    /// then sees no change). The event is emitted only when the reported state changed.
+    async fn publish(&mut self, out: Outcome, event: Option<(EventType, &str, String)>) -> Result<Outcome, Error> {
         self.status.observed_generation = Some(self.generation);
         self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
         if self.status != self.original {
@@ -396,15 +401,12 @@ impl<'a> Pass<'a> {
                      To manage that audience, set spec.audienceId: {id}; otherwise choose another spec.name",
                     self.obj.spec.sandbox
                 );
-                let out = Outcome::new(Health::stalled(reasons::NAME_TAKEN, msg.clone()), Next::Await);
-                self.status.observed_generation = Some(self.generation);
-                self.status.conditions =
-                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                if self.status != self.original {
-                    self.write_status(None).await?;
-                    self.event(EventType::Warning, events::NAME_TAKEN, msg).await;
-                }
-                return Ok(out);
+                return self
+                    .publish(
+                        Outcome::new(Health::stalled(reasons::NAME_TAKEN, msg.clone()), Next::Await),
+                        Some((EventType::Warning, events::NAME_TAKEN, msg)),
+                    )
+                    .await;
             }
             Ok(_) => {}
         }
@@ -560,14 +562,11 @@ impl<'a> Pass<'a> {
                     self.obj.spec.sandbox
                 );
                 self.status.observed_generation = Some(self.generation);
-                let out = Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await);
-                self.status.conditions =
-                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                if self.status != self.original {
-                    self.write_status(None).await?;
-                    self.event(EventType::Warning, events::AEP_ERROR, msg).await;
-                }
-                Ok(out)
+                self.publish(
+                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
+                    Some((EventType::Warning, events::AEP_ERROR, msg)),
+                )
+                .await
             }
             Err(e) => self.report(&e, "reading the audience to adopt").await,
         }
@@ -802,15 +801,11 @@ impl<'a> Pass<'a> {
                 let msg = format!(
                     "Audience {audience_id} no longer exists in AEP (deleted outside this operator); delete and re-create this object, or run the operator with --missing-audience-policy=recreate"
                 );
-                let out = Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await);
-                self.status.observed_generation = Some(self.generation);
-                self.status.conditions =
-                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                if self.status != self.original {
-                    self.write_status(None).await?;
-                    self.event(EventType::Warning, events::AUDIENCE_MISSING, msg).await;
-                }
-                Ok(out)
+                self.publish(
+                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
+                    Some((EventType::Warning, events::AUDIENCE_MISSING, msg)),
+                )
+                .await
             }
             MissingAudiencePolicy::Recreate => {
                 let gone = self.status.audience_id.take();
@@ -952,12 +947,8 @@ async fn cleanup(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudien
                 e.message()
             ));
             let out = Outcome::new(Health::stalled(reasons::DELETE_REFUSED, msg.clone()), Next::Await);
-            pass.status.observed_generation = Some(pass.generation);
-            pass.status.conditions = conditions_for(&out.health, pass.generation, &pass.original.conditions, &now());
-            if pass.status != pass.original {
-                pass.write_status(None).await?;
-                pass.event(EventType::Warning, events::DELETE_REFUSED, msg).await;
-            }
+            pass.publish(out, Some((EventType::Warning, events::DELETE_REFUSED, msg)))
+                .await?;
             // Err keeps the finalizer; error_policy backs off.
             return Err(Error::Aep(Box::new(e)));
         }

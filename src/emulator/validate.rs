@@ -104,18 +104,7 @@ pub fn known_identity_namespaces(req: &CreateAudienceRequest, known: &[String]) 
 
 /// Canonical spelling of well-known identity namespaces; others are echoed as sent.
 pub fn canonical_namespace(ns: &str) -> String {
-    const KNOWN: &[&str] = &[
-        "Email",
-        "ECID",
-        "CRMID",
-        "Phone",
-        "GAID",
-        "IDFA",
-        "AAID",
-        "Email_LC_SHA256",
-        "Phone_SHA256",
-    ];
-    KNOWN
+    STANDARD_NAMESPACES
         .iter()
         .find(|k| k.eq_ignore_ascii_case(ns))
         .map(|k| (*k).to_owned())
