@@ -342,3 +342,90 @@ async fn sigkill_during_creation_and_ingestion_never_duplicates() {
     }
     eprintln!("crash trials: {trials} SIGKILLs over {OBJECTS} objects; 0 duplicate audiences, 0 duplicate runs");
 }
+
+fn many(seed: &str, prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            seed.replace("name: loyalty-members", &format!("name: {prefix}-{i}"))
+                .replace("name: Loyalty members", &format!("name: {prefix} audience {i}"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_objects_under_injected_faults_converge_without_duplicates_within_the_rate_limit() {
+    const N: usize = 100;
+    const RPS: u64 = 25;
+    let env = Env::start_with(
+        "faults",
+        |b| {
+            b.zero_latency().faults(Faults {
+                rate_limit_probability: 0.1,
+                server_error_probability: 0.1,
+                retry_after_secs: 1,
+                ..Faults::default()
+            })
+        },
+        vec![format!("--aep-requests-per-second={RPS}"), "--concurrency=16".into()],
+        true,
+    )
+    .await;
+    let (ok, out) = env.apply_yaml(&many(&env.seed_yaml(), "bulk", N));
+    assert!(ok, "{out}");
+    for i in 0..N {
+        env.wait_ready(&format!("bulk-{i}"), Duration::from_secs(300)).await;
+    }
+    let stats = env.emulator.stats();
+    assert!(stats.injected_errors > 0, "faults were injected: {stats:?}");
+    let state = env.emulator.state();
+    for i in 0..N {
+        let name = format!("bulk audience {i}");
+        let auds: Vec<_> = state.audiences_named("prod", &name).collect();
+        assert_eq!(auds.len(), 1, "{name}: {auds:?}");
+        assert_eq!(auds[0].runs.len(), 1, "{name}: {:?}", auds[0].runs);
+    }
+    assert!(
+        stats.max_aep_requests_per_second <= RPS,
+        "the client-side limit held: busiest second had {} requests (limit {RPS})",
+        stats.max_aep_requests_per_second
+    );
+    eprintln!(
+        "{N} objects Ready; {} injected faults; {} AEP requests; busiest second {} (limit {RPS})",
+        stats.injected_errors,
+        stats
+            .requests
+            .iter()
+            .filter(|(k, _)| k.contains("/data/core"))
+            .flat_map(|(_, m)| m.values())
+            .sum::<u64>(),
+        stats.max_aep_requests_per_second
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_full_of_objects_completes_and_cleans_up_aep() {
+    const N: usize = 5;
+    let env = Env::start("nsdelete", |b| b.zero_latency()).await;
+    assert!(env.apply_yaml(&many(&env.seed_yaml(), "member", N)).0);
+    for i in 0..N {
+        env.wait_ready(&format!("member-{i}"), TIMEOUT).await;
+    }
+    let namespaces = kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone());
+    namespaces
+        .delete(&env.ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    support::wait_for("the namespace to be gone", Duration::from_secs(120), || async {
+        namespaces.get_opt(&env.ns).await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    let state = env.emulator.state();
+    for i in 0..N {
+        assert_eq!(
+            state.audiences_named("prod", &format!("member audience {i}")).count(),
+            0,
+            "deleted in AEP"
+        );
+    }
+}

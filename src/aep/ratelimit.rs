@@ -9,7 +9,8 @@ use std::num::NonZeroU32;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// A keyed token bucket: `requests_per_second` per org, with a burst of the same size.
+/// A keyed GCRA limiter: `requests_per_second` per org, spaced evenly (burst of one), so no
+/// one-second window ever holds more than `requests_per_second` requests of one org.
 pub struct OrgRateLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
 }
@@ -19,7 +20,7 @@ impl OrgRateLimiter {
     pub fn new(requests_per_second: u32) -> Self {
         let rate = NonZeroU32::new(requests_per_second).unwrap_or(NonZeroU32::MIN);
         OrgRateLimiter {
-            limiter: RateLimiter::keyed(Quota::per_second(rate)),
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(NonZeroU32::MIN)),
         }
     }
 
@@ -40,14 +41,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn burst_within_quota_is_immediate_and_orgs_are_independent() {
+    async fn requests_are_spaced_and_orgs_are_independent() {
         let limiter = OrgRateLimiter::new(5);
-        for _ in 0..5 {
-            limiter.acquire("A@AdobeOrg").await;
-            limiter.acquire("B@AdobeOrg").await;
-        }
-        // Ten permits across two orgs fit in the two bursts; nothing waited for a refill.
+        limiter.acquire("A@AdobeOrg").await;
+        limiter.acquire("B@AdobeOrg").await;
+        // No burst: A's next permit is 200 ms away; another org is not affected.
         assert!(limiter.limiter.check_key(&"A@AdobeOrg".to_owned()).is_err());
         assert!(limiter.limiter.check_key(&"C@AdobeOrg".to_owned()).is_ok());
+        let started = tokio::time::Instant::now();
+        limiter.acquire("A@AdobeOrg").await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(150));
     }
 }

@@ -160,6 +160,7 @@ impl EmulatorBuilder {
                 settings: self.settings,
                 faults: self.faults,
                 stats: Stats::default(),
+                arrivals: HashMap::new(),
             }),
             persist: Notify::new(),
         });

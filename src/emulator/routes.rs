@@ -170,6 +170,15 @@ async fn account(State(shared): State<AppState>, request: Request, next: Next) -
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "UNMATCHED".to_owned());
     let started = Instant::now();
+    if route.starts_with("/data/core") {
+        let org = request
+            .headers()
+            .get("x-gw-ims-org-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        shared.lock().record_arrival(&org, started);
+    }
     let response = next.run(request).await;
     let status = if response.extensions().get::<Dropped>().is_some() {
         "dropped".to_owned()

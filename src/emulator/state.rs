@@ -340,6 +340,9 @@ pub struct Stats {
     pub connections_dropped: u64,
     /// Injected 429/500/503 answers.
     pub injected_errors: u64,
+    /// Most AEP (`/data/core/…`) requests one org sent within any one-second window: checks the
+    /// client's rate limit.
+    pub max_aep_requests_per_second: u64,
 }
 
 impl Stats {
@@ -452,9 +455,25 @@ pub(crate) struct World {
     pub settings: Settings,
     pub faults: Faults,
     pub stats: Stats,
+    /// Arrival times of AEP requests in the last second, per org.
+    pub arrivals: HashMap<String, std::collections::VecDeque<std::time::Instant>>,
 }
 
 impl World {
+    /// Records an AEP request of `org` and updates the busiest-second counter.
+    pub(crate) fn record_arrival(&mut self, org: &str, now: std::time::Instant) {
+        let window = std::time::Duration::from_secs(1);
+        let arrivals = self.arrivals.entry(org.to_owned()).or_default();
+        arrivals.push_back(now);
+        while arrivals.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            arrivals.pop_front();
+        }
+        let n = arrivals.len() as u64;
+        if n > self.stats.max_aep_requests_per_second {
+            self.stats.max_aep_requests_per_second = n;
+        }
+    }
+
     pub(crate) fn tenant_mut(&mut self, org: &str, sandbox: &str) -> &mut Tenant {
         self.store
             .tenants
