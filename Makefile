@@ -28,6 +28,10 @@ test-unit:
 demo: envtest
 	bin="$$(hack/envtest/build.sh)" && ENVTEST_BIN_DIR="$$bin" hack/demo.sh
 
+## Convergence time and memory of the operator for N objects (N=1000 by default).
+bench: envtest
+	hack/bench.sh
+
 ## Regenerate the committed CRD from the Rust types.
 crds:
 	$(CARGO) run --locked -q --bin crdgen > crds/externalaudience.yaml

@@ -272,3 +272,35 @@ async fn operator_identity_reads_secrets_only_where_a_role_grants_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn status_json_patch_with_a_stale_resource_version_is_a_conflict() {
+    // The controller relies on this to write its pending markers only from a fresh copy.
+    let client = support::admin().await;
+    install_widget_crd(&client).await;
+    let ns = support::namespace(&client, "status-rv").await;
+    let api = Api::<DynamicObject>::namespaced_with(client, &ns, &widget_resource());
+    let created = create_widget(&api, &widget("m", json!({"size": 1})))
+        .await
+        .expect("create");
+    let rv = created.metadata.resource_version.clone().expect("rv");
+    let patch = |rv: &str, phase: &str| {
+        let ops = json!([
+            {"op": "replace", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "add", "path": "/status", "value": {"phase": phase}}
+        ]);
+        Patch::Json::<()>(serde_json::from_value(ops).expect("json patch"))
+    };
+    let first = api
+        .patch_status("m", &PatchParams::default(), &patch(&rv, "One"))
+        .await
+        .expect("fresh write");
+    assert_eq!(first.data["status"]["phase"], "One");
+    let err = api_error(
+        api.patch_status("m", &PatchParams::default(), &patch(&rv, "Two"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 409, "{err:?}");
+    assert_eq!(api.get("m").await.expect("get").data["status"]["phase"], "One");
+}

@@ -37,6 +37,8 @@ use crate::{
 pub enum Error {
     #[error("object has no namespace")]
     MissingNamespace,
+    #[error("the object changed while it was reconciled")]
+    Stale,
     #[error("object has no resourceVersion")]
     MissingResourceVersion,
     #[error("kubernetes API: {0}")]
@@ -58,6 +60,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::MissingNamespace | Error::MissingResourceVersion => "object",
+            Error::Stale => "stale",
             Error::Kube(_) => "kube",
             Error::Credentials(_) => "credentials",
             Error::Aep(e) => e.category(),

@@ -52,6 +52,21 @@ pub enum Step {
     Idle { audience_id: String },
 }
 
+impl Step {
+    /// Whether the step may change something in AEP (it is then planned from a fresh read).
+    pub fn mutates_aep(&self) -> bool {
+        matches!(
+            self,
+            Step::Create
+                | Step::RecoverCreate
+                | Step::Adopt { .. }
+                | Step::Update { .. }
+                | Step::RecoverRun { .. }
+                | Step::StartRun { .. }
+        )
+    }
+}
+
 /// Hash of the updatable properties (what a PATCH sends).
 pub fn updatable_hash(spec: &ExternalAudienceSpec) -> String {
     hash(&patch_request(spec))

@@ -102,18 +102,33 @@ struct Pass<'a> {
     reference: ObjectReference,
     status: ExternalAudienceStatus,
     original: ExternalAudienceStatus,
+    /// The object's latest resourceVersion known to this pass.
+    rv: Option<String>,
+    /// Whether the next status write is conditioned on `rv`. True for the first write of a pass
+    /// (its base may be stale) and for markers; false for writes that record what our own
+    /// confirmed base led to (facts that must not be dropped).
+    conditioned: bool,
 }
 
 fn now() -> Time {
     Time(Timestamp::now())
 }
 
-async fn apply(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
-    let mut pass = Pass::new(obj, ctx, api);
-    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
-    let creds = match credentials::load(&ctx.client, &ns, &obj.spec.credentials_secret_ref.name).await {
+async fn apply(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
+    match apply_once(cached, ctx, api).await {
+        // Our base was stale or someone changed the object meanwhile: re-plan from a fresh
+        // copy soon, without growing the error backoff.
+        Err(Error::Stale) => Ok(Action::requeue(Duration::from_millis(100))),
+        other => other,
+    }
+}
+
+async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
+    let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
+    let secret_name = &cached.spec.credentials_secret_ref.name;
+    let creds = match credentials::load(&ctx.client, &ns, secret_name).await {
         Ok(c) => {
-            ctx.remember_credentials(&ns, &obj.spec.credentials_secret_ref.name, &c);
+            ctx.remember_credentials(&ns, secret_name, &c);
             c
         }
         Err(e @ CredentialsError::Kube { .. }) => return Err(Error::Credentials(Box::new(e))),
@@ -126,7 +141,7 @@ async fn apply(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience
                 Health::stalled(reason, e.to_string()),
                 Next::After(ctx.timing.credentials_retry),
             );
-            return pass
+            return Pass::new(cached, ctx, api)
                 .finish(
                     out,
                     Some((EventType::Warning, events::CREDENTIALS_ERROR, e.to_string())),
@@ -134,9 +149,20 @@ async fn apply(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience
                 .await;
         }
     };
-    let session = ctx.aep.session(&creds, &obj.spec.sandbox);
-    let facts = pass.facts();
-    let step = plan::next_step(&facts);
+    let session = ctx.aep.session(&creds, &cached.spec.sandbox);
+    let mut step = Pass::new(cached, ctx, api).plan();
+    // The cached object can predate our own last status write. Before any step with an AEP side
+    // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call.
+    let fresh;
+    let mut obj = cached;
+    if step.mutates_aep() {
+        fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
+        if fresh.resource_version() != cached.resource_version() {
+            obj = &fresh;
+            step = Pass::new(obj, ctx, api).plan();
+        }
+    }
+    let mut pass = Pass::new(obj, ctx, api);
     tracing::debug!(?step, "Planned step");
     let out = pass.run(step, &session).await?;
     pass.finish(out, None).await
@@ -153,8 +179,14 @@ impl<'a> Pass<'a> {
             generation: obj.meta().generation.unwrap_or_default(),
             reference: obj.object_ref(&()),
             original: status.clone(),
+            rv: obj.resource_version(),
+            conditioned: true,
             status,
         }
+    }
+
+    fn plan(&self) -> Step {
+        plan::next_step(&self.facts())
     }
 
     fn audience_name(&self) -> &str {
@@ -188,7 +220,7 @@ impl<'a> Pass<'a> {
         self.status.observed_generation = Some(self.generation);
         self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
         if self.status != self.original {
-            self.write_status(None).await?;
+            self.write_status().await?;
             // Events for failures are emitted only when the reported state changes: no event storms.
             if let Some((type_, reason, note)) = event {
                 self.event(type_, reason, note).await;
@@ -208,35 +240,43 @@ impl<'a> Pass<'a> {
         })
     }
 
-    /// Replaces the whole status (JSON patch on `/status`). With `precondition`, the write fails
-    /// with 409 unless the object still has that resourceVersion.
-    async fn write_status(&mut self, precondition: Option<&str>) -> Result<(), Error> {
+    /// Replaces the whole status (JSON patch on `/status`). The first write of a pass is
+    /// conditioned on the resourceVersion the pass decided from: a stale base conflicts
+    /// ([`Error::Stale`]) instead of overwriting newer status.
+    async fn write_status(&mut self) -> Result<(), Error> {
         let mut ops = Vec::new();
-        if let Some(rv) = precondition {
+        if self.conditioned {
+            let rv = self.rv.as_deref().ok_or(Error::MissingResourceVersion)?;
             ops.push(json!({"op": "replace", "path": "/metadata/resourceVersion", "value": rv}));
         }
         ops.push(json!({"op": "add", "path": "/status", "value": self.status}));
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(Error::Serde)?;
-        let updated = self
+        let updated = match self
             .api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await
-            .map_err(Error::Kube)?;
+        {
+            Ok(u) => u,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!("Status write conflicted; re-planning from a fresh copy");
+                return Err(Error::Stale);
+            }
+            Err(e) => return Err(Error::Kube(e)),
+        };
+        self.conditioned = false;
+        self.rv = updated.resource_version();
         self.original = updated.status.unwrap_or_default();
         self.status = self.original.clone();
         Ok(())
     }
 
-    /// Persists a pending marker before a non-idempotent call. `Ok(false)`: the cached object
-    /// was stale (conflict) and the call must not be made in this pass.
+    /// Persists a pending marker before a non-idempotent call, conditioned on the object not
+    /// having changed since it was read. `Ok(false)`: it had; the call is not made this pass.
     async fn write_marker(&mut self) -> Result<bool, Error> {
-        let rv = self.obj.resource_version().ok_or(Error::MissingResourceVersion)?;
-        match self.write_status(Some(&rv)).await {
+        self.conditioned = true;
+        match self.write_status().await {
             Ok(()) => Ok(true),
-            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
-                tracing::debug!("Stale object; re-reading before a non-idempotent call");
-                Ok(false)
-            }
+            Err(Error::Stale) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -380,7 +420,7 @@ impl<'a> Pass<'a> {
         self.status.observed_generation = Some(self.generation);
         self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
         if self.status != self.original {
-            self.write_status(None).await?;
+            self.write_status().await?;
             if let Some((type_, reason, note)) = event {
                 self.event(type_, reason, note).await;
             }
@@ -431,7 +471,7 @@ impl<'a> Pass<'a> {
             self.status.audience_id = Some(a.id.clone());
             self.status.create_pending_since = None;
             self.status.applied_spec_hash = None;
-            self.write_status(None).await?;
+            self.write_status().await?;
             self.event(
                 EventType::Normal,
                 events::AUDIENCE_CREATED,
@@ -459,7 +499,7 @@ impl<'a> Pass<'a> {
                 self.status.operation_id = Some(resp.operation_id.clone());
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::AUDIENCE_CREATE_REQUESTED,
@@ -507,7 +547,7 @@ impl<'a> Pass<'a> {
                 let id = op.audience_id.unwrap_or_default();
                 tracing::info!(audience_id = %id, "Audience created");
                 self.status.audience_id = Some(id.clone());
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::AUDIENCE_CREATED,
@@ -526,7 +566,7 @@ impl<'a> Pass<'a> {
                 self.status.observed_generation = Some(self.generation);
                 self.status.conditions =
                     conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(EventType::Warning, events::OPERATION_FAILED, msg).await;
                 Ok(out)
             }
@@ -547,7 +587,7 @@ impl<'a> Pass<'a> {
                 self.status.adopted = true;
                 self.status.applied_spec_hash = None;
                 self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::AUDIENCE_ADOPTED,
@@ -580,7 +620,7 @@ impl<'a> Pass<'a> {
             Ok(_) => {
                 tracing::info!(audience_id, "Updated audience");
                 self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::AUDIENCE_UPDATED,
@@ -629,7 +669,7 @@ impl<'a> Pass<'a> {
             Ok(run) => {
                 tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
                 self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::INGESTION_STARTED,
@@ -651,7 +691,7 @@ impl<'a> Pass<'a> {
                     _ => self.status.run_pending = None,
                 }
                 if e.kind() == ErrorKind::NotFound {
-                    self.write_status(None).await?;
+                    self.write_status().await?;
                     return self.audience_missing(audience_id).await;
                 }
                 self.report(&e, "starting an ingestion run").await
@@ -684,7 +724,7 @@ impl<'a> Pass<'a> {
             Some(run) => {
                 let state = run_state(&run.status);
                 self.record_run(run.run_id.clone(), state, &pending, run.message.clone());
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::INGESTION_STARTED,
@@ -694,7 +734,7 @@ impl<'a> Pass<'a> {
             }
             None => {
                 self.status.run_pending = None;
-                self.write_status(None).await?;
+                self.write_status().await?;
             }
         }
         Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
@@ -721,8 +761,10 @@ impl<'a> Pass<'a> {
         let health = self.current_health();
         self.status.observed_generation = Some(self.generation);
         self.status.conditions = conditions_for(&health, self.generation, &self.original.conditions, &now());
-        self.write_status(None).await?;
+        self.write_status().await?;
         if state == RunState::Success {
+            // AEP was just read and matches: the next drift check is one interval away.
+            self.ctx.resynced(self.key());
             tracing::info!(audience_id, run_id, "Ingestion run succeeded");
             self.event(
                 EventType::Normal,
@@ -778,7 +820,7 @@ impl<'a> Pass<'a> {
                 want_labels.sort();
                 if a.description.unwrap_or_default() != want_desc || have_labels != want_labels {
                     self.status.applied_spec_hash = None;
-                    self.write_status(None).await?;
+                    self.write_status().await?;
                     self.event(
                         EventType::Normal,
                         events::DRIFT_CORRECTED,
@@ -824,7 +866,7 @@ impl<'a> Pass<'a> {
                     self.status.run_history.insert(0, prev);
                     self.status.run_history.truncate(RUN_HISTORY_LIMIT);
                 }
-                self.write_status(None).await?;
+                self.write_status().await?;
                 self.event(
                     EventType::Warning,
                     events::AUDIENCE_MISSING,
