@@ -99,9 +99,14 @@ impl Metrics {
             .observe(ev.duration.as_secs_f64());
     }
 
-    pub fn observe_reconcile(&self, step: &'static str, duration: Duration) {
-        self.reconcile_runs.get_or_create(&StepLabels { step }).inc();
+    /// One reconcile pass (any outcome) and how long it took.
+    pub fn observe_reconcile(&self, duration: Duration) {
         self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The step an `apply` pass planned.
+    pub fn count_step(&self, step: &'static str) {
+        self.reconcile_runs.get_or_create(&StepLabels { step }).inc();
     }
 
     /// Text exposition format.

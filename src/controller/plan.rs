@@ -53,6 +53,22 @@ pub enum Step {
 }
 
 impl Step {
+    /// Bounded label for metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Create => "create",
+            Step::RecoverCreate => "recover_create",
+            Step::PollOperation { .. } => "poll_operation",
+            Step::Adopt { .. } => "adopt",
+            Step::Update { .. } => "update",
+            Step::PollRun { .. } => "poll_run",
+            Step::RecoverRun { .. } => "recover_run",
+            Step::StartRun { .. } => "start_run",
+            Step::Wait => "wait",
+            Step::Idle { .. } => "idle",
+        }
+    }
+
     /// Whether the step may change something in AEP (it is then planned from a fresh read).
     pub fn mutates_aep(&self) -> bool {
         matches!(

@@ -76,7 +76,7 @@ pub async fn reconcile(obj: Arc<ExternalAudience>, ctx: Arc<Context>) -> Result<
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.observe_reconcile("pass", started.elapsed());
+    ctx.metrics.observe_reconcile(started.elapsed());
     result
 }
 
@@ -164,6 +164,7 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
     }
     let mut pass = Pass::new(obj, ctx, api);
     tracing::debug!(?step, "Planned step");
+    ctx.metrics.count_step(step.name());
     let out = pass.run(step, &session).await?;
     pass.finish(out, None).await
 }
