@@ -18,7 +18,7 @@ envtest:
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
 test: envtest
-	bin="$$(hack/envtest/build.sh)" && ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
 
 ## Only the fast tiers (no control plane).
 test-unit:
@@ -26,11 +26,11 @@ test-unit:
 
 ## The operator's main job end to end on the local defaults (KEEP=1 leaves it running).
 demo: envtest
-	bin="$$(hack/envtest/build.sh)" && ENVTEST_BIN_DIR="$$bin" hack/demo.sh
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/demo.sh
 
 ## Convergence time and memory of the operator for N objects (N=1000 by default).
 bench: envtest
-	hack/bench.sh
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/bench.sh
 
 ## Regenerate the committed CRD from the Rust types.
 crds:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the pinned wrapper modules into a
-# version-keyed cache directory outside the repo, and prints that directory.
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the pinned wrapper modules
+# into a version-keyed cache directory outside the repo, and prints that directory. The Makefile
+# puts that directory first on PATH, so tests and the demo use the kubectl of the same release.
 # Skips the build when the binaries already report the pinned versions.
 #
 #   hack/envtest/build.sh            build if needed, print the bin dir on stdout
@@ -19,7 +20,7 @@ log() { echo "envtest-build: $*" >&2; }
 # Version checks capture the whole output first: `cmd | grep -q` under pipefail fails at random
 # when grep exits early and the writer gets SIGPIPE.
 have_kube() {
-  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] || return 1
+  [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/kubectl" ] || return 1
   local v
   v=$("$bin/kube-apiserver" --version 2>/dev/null) || return 1
   [ "$v" = "Kubernetes v$KUBE_VERSION" ]
@@ -43,14 +44,14 @@ if ! have_etcd; then
 fi
 
 if ! have_kube; then
-  log "building kube-apiserver and kube-controller-manager v$KUBE_VERSION (cold build, 10+ minutes on 2 cores)"
+  log "building kube-apiserver, kube-controller-manager and kubectl v$KUBE_VERSION (cold build, about 10 minutes on 2 cores)"
   minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
   ld="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   done
   start=$(date +%s)
-  for cmd in kube-apiserver kube-controller-manager; do
+  for cmd in kube-apiserver kube-controller-manager kubectl; do
     (cd "$here/kubernetes" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "$ld" \
       -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
     mv "$bin/$cmd.tmp" "$bin/$cmd"

@@ -27,6 +27,7 @@ rm -f "$kube/go.mod" "$kube/go.sum"
     done
   go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@v${KUBE_VERSION}"
   go get -tool "k8s.io/kubernetes/cmd/kube-controller-manager@v${KUBE_VERSION}"
+  go get -tool "k8s.io/kubernetes/cmd/kubectl@v${KUBE_VERSION}"
   go mod tidy
 )
 
