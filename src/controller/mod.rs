@@ -7,6 +7,7 @@ pub mod context;
 pub mod credentials;
 pub mod plan;
 pub mod reconcile;
+mod steps;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,4 +1,5 @@
-//! One reconcile pass of an `ExternalAudience`, behind the finalizer:
+//! One reconcile pass of an `ExternalAudience`, behind the finalizer (the steps themselves are in
+//! `steps.rs`):
 //!
 //! * `apply`: load credentials → [`plan::next_step`] → run that one step (at most one mutating AEP
 //!   call) → write the whole status right after it → return when to come back;
@@ -31,18 +32,17 @@ use super::{
     plan::{self, Facts, Step},
 };
 use crate::{
-    aep::{self, ErrorKind, OperationStatus, RunStatus, Session},
+    aep::{self, ErrorKind, OperationStatus, Session},
     api::{
-        DeletionPolicy, ExternalAudience, ExternalAudienceStatus, FINALIZER, IngestionRun, RESYNC_INTERVAL,
-        RUN_HISTORY_LIMIT, RUN_REQUESTED_AT, RunPending, RunState, events, reasons,
+        DeletionPolicy, ExternalAudience, ExternalAudienceStatus, FINALIZER, RUN_REQUESTED_AT, RunState, events,
+        reasons,
     },
-    config::MissingAudiencePolicy,
     status::{Health, conditions_for, stable_message},
 };
 
 /// When to come back after a pass.
 #[derive(Clone, Copy, Debug)]
-enum Next {
+pub(super) enum Next {
     /// Requeue after this long (jittered); the pass succeeded.
     After(Duration),
     /// The pass hit a transient error: per-object exponential backoff, at least `Retry-After`.
@@ -51,13 +51,13 @@ enum Next {
     Await,
 }
 
-struct Outcome {
-    health: Health,
-    next: Next,
+pub(super) struct Outcome {
+    pub(super) health: Health,
+    pub(super) next: Next,
 }
 
 impl Outcome {
-    fn new(health: Health, next: Next) -> Self {
+    pub(super) fn new(health: Health, next: Next) -> Self {
         Outcome { health, next }
     }
 }
@@ -93,24 +93,24 @@ pub fn error_policy(obj: Arc<ExternalAudience>, error: &Error, ctx: Arc<Context>
     Action::requeue(ctx.backoff(key, error.retry_after()))
 }
 
-struct Pass<'a> {
-    ctx: &'a Context,
-    api: &'a Api<ExternalAudience>,
-    obj: &'a ExternalAudience,
-    name: String,
-    generation: i64,
-    reference: ObjectReference,
-    status: ExternalAudienceStatus,
-    original: ExternalAudienceStatus,
+pub(super) struct Pass<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) api: &'a Api<ExternalAudience>,
+    pub(super) obj: &'a ExternalAudience,
+    pub(super) name: String,
+    pub(super) generation: i64,
+    pub(super) reference: ObjectReference,
+    pub(super) status: ExternalAudienceStatus,
+    pub(super) original: ExternalAudienceStatus,
     /// The object's latest resourceVersion known to this pass.
-    rv: Option<String>,
+    pub(super) rv: Option<String>,
     /// Whether the next status write is conditioned on `rv`. True for the first write of a pass
     /// (its base may be stale) and for markers; false for writes that record what our own
     /// confirmed base led to (facts that must not be dropped).
-    conditioned: bool,
+    pub(super) conditioned: bool,
 }
 
-fn now() -> Time {
+pub(super) fn now() -> Time {
     Time(Timestamp::now())
 }
 
@@ -186,19 +186,19 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn plan(&self) -> Step {
+    pub(super) fn plan(&self) -> Step {
         plan::next_step(&self.facts())
     }
 
-    fn audience_name(&self) -> &str {
+    pub(super) fn audience_name(&self) -> &str {
         self.obj.spec.audience_name(&self.name)
     }
 
-    fn run_request(&self) -> Option<&str> {
+    pub(super) fn run_request(&self) -> Option<&str> {
         self.obj.annotations().get(RUN_REQUESTED_AT).map(String::as_str)
     }
 
-    fn facts(&self) -> Facts<'_> {
+    pub(super) fn facts(&self) -> Facts<'_> {
         Facts {
             generation: self.generation,
             audience_name: self.audience_name(),
@@ -208,11 +208,11 @@ impl<'a> Pass<'a> {
         }
     }
 
-    fn key(&self) -> (String, String) {
+    pub(super) fn key(&self) -> (String, String) {
         (self.obj.namespace().unwrap_or_default(), self.name.clone())
     }
 
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
+    pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
         self.ctx.event(&self.reference, type_, reason, reason, note).await;
     }
 
@@ -244,7 +244,7 @@ impl<'a> Pass<'a> {
     /// Replaces the whole status (JSON patch on `/status`). The first write of a pass is
     /// conditioned on the resourceVersion the pass decided from: a stale base conflicts
     /// ([`Error::Stale`]) instead of overwriting newer status.
-    async fn write_status(&mut self) -> Result<(), Error> {
+    pub(super) async fn write_status(&mut self) -> Result<(), Error> {
         let mut ops = Vec::new();
         if self.conditioned {
             let rv = self.rv.as_deref().ok_or(Error::MissingResourceVersion)?;
@@ -273,7 +273,7 @@ impl<'a> Pass<'a> {
 
     /// Persists a pending marker before a non-idempotent call, conditioned on the object not
     /// having changed since it was read. `Ok(false)`: it had; the call is not made this pass.
-    async fn write_marker(&mut self) -> Result<bool, Error> {
+    pub(super) async fn write_marker(&mut self) -> Result<bool, Error> {
         self.conditioned = true;
         match self.write_status().await {
             Ok(()) => Ok(true),
@@ -301,7 +301,7 @@ impl<'a> Pass<'a> {
     }
 
     /// The terminal problem already reported for this generation, kept as is while waiting.
-    fn reported_stall(&self) -> Option<Health> {
+    pub(super) fn reported_stall(&self) -> Option<Health> {
         self.status
             .conditions
             .iter()
@@ -310,7 +310,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Health implied by the recorded state, for passes that only moved it forward.
-    fn current_health(&self) -> Health {
+    pub(super) fn current_health(&self) -> Health {
         let st = &self.status;
         if st.audience_id.is_none() {
             return Health::progressing(
@@ -357,7 +357,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Maps an AEP error to a reported outcome. `what` says which call failed.
-    fn failure(&self, e: &aep::Error, what: &str) -> (Outcome, Option<(EventType, &'static str, String)>) {
+    pub(super) fn failure(&self, e: &aep::Error, what: &str) -> (Outcome, Option<(EventType, &'static str, String)>) {
         let msg = stable_message(&format!("{what}: {}", e.message()));
         let warn = |reason: &'static str| Some((EventType::Warning, reason, msg.clone()));
         match e.kind() {
@@ -409,7 +409,7 @@ impl<'a> Pass<'a> {
         }
     }
 
-    async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {
+    pub(super) async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {
         let (out, event) = self.failure(e, what);
         tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
         self.publish(out, event).await
@@ -417,7 +417,11 @@ impl<'a> Pass<'a> {
 
     /// Writes the outcome's conditions now, so that the status and the event agree (finish()
     /// then sees no change). The event is emitted only when the reported state changed.
-    async fn publish(&mut self, out: Outcome, event: Option<(EventType, &str, String)>) -> Result<Outcome, Error> {
+    pub(super) async fn publish(
+        &mut self,
+        out: Outcome,
+        event: Option<(EventType, &str, String)>,
+    ) -> Result<Outcome, Error> {
         self.status.observed_generation = Some(self.generation);
         self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
         if self.status != self.original {
@@ -427,456 +431,6 @@ impl<'a> Pass<'a> {
             }
         }
         Ok(out)
-    }
-
-    // ----- create -----------------------------------------------------------------------------
-
-    async fn create(&mut self, s: &Session) -> Result<Outcome, Error> {
-        let name = self.audience_name().to_owned();
-        match s.find_audiences_by_name(&name).await {
-            Err(e) => return self.report(&e, "looking up the audience name").await,
-            Ok(found) if !found.is_empty() => {
-                let id = found[0].id.clone();
-                let msg = format!(
-                    "AEP audience name {name:?} in sandbox {:?} already belongs to audience {id}, which this object did not create. \
-                     To manage that audience, set spec.audienceId: {id}; otherwise choose another spec.name",
-                    self.obj.spec.sandbox
-                );
-                return self
-                    .publish(
-                        Outcome::new(Health::stalled(reasons::NAME_TAKEN, msg.clone()), Next::Await),
-                        Some((EventType::Warning, events::NAME_TAKEN, msg)),
-                    )
-                    .await;
-            }
-            Ok(_) => {}
-        }
-        self.status.create_pending_since = Some(now());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
-        self.post_create(s).await
-    }
-
-    async fn recover_create(&mut self, s: &Session) -> Result<Outcome, Error> {
-        let name = self.audience_name().to_owned();
-        let found = match s.find_audiences_by_name(&name).await {
-            Ok(f) => f,
-            Err(e) => {
-                return self
-                    .report(&e, "looking up an audience whose create was interrupted")
-                    .await;
-            }
-        };
-        if let Some(a) = found.first() {
-            self.status.audience_id = Some(a.id.clone());
-            self.status.create_pending_since = None;
-            self.status.applied_spec_hash = None;
-            self.write_status().await?;
-            self.event(
-                EventType::Normal,
-                events::AUDIENCE_CREATED,
-                format!(
-                    "Found audience {} created by an interrupted create of this object",
-                    a.id
-                ),
-            )
-            .await;
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
-        // Provably absent (or still being created: AEP then answers 409 and we look again).
-        self.status.create_pending_since = Some(now());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
-        self.post_create(s).await
-    }
-
-    async fn post_create(&mut self, s: &Session) -> Result<Outcome, Error> {
-        let req = plan::create_request(&self.obj.spec, self.audience_name());
-        match s.create_audience(&req).await {
-            Ok(resp) => {
-                tracing::info!(operation_id = %resp.operation_id, "Requested audience creation");
-                self.status.operation_id = Some(resp.operation_id.clone());
-                self.status.create_pending_since = None;
-                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::AUDIENCE_CREATE_REQUESTED,
-                    format!(
-                        "Requested creation of audience {:?} (operation {})",
-                        self.audience_name(),
-                        resp.operation_id
-                    ),
-                )
-                .await;
-                Ok(Outcome::new(
-                    Health::progressing(
-                        reasons::WAITING_FOR_OPERATION,
-                        format!("Waiting for AEP operation {}", resp.operation_id),
-                    ),
-                    Next::After(self.ctx.timing.operation_poll),
-                ))
-            }
-            Err(e) => {
-                match e.kind() {
-                    // The create may have happened: keep the marker, look it up next pass.
-                    ErrorKind::Conflict => {
-                        let msg = "AEP reports the name exists; looking it up to adopt the audience an interrupted create of this object made";
-                        return Ok(Outcome::new(
-                            Health::progressing(reasons::CREATING, msg),
-                            Next::After(self.ctx.timing.operation_poll),
-                        ));
-                    }
-                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
-                    // Refused outright: nothing was created.
-                    _ => self.status.create_pending_since = None,
-                }
-                self.report(&e, "creating the audience").await
-            }
-        }
-    }
-
-    async fn poll_operation(&mut self, s: &Session, operation_id: &str) -> Result<Outcome, Error> {
-        let op = match s.get_operation(operation_id).await {
-            Ok(op) => op,
-            Err(e) => return self.report(&e, "reading the create operation").await,
-        };
-        match op.status {
-            OperationStatus::Success if op.audience_id.is_some() => {
-                let id = op.audience_id.unwrap_or_default();
-                tracing::info!(audience_id = %id, "Audience created");
-                self.status.audience_id = Some(id.clone());
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::AUDIENCE_CREATED,
-                    format!("Created audience {id}"),
-                )
-                .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
-            }
-            OperationStatus::Failed => {
-                let msg = stable_message(&format!(
-                    "AEP failed to create the audience (operation {operation_id}): {}",
-                    op.message.as_deref().unwrap_or("no reason given")
-                ));
-                self.status.failed_operation_id = self.status.operation_id.take();
-                let out = Outcome::new(Health::stalled(reasons::OPERATION_FAILED, msg.clone()), Next::Await);
-                self.status.observed_generation = Some(self.generation);
-                self.status.conditions =
-                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                self.write_status().await?;
-                self.event(EventType::Warning, events::OPERATION_FAILED, msg).await;
-                Ok(out)
-            }
-            _ => Ok(Outcome::new(
-                Health::progressing(
-                    reasons::WAITING_FOR_OPERATION,
-                    format!("Waiting for AEP operation {operation_id}"),
-                ),
-                Next::After(self.ctx.timing.operation_poll),
-            )),
-        }
-    }
-
-    async fn adopt(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        match s.get_audience(audience_id).await {
-            Ok(_) => {
-                self.status.audience_id = Some(audience_id.to_owned());
-                self.status.adopted = true;
-                self.status.applied_spec_hash = None;
-                self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::AUDIENCE_ADOPTED,
-                    format!("Adopted audience {audience_id}"),
-                )
-                .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                let msg = format!(
-                    "spec.audienceId {audience_id} does not exist in sandbox {:?}",
-                    self.obj.spec.sandbox
-                );
-                self.status.observed_generation = Some(self.generation);
-                self.publish(
-                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
-                    Some((EventType::Warning, events::AEP_ERROR, msg)),
-                )
-                .await
-            }
-            Err(e) => self.report(&e, "reading the audience to adopt").await,
-        }
-    }
-
-    async fn update(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        match s
-            .patch_audience(audience_id, &plan::patch_request(&self.obj.spec))
-            .await
-        {
-            Ok(_) => {
-                tracing::info!(audience_id, "Updated audience");
-                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::AUDIENCE_UPDATED,
-                    format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
-                )
-                .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
-            Err(e) => self.report(&e, "updating the audience").await,
-        }
-    }
-
-    // ----- runs -------------------------------------------------------------------------------
-
-    fn record_run(&mut self, run_id: String, status: RunState, pending: &RunPending, message: Option<String>) {
-        if let Some(prev) = self.status.last_run.take() {
-            self.status.run_history.insert(0, prev);
-            self.status.run_history.truncate(RUN_HISTORY_LIMIT);
-        }
-        self.status.last_run = Some(IngestionRun {
-            run_id,
-            generation: pending.generation,
-            status,
-            start_time: Some(pending.since.clone()),
-            end_time: (status != RunState::Processing).then(now),
-            message,
-        });
-        self.status.ingested_spec_hash = Some(pending.spec_hash.clone());
-        self.status.ingested_run_request = pending.run_request.clone();
-        self.status.run_pending = None;
-    }
-
-    async fn start_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        let pending = RunPending {
-            since: now(),
-            generation: self.generation,
-            spec_hash: plan::ingest_hash(&self.obj.spec, self.audience_name()),
-            run_request: self.run_request().map(str::to_owned),
-        };
-        self.status.run_pending = Some(pending.clone());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
-        match s.start_run(audience_id, &plan::start_run_request(&self.obj.spec)).await {
-            Ok(run) => {
-                tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
-                self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::INGESTION_STARTED,
-                    format!(
-                        "Started ingestion run {} for generation {}",
-                        run.run_id, self.generation
-                    ),
-                )
-                .await;
-                Ok(Outcome::new(
-                    self.current_health(),
-                    Next::After(self.ctx.timing.run_poll),
-                ))
-            }
-            Err(e) => {
-                match e.kind() {
-                    // The run may exist: keep the marker; the next pass looks for it first.
-                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
-                    _ => self.status.run_pending = None,
-                }
-                if e.kind() == ErrorKind::NotFound {
-                    self.write_status().await?;
-                    return self.audience_missing(audience_id).await;
-                }
-                self.report(&e, "starting an ingestion run").await
-            }
-        }
-    }
-
-    async fn recover_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        let Some(pending) = self.status.run_pending.clone() else {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        };
-        let runs = match s.list_runs(audience_id).await {
-            Ok(r) => r,
-            Err(e) => return self.report(&e, "listing runs after an interrupted start").await,
-        };
-        let known: Vec<&str> = self
-            .status
-            .last_run
-            .iter()
-            .chain(self.status.run_history.iter())
-            .map(|r| r.run_id.as_str())
-            .collect();
-        // Allow for clock skew between AEP and us.
-        let since = pending.since.0.as_second() - 300;
-        let found = runs
-            .into_iter()
-            .filter(|r| !known.contains(&r.run_id.as_str()) && r.created_at.is_none_or(|t| t >= since))
-            .max_by_key(|r| r.created_at.unwrap_or_default());
-        match found {
-            Some(run) => {
-                let state = run_state(&run.status);
-                self.record_run(run.run_id.clone(), state, &pending, run.message.clone());
-                self.write_status().await?;
-                self.event(
-                    EventType::Normal,
-                    events::INGESTION_STARTED,
-                    format!("Found ingestion run {} started by an interrupted pass", run.run_id),
-                )
-                .await;
-            }
-            None => {
-                self.status.run_pending = None;
-                self.write_status().await?;
-            }
-        }
-        Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
-    }
-
-    async fn poll_run(&mut self, s: &Session, audience_id: &str, run_id: &str) -> Result<Outcome, Error> {
-        let run = match s.get_run(audience_id, run_id).await {
-            Ok(r) => r,
-            Err(e) => return self.report(&e, "reading the ingestion run").await,
-        };
-        let state = run_state(&run.status);
-        if state == RunState::Processing {
-            return Ok(Outcome::new(
-                self.current_health(),
-                Next::After(self.ctx.timing.run_poll),
-            ));
-        }
-        let message = run_message(&run);
-        if let Some(last) = self.status.last_run.as_mut() {
-            last.status = state;
-            last.end_time = Some(now());
-            last.message = message.clone();
-        }
-        let health = self.current_health();
-        self.status.observed_generation = Some(self.generation);
-        self.status.conditions = conditions_for(&health, self.generation, &self.original.conditions, &now());
-        self.write_status().await?;
-        if state == RunState::Success {
-            // AEP was just read and matches: the next drift check is one interval away.
-            self.ctx.resynced(self.key());
-            tracing::info!(audience_id, run_id, "Ingestion run succeeded");
-            self.event(
-                EventType::Normal,
-                events::INGESTION_SUCCEEDED,
-                format!("Ingestion run {run_id} succeeded"),
-            )
-            .await;
-        } else {
-            let msg = stable_message(&format!(
-                "Ingestion run {run_id} failed: {}",
-                message.unwrap_or_else(|| "no message from AEP".into())
-            ));
-            self.event(EventType::Warning, events::INGESTION_FAILED, msg).await;
-        }
-        let next = if state == RunState::Failed {
-            Next::Await
-        } else {
-            Next::After(Duration::ZERO)
-        };
-        Ok(Outcome::new(health, next))
-    }
-
-    // ----- steady state -----------------------------------------------------------------------
-
-    fn resync_interval(&self) -> Duration {
-        self.obj
-            .annotations()
-            .get(RESYNC_INTERVAL)
-            .and_then(|v| crate::config::parse_duration(v).ok())
-            .unwrap_or(self.ctx.timing.resync)
-    }
-
-    async fn idle(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        let health = self.current_health();
-        if matches!(health, Health::Stalled { .. }) {
-            return Ok(Outcome::new(health, Next::Await));
-        }
-        let interval = self.resync_interval();
-        if interval.is_zero() {
-            return Ok(Outcome::new(health, Next::Await));
-        }
-        if !self.ctx.resync_due(&self.key(), interval) {
-            return Ok(Outcome::new(health, Next::After(interval)));
-        }
-        // Drift check: one read, sharing the per-org rate limit.
-        match s.get_audience(audience_id).await {
-            Ok(a) => {
-                self.ctx.resynced(self.key());
-                let want_desc = self.obj.spec.description.clone().unwrap_or_default();
-                let mut have_labels = a.labels.clone();
-                let mut want_labels = self.obj.spec.labels.clone();
-                have_labels.sort();
-                want_labels.sort();
-                if a.description.unwrap_or_default() != want_desc || have_labels != want_labels {
-                    self.status.applied_spec_hash = None;
-                    self.write_status().await?;
-                    self.event(
-                        EventType::Normal,
-                        events::DRIFT_CORRECTED,
-                        format!("Audience {audience_id} drifted in AEP (description or labels); patching it back to the spec"),
-                    )
-                    .await;
-                    return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-                }
-                Ok(Outcome::new(health, Next::After(interval)))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
-            Err(e) => self.report(&e, "checking the audience for drift").await,
-        }
-    }
-
-    /// The audience vanished from AEP behind our back.
-    async fn audience_missing(&mut self, audience_id: &str) -> Result<Outcome, Error> {
-        match self.ctx.missing_audience_policy {
-            MissingAudiencePolicy::Stall => {
-                let msg = format!(
-                    "Audience {audience_id} no longer exists in AEP (deleted outside this operator); delete and re-create this object, or run the operator with --missing-audience-policy=recreate"
-                );
-                self.publish(
-                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
-                    Some((EventType::Warning, events::AUDIENCE_MISSING, msg)),
-                )
-                .await
-            }
-            MissingAudiencePolicy::Recreate => {
-                let gone = self.status.audience_id.take();
-                if let Some(id) = gone {
-                    self.status.lost_audience_ids.insert(0, id);
-                    self.status.lost_audience_ids.truncate(RUN_HISTORY_LIMIT);
-                }
-                self.status.operation_id = None;
-                self.status.create_pending_since = None;
-                self.status.applied_spec_hash = None;
-                self.status.ingested_spec_hash = None;
-                self.status.ingested_run_request = None;
-                self.status.run_pending = None;
-                self.status.adopted = false;
-                if let Some(prev) = self.status.last_run.take() {
-                    self.status.run_history.insert(0, prev);
-                    self.status.run_history.truncate(RUN_HISTORY_LIMIT);
-                }
-                self.write_status().await?;
-                self.event(
-                    EventType::Warning,
-                    events::AUDIENCE_MISSING,
-                    format!("Audience {audience_id} was deleted in AEP outside this operator; creating it again"),
-                )
-                .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
-            }
-        }
     }
 }
 
@@ -895,29 +449,6 @@ fn stalled_reason_const(reason: &str) -> &'static str {
     .into_iter()
     .find(|r| *r == reason)
     .unwrap_or(reasons::REJECTED)
-}
-
-fn run_state(s: &RunStatus) -> RunState {
-    match s {
-        RunStatus::Success => RunState::Success,
-        RunStatus::Failed => RunState::Failed,
-        _ => RunState::Processing,
-    }
-}
-
-fn run_message(run: &aep::Run) -> Option<String> {
-    run.message.clone().or_else(|| {
-        let failed: Vec<String> = run
-            .details
-            .iter()
-            .filter(|d| d.status == RunStatus::Failed)
-            .map(|d| match &d.message {
-                Some(m) => format!("{}: {m}", d.stage),
-                None => format!("{} failed", d.stage),
-            })
-            .collect();
-        (!failed.is_empty()).then(|| failed.join("; "))
-    })
 }
 
 // ----- cleanup ----------------------------------------------------------------------------------
