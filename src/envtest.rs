@@ -352,17 +352,14 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ],
         )?;
-        let etcd_health = format!("{etcd_url}/health");
-        cp.wait_ready("etcd", cfg.startup_timeout, move |http| {
-            let url = etcd_health.clone();
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            }
-        })?;
+        let plain = http_client(None)?;
+        cp.wait_ready(
+            "etcd",
+            cfg.startup_timeout,
+            &plain,
+            &[format!("{etcd_url}/health")],
+            None,
+        )?;
 
         cp.spawn(
             "kube-apiserver",
@@ -387,18 +384,17 @@ impl ControlPlane {
             ],
         )?;
         let http_ca = fs::read(pki.join("ca.crt")).map_err(io_err(pki.join("ca.crt")))?;
-        let readyz = format!("{}/readyz", cp.server);
-        let ns_default = format!("{}/api/v1/namespaces/default", cp.server);
-        let token = admin_token.clone();
-        cp.wait_ready_tls("kube-apiserver", cfg.startup_timeout, &http_ca, move |http| {
-            let (readyz, ns_default, token) = (readyz.clone(), ns_default.clone(), token.clone());
-            async move {
-                let ok =
-                    |r: Result<reqwest::Response, reqwest::Error>| r.map(|r| r.status().is_success()).unwrap_or(false);
-                ok(http.get(&readyz).bearer_auth(&token).send().await)
-                    && ok(http.get(&ns_default).bearer_auth(&token).send().await)
-            }
-        })?;
+        let apiserver = [
+            format!("{}/readyz", cp.server),
+            format!("{}/api/v1/namespaces/default", cp.server),
+        ];
+        cp.wait_ready(
+            "kube-apiserver",
+            cfg.startup_timeout,
+            &http_client(Some(&http_ca))?,
+            &apiserver,
+            Some(&admin_token),
+        )?;
 
         write_kubeconfig(
             &cp.admin_kubeconfig,
@@ -432,17 +428,15 @@ impl ControlPlane {
                     "--use-service-account-credentials=false".into(),
                 ],
             )?;
-            let healthz = format!("https://127.0.0.1:{kcm_port}/healthz");
-            cp.wait_ready_insecure("kube-controller-manager", cfg.startup_timeout, move |http| {
-                let url = healthz.clone();
-                async move {
-                    http.get(url)
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            })?;
+            // kube-controller-manager serves a self-signed cert of its own; only its health is read.
+            let healthz = [format!("https://127.0.0.1:{kcm_port}/healthz")];
+            cp.wait_ready(
+                "kube-controller-manager",
+                cfg.startup_timeout,
+                &insecure_http_client()?,
+                &healthz,
+                None,
+            )?;
         }
 
         if detached {
@@ -512,72 +506,35 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn wait_ready<F, Fut>(&mut self, what: &'static str, timeout: Duration, probe: F) -> Result<(), Error>
-    where
-        F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build();
-        self.poll_until(what, timeout, http, probe)
-    }
-
-    fn wait_ready_tls<F, Fut>(
+    /// Polls until every URL answers 2xx, failing fast (with log tails) when a server exits.
+    fn wait_ready(
         &mut self,
         what: &'static str,
         timeout: Duration,
-        ca_pem: &[u8],
-        probe: F,
-    ) -> Result<(), Error>
-    where
-        F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = bool>,
-    {
-        install_crypto_provider();
-        let http = reqwest::Certificate::from_pem(ca_pem).and_then(|ca| {
-            reqwest::Client::builder()
-                .tls_certs_only([ca])
-                .timeout(Duration::from_secs(2))
-                .build()
-        });
-        self.poll_until(what, timeout, http, probe)
-    }
-
-    fn wait_ready_insecure<F, Fut>(&mut self, what: &'static str, timeout: Duration, probe: F) -> Result<(), Error>
-    where
-        F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = bool>,
-    {
-        install_crypto_provider();
-        // kube-controller-manager serves a self-signed cert of its own; only its health is read.
-        let http = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(2))
-            .build();
-        self.poll_until(what, timeout, http, probe)
-    }
-
-    fn poll_until<F, Fut>(
-        &mut self,
-        what: &'static str,
-        timeout: Duration,
-        http: Result<reqwest::Client, reqwest::Error>,
-        probe: F,
-    ) -> Result<(), Error>
-    where
-        F: Fn(reqwest::Client) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = bool>,
-    {
-        install_crypto_provider();
-        let http = http.map_err(|e| Error::Binaries(format!("http client: {e}")))?;
+        http: &reqwest::Client,
+        urls: &[String],
+        token: Option<&str>,
+    ) -> Result<(), Error> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(io_err("tokio runtime"))?;
+        let probe = || async {
+            for url in urls {
+                let mut req = http.get(url);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if !req.send().await.is_ok_and(|r| r.status().is_success()) {
+                    return false;
+                }
+            }
+            true
+        };
         let deadline = Instant::now() + timeout;
         loop {
-            // A fresh runtime on this thread only; callers may be inside another runtime, so
-            // run the probe on a scoped thread.
-            let ready = std::thread::scope(|s| s.spawn(|| rt.block_on(probe(http.clone()))).join().unwrap_or(false));
+            // Callers may be inside another runtime: run this one on a scoped thread.
+            let ready = std::thread::scope(|s| s.spawn(|| rt.block_on(probe())).join().unwrap_or(false));
             if ready {
                 return Ok(());
             }
@@ -823,6 +780,29 @@ async fn client_from(path: &Path) -> Result<kube::Client, Error> {
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;
     kube::Client::try_from(config).map_err(|e| Error::Kubeconfig(e.to_string()))
+}
+
+/// An HTTP client for health probes, trusting only `ca_pem` when given.
+fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, Error> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    if let Some(pem) = ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem).map_err(|e| Error::Binaries(format!("serving CA: {e}")))?;
+        builder = builder.tls_certs_only([ca]);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Binaries(format!("http client: {e}")))
+}
+
+/// A health-probe client that accepts any certificate (for kube-controller-manager's self-signed one).
+fn insecure_http_client() -> Result<reqwest::Client, Error> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| Error::Binaries(format!("http client: {e}")))
 }
 
 fn install_crypto_provider() {
