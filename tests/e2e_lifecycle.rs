@@ -62,6 +62,23 @@ async fn seed_example_reaches_ready_with_one_audience_and_one_run() {
         ok && out.contains(&audience_id) && out.contains("True") && out.contains("Success"),
         "{out}"
     );
+
+    // Secrets and tokens appear nowhere users or log collectors look.
+    let secret = secrecy::ExposeSecret::expose_secret(&env.emulator.credentials().client_secret).to_owned();
+    let log = std::fs::read_to_string(&env.log).expect("operator log");
+    let (_, yaml) = kubectl(&["get", "ea", "-n", &env.ns, "-o", "yaml"], None);
+    let (_, events) = kubectl(&["get", "events.events.k8s.io", "-n", &env.ns, "-o", "yaml"], None);
+    for (what, text) in [("operator log", &log), ("object", &yaml), ("events", &events)] {
+        assert!(!text.contains(&secret), "the client secret leaked into the {what}");
+        assert!(
+            !text.to_lowercase().contains("bearer "),
+            "a bearer token leaked into the {what}"
+        );
+    }
+    assert!(
+        events.contains("IngestionSucceeded") && events.contains("AudienceCreated"),
+        "{events}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
