@@ -280,3 +280,29 @@ async fn unknown_identity_namespace_is_rejected_by_aep_and_stalls() {
     assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
     assert_eq!(env.emulator.stats().creates, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guardrail_refusal_is_reported_and_retried_on_a_long_interval() {
+    let env = Env::start("guardrail", |b| {
+        b.zero_latency().configure(|s| s.max_runs_per_audience = 1)
+    })
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+    env.merge_spec(
+        "loyalty-members",
+        serde_json::json!({"description": "needs a second run"}),
+    )
+    .await;
+    let obj = env
+        .wait_obj("loyalty-members", "deferred by the guardrail", READY_TIMEOUT, |o| {
+            condition_is(o, "Reconciling", "True") && condition_message(o, "Reconciling").starts_with("RunDeferred")
+        })
+        .await;
+    assert!(condition_is(&obj, "Ready", "False"));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.guardrail_refusals, 1, "{stats:?}");
+    // The operator's test flags retry deferred runs after 5 s: at most a couple of tries in 8 s.
+    let n = requests_over(&env, Duration::from_secs(8)).await;
+    assert!(n <= 4, "no hot loop: {n} AEP requests in 8s");
+}

@@ -17,9 +17,9 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PartialObjectMeta},
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, PredicateConfig, WatchStreamExt,
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -89,6 +89,22 @@ impl Error {
     }
 }
 
+/// What a pass must react to: the spec (generation), annotations (run requests, resync
+/// interval), finalizers and deletion — not status.
+pub fn trigger_hash(obj: &ExternalAudience) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.annotations.hash(&mut h);
+    obj.metadata.finalizers.hash(&mut h);
+    obj.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
 /// Fails with a hint when the CRD is not installed (the controller never installs it).
 pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
     let api = match namespace {
@@ -148,7 +164,15 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Resul
             Api::<PartialObjectMeta<Secret>>::all(client),
         ),
     };
-    let controller = Controller::new(audiences, watcher::Config::default().any_semantic());
+    // Our own status writes do not trigger passes (every pass that leaves work pending returns
+    // an explicit requeue); spec, annotations, finalizers and deletion do.
+    let (reader, writer) = reflector::store();
+    let triggers = watcher(audiences, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, PredicateConfig::default());
+    let controller = Controller::for_stream(triggers, reader);
     let store = controller.store();
     // Metadata only: the operator never caches Secret data; it reads a Secret when it needs it.
     let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
