@@ -806,8 +806,7 @@ fn insecure_http_client() -> Result<reqwest::Client, Error> {
 }
 
 fn install_crypto_provider() {
-    // Idempotent: fails only when a provider is already installed, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::aep::install_crypto_provider();
 }
 
 fn is_port_clash(e: &Error) -> bool {

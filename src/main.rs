@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     telemetry::init(cfg.log_format);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    audience_operator::aep::install_crypto_provider();
     let kube_config = match &cfg.kubeconfig {
         Some(path) => {
             let kc =

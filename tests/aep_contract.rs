@@ -125,6 +125,7 @@ struct Raw {
 
 impl Raw {
     async fn new(emu: &RunningEmulator) -> Raw {
+        audience_operator::aep::install_crypto_provider();
         let http = reqwest::Client::new();
         let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
         let creds = emu.credentials();

@@ -195,7 +195,7 @@ impl AepClient {
     /// Builds the client (rustls with the ring provider, HTTP/1.1 and HTTP/2).
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         // Idempotent: a provider installed earlier (by us or the process) stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::aep::install_crypto_provider();
         for (name, url) in [("platform_url", &config.platform_url), ("ims_url", &config.ims_url)] {
             if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
                 return Err(Error::invalid(

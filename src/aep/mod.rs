@@ -18,3 +18,9 @@ pub mod types;
 pub use client::{AepClient, ClientConfig, ClientMetrics, Credentials, DEFAULT_SCOPES, Session};
 pub use error::{Error, ErrorKind};
 pub use types::*;
+
+/// Installs the process-wide rustls crypto provider (ring) that every HTTP client of this crate
+/// uses. Idempotent: a provider already installed is kept.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

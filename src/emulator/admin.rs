@@ -235,7 +235,7 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for the emulator at `base` (e.g. `http://127.0.0.1:8080/`).
     pub fn new(base: Url) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::aep::install_crypto_provider();
         AdminClient {
             base,
             http: reqwest::Client::new(),
