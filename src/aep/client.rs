@@ -81,7 +81,7 @@ pub struct Credentials {
     pub client_id: String,
     /// Client secret.
     pub client_secret: SecretString,
-    /// IMS org, `XXXX@AdobeOrg`.
+    /// IMS org, such as `ABC123@AdobeOrg`.
     pub org_id: String,
     /// Comma-separated scopes; [`DEFAULT_SCOPES`] for AEP.
     pub scopes: String,
