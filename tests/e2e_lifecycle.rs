@@ -203,6 +203,23 @@ async fn requests_over(env: &Env, window: Duration) -> u64 {
     total(&env.emulator.stats()) - before
 }
 
+/// Applies `yaml`, waits for Stalled=True (Ready=False, not Reconciling) with a Stalled message
+/// containing every `expected` part, then proves there is no hot loop over 30 s.
+async fn assert_stalls_quietly(env: &Env, yaml: &str, expected: &[&str]) {
+    assert!(env.apply_yaml(yaml).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    assert!(condition_is(&obj, "Ready", "False"));
+    assert!(!condition_is(&obj, "Reconciling", "True"));
+    let msg = condition_message(&obj, "Stalled");
+    assert!(expected.iter().all(|e| msg.contains(e)), "{msg}");
+    let n = requests_over(env, Duration::from_secs(30)).await;
+    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_operation_stalls_with_aeps_message_and_no_hot_loop() {
     let env = Env::start("opfail", |b| {
@@ -213,21 +230,7 @@ async fn failed_operation_stalls_with_aeps_message_and_no_hot_loop() {
         })
     })
     .await;
-    assert!(env.apply_yaml(&env.seed_yaml()).0);
-    let obj = env
-        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
-            condition_is(o, "Stalled", "True")
-        })
-        .await;
-    assert!(condition_is(&obj, "Ready", "False"));
-    assert!(
-        condition_message(&obj, "Stalled").contains("Dataset creation failed: quota exceeded"),
-        "{}",
-        condition_message(&obj, "Stalled")
-    );
-    assert!(!condition_is(&obj, "Reconciling", "True"));
-    let n = requests_over(&env, Duration::from_secs(30)).await;
-    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+    assert_stalls_quietly(&env, &env.seed_yaml(), &["Dataset creation failed: quota exceeded"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,20 +243,7 @@ async fn failed_run_stalls_with_aeps_message_and_is_not_retried() {
         })
     })
     .await;
-    assert!(env.apply_yaml(&env.seed_yaml()).0);
-    let obj = env
-        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
-            condition_is(o, "Stalled", "True")
-        })
-        .await;
-    assert!(condition_is(&obj, "Ready", "False"));
-    assert!(
-        condition_message(&obj, "Stalled").contains("malformed row 17"),
-        "{}",
-        condition_message(&obj, "Stalled")
-    );
-    let n = requests_over(&env, Duration::from_secs(30)).await;
-    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+    assert_stalls_quietly(&env, &env.seed_yaml(), &["malformed row 17"]).await;
     assert_eq!(
         env.emulator.stats().runs_started,
         1,
@@ -268,16 +258,7 @@ async fn unknown_identity_namespace_is_rejected_by_aep_and_stalls() {
     let yaml = env
         .seed_yaml()
         .replace("identityNs: email", "identityNs: notANamespace");
-    assert!(env.apply_yaml(&yaml).0);
-    let obj = env
-        .wait_obj("loyalty-members", "Stalled", READY_TIMEOUT, |o| {
-            condition_is(o, "Stalled", "True")
-        })
-        .await;
-    let msg = condition_message(&obj, "Stalled");
-    assert!(msg.contains("identityNs") && msg.contains("notANamespace"), "{msg}");
-    let n = requests_over(&env, Duration::from_secs(30)).await;
-    assert!(n <= 2, "no hot loop: {n} AEP requests in 30s");
+    assert_stalls_quietly(&env, &yaml, &["identityNs", "notANamespace"]).await;
     assert_eq!(env.emulator.stats().creates, 0);
 }
 
