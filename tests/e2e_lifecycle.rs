@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use audience_operator::emulator::config::Faults;
-use support::operator::{Env, condition_is, condition_message, is_ready, kubectl};
+use support::operator::{Env, condition_is, condition_message, is_ready, is_ready_with_current_run, kubectl};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -94,14 +94,12 @@ async fn description_change_patches_once_and_runs_once_more() {
     )
     .await;
     let obj = env
-        .wait_obj("loyalty-members", "Ready at the new generation", READY_TIMEOUT, |o| {
-            is_ready(o)
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.last_run.as_ref())
-                    .map(|r| r.generation)
-                    == o.metadata.generation
-        })
+        .wait_obj(
+            "loyalty-members",
+            "Ready at the new generation",
+            READY_TIMEOUT,
+            is_ready_with_current_run,
+        )
         .await;
     assert_eq!(obj.metadata.generation, Some(2));
     let after = env.emulator.stats();
@@ -134,14 +132,12 @@ async fn quick_changes_during_a_run_coalesce_into_one_follow_up_run() {
         .await;
     }
     let obj = env
-        .wait_obj("loyalty-members", "Ready at the final generation", READY_TIMEOUT, |o| {
-            is_ready(o)
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.last_run.as_ref())
-                    .map(|r| r.generation)
-                    == o.metadata.generation
-        })
+        .wait_obj(
+            "loyalty-members",
+            "Ready at the final generation",
+            READY_TIMEOUT,
+            is_ready_with_current_run,
+        )
         .await;
     assert_eq!(obj.metadata.generation, Some(4));
     let stats = env.emulator.stats();

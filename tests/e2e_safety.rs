@@ -13,7 +13,7 @@ use audience_operator::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use support::operator::{Env, condition_is, condition_message, is_ready};
+use support::operator::{Env, condition_is, condition_message, is_ready, is_ready_with_current_run};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -278,14 +278,12 @@ async fn rotated_secret_is_used_on_the_next_call_without_restart() {
     env.merge_spec("loyalty-members", json!({"description": "after rotation"}))
         .await;
     let obj = env
-        .wait_obj("loyalty-members", "Ready after rotation", TIMEOUT, |o| {
-            is_ready(o)
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.last_run.as_ref())
-                    .map(|r| r.generation)
-                    == o.metadata.generation
-        })
+        .wait_obj(
+            "loyalty-members",
+            "Ready after rotation",
+            TIMEOUT,
+            is_ready_with_current_run,
+        )
         .await;
     assert_eq!(
         obj.status.and_then(|s| s.last_run).map(|r| r.status),

@@ -359,54 +359,43 @@ impl<'a> Pass<'a> {
     /// Maps an AEP error to a reported outcome. `what` says which call failed.
     pub(super) fn failure(&self, e: &aep::Error, what: &str) -> (Outcome, Option<(EventType, &'static str, String)>) {
         let msg = stable_message(&format!("{what}: {}", e.message()));
-        let warn = |reason: &'static str| Some((EventType::Warning, reason, msg.clone()));
-        match e.kind() {
-            ErrorKind::Retryable { retry_after } => (
-                Outcome::new(
-                    Health::progressing(reasons::RETRYING, msg.clone()),
-                    Next::Backoff(retry_after),
-                ),
-                warn(events::AEP_ERROR),
-            ),
-            ErrorKind::NotNow { retry_after } => {
-                let d = retry_after.map_or(self.ctx.timing.deferred_retry, |r| {
-                    r.max(self.ctx.timing.deferred_retry)
-                });
-                (
-                    Outcome::new(Health::progressing(reasons::RUN_DEFERRED, msg.clone()), Next::After(d)),
-                    warn(events::RUN_DEFERRED),
-                )
+        let t = &self.ctx.timing;
+        // (stalled?, condition reason, when to come back, event reason)
+        let (stalled, reason, next, event) = match e.kind() {
+            ErrorKind::Retryable { retry_after } => {
+                (false, reasons::RETRYING, Next::Backoff(retry_after), events::AEP_ERROR)
             }
-            ErrorKind::Terminal | ErrorKind::Conflict => (
-                Outcome::new(Health::stalled(reasons::REJECTED, msg.clone()), Next::Await),
-                warn(events::AEP_ERROR),
-            ),
+            ErrorKind::NotNow { retry_after } => {
+                let d = retry_after.map_or(t.deferred_retry, |r| r.max(t.deferred_retry));
+                (false, reasons::RUN_DEFERRED, Next::After(d), events::RUN_DEFERRED)
+            }
+            ErrorKind::Terminal | ErrorKind::Conflict => (true, reasons::REJECTED, Next::Await, events::AEP_ERROR),
             ErrorKind::PermissionDenied => (
-                Outcome::new(
-                    Health::stalled(reasons::PERMISSION_DENIED, msg.clone()),
-                    Next::After(self.ctx.timing.credentials_retry),
-                ),
-                warn(events::AEP_ERROR),
+                true,
+                reasons::PERMISSION_DENIED,
+                Next::After(t.credentials_retry),
+                events::AEP_ERROR,
             ),
             ErrorKind::Unauthorized => (
-                Outcome::new(
-                    Health::stalled(reasons::CREDENTIALS_INVALID, msg.clone()),
-                    Next::After(self.ctx.timing.credentials_retry),
-                ),
-                warn(events::CREDENTIALS_ERROR),
+                true,
+                reasons::CREDENTIALS_INVALID,
+                Next::After(t.credentials_retry),
+                events::CREDENTIALS_ERROR,
             ),
-            ErrorKind::NotFound => (
-                Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
-                warn(events::AEP_ERROR),
-            ),
+            ErrorKind::NotFound => (true, reasons::AUDIENCE_NOT_FOUND, Next::Await, events::AEP_ERROR),
             ErrorKind::OutcomeUnknown => (
-                Outcome::new(
-                    Health::progressing(reasons::RETRYING, msg.clone()),
-                    Next::After(self.ctx.timing.operation_poll),
-                ),
-                warn(events::AEP_ERROR),
+                false,
+                reasons::RETRYING,
+                Next::After(t.operation_poll),
+                events::AEP_ERROR,
             ),
-        }
+        };
+        let health = if stalled {
+            Health::stalled(reason, msg.clone())
+        } else {
+            Health::progressing(reason, msg.clone())
+        };
+        (Outcome::new(health, next), Some((EventType::Warning, event, msg)))
     }
 
     pub(super) async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {

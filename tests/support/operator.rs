@@ -258,6 +258,17 @@ pub fn is_ready(obj: &ExternalAudience) -> bool {
     condition_is(obj, "Ready", "True")
 }
 
+/// Ready, and the latest ingestion run is for the object's current generation.
+pub fn is_ready_with_current_run(obj: &ExternalAudience) -> bool {
+    is_ready(obj)
+        && obj
+            .status
+            .as_ref()
+            .and_then(|s| s.last_run.as_ref())
+            .map(|r| r.generation)
+            == obj.metadata.generation
+}
+
 pub fn condition_is(obj: &ExternalAudience, type_: &str, status: &str) -> bool {
     let generation = obj.metadata.generation;
     obj.status.as_ref().is_some_and(|s| {
