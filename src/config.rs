@@ -25,6 +25,17 @@ pub enum MissingAudiencePolicy {
     Stall,
 }
 
+/// Whether AEP's limit of ingestion runs per audience counts a UTC day or the audience's life
+/// (the documentation does not say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RunWindow {
+    /// Every run the audience ever had counts.
+    #[default]
+    Lifetime,
+    /// Runs started in the current UTC day count.
+    Day,
+}
+
 /// Settings of `controller run`.
 #[derive(Parser, Clone, Debug)]
 pub struct RunConfig {
@@ -84,6 +95,22 @@ pub struct RunConfig {
     /// `aep.audience-operator.dev/resync-interval` overrides it per object.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+
+    /// How long after a create whose answer was lost the operator keeps looking for the audience
+    /// by proof before it decides: an audience AEP created must be visible to lookups by then.
+    /// Until then nothing is created again; afterwards a create is sent again only when no
+    /// audience with the name exists.
+    #[arg(long, env = "CREATE_SETTLE_WINDOW", default_value = "10m", value_parser = parse_duration)]
+    pub create_settle_window: Duration,
+
+    /// AEP's limit of ingestion runs per audience (reference: 10); reaching it stalls the object
+    /// with `IngestionLimitReached` instead of deferring for ever.
+    #[arg(long, env = "MAX_RUNS_PER_AUDIENCE", default_value_t = 10)]
+    pub max_runs_per_audience: u32,
+
+    /// Whether `--max-runs-per-audience` counts a UTC day or the audience's lifetime.
+    #[arg(long, env = "RUNS_PER_AUDIENCE_WINDOW", value_enum, default_value_t = RunWindow::Lifetime)]
+    pub runs_per_audience_window: RunWindow,
 
     /// What to do when a managed audience was deleted in AEP behind the operator's back.
     #[arg(long, env = "MISSING_AUDIENCE_POLICY", value_enum, default_value_t = MissingAudiencePolicy::Recreate)]

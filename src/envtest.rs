@@ -711,12 +711,24 @@ impl Watched {
         self.server.exited().is_some()
     }
 
-    /// SIGKILLs the program at once (a crash), then reaps its watchdog.
-    pub fn kill(mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
+    /// Whether the program (not its watchdog) is alive now.
+    pub fn is_running(&mut self) -> bool {
+        !self.exited() && self.pid().is_some_and(|pid| alive(&pid.to_string()))
+    }
+
+    /// SIGKILLs the program at once (a crash), then reaps its watchdog. Returns whether the signal
+    /// landed on a running program (false when it had already exited).
+    pub fn kill(mut self) -> bool {
+        let landed = match self.pid() {
+            Some(pid) if alive(&pid.to_string()) => Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            _ => false,
+        };
         self.server.stop();
+        landed
     }
 
     /// SIGTERM, then SIGKILL after a grace period.

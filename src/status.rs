@@ -14,21 +14,21 @@ pub enum Health {
     /// Converged: `Ready=True`.
     Ready { message: String },
     /// Work is pending: `Reconciling=True`, `Ready=False`.
-    Progressing { reason: &'static str, message: String },
+    Progressing { reason: String, message: String },
     /// Cannot progress without a change: `Stalled=True`, `Ready=False`.
-    Stalled { reason: &'static str, message: String },
+    Stalled { reason: String, message: String },
 }
 
 impl Health {
-    pub fn progressing(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn progressing(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Health::Progressing {
-            reason,
+            reason: reason.into(),
             message: message.into(),
         }
     }
-    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
         Health::Stalled {
-            reason,
+            reason: reason.into(),
             message: message.into(),
         }
     }
@@ -38,11 +38,16 @@ impl Health {
         }
     }
     /// The reason written to the `Ready` condition.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &str {
         match self {
             Health::Ready { .. } => crate::api::reasons::READY,
             Health::Progressing { reason, .. } | Health::Stalled { reason, .. } => reason,
         }
+    }
+
+    /// Whether this is `Stalled`.
+    pub fn is_stalled(&self) -> bool {
+        matches!(self, Health::Stalled { .. })
     }
     pub fn message(&self) -> &str {
         match self {

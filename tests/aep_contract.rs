@@ -1,7 +1,8 @@
 //! Contract tests: the AEP client against the emulator over real HTTP on loopback (no mocks).
 //!
 //! Each test starts its own emulator on `127.0.0.1:0`. Waiting uses polling loops with deadlines;
-//! the only timing assertion is the `Retry-After` lower bound.
+//! the only timing assertions are the `Retry-After` lower bound, the visibility lower bounds of the
+//! time-based lookup settings, and "the client's timeout fired before the held answer".
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,10 @@ use audience_operator::aep::{
     OperationStatus, PatchAudienceRequest, RunStatus, Session, SourceParams, SourcePathType, SourceSpec,
     StartRunRequest,
 };
-use audience_operator::emulator::{CredentialSpec, Emulator, EmulatorBuilder, Faults, RunningEmulator};
+use audience_operator::emulator::{
+    CredentialSpec, CustomAudienceIdModel, DuplicateNames, Emulator, EmulatorBuilder, Entitlement, Faults,
+    LookupVisibility, LostAnswer, LostMode, RunWindow, RunningEmulator, Settings,
+};
 use serde_json::{Value, json};
 
 const CREATE_ROUTE: &str = "POST /data/core/ais/external-audience/";
@@ -545,18 +549,20 @@ async fn guardrails_refuse_runs_as_not_now() {
         per_day.message()
     );
 
-    // Configured as 429, the refusal carries Retry-After and is still "not now".
+    // Configured as 429, the refusal carries Retry-After (and no platform code); whether the client
+    // reads it as "not now" or "retry after the hint", it must wait the hint out.
     emu.update_settings(|s| {
         s.guardrail_status = 429;
         s.guardrail_retry_after_secs = 120;
     });
     let throttled = s.start_run(&b, &run_request()).await.unwrap_err();
-    assert_eq!(
-        throttled.kind(),
-        ErrorKind::NotNow {
-            retry_after: Some(Duration::from_secs(120))
-        }
+    assert_eq!(throttled.status(), Some(429));
+    assert_eq!(throttled.code(), None);
+    assert!(
+        matches!(throttled.kind(), ErrorKind::NotNow { .. } | ErrorKind::Retryable { .. }),
+        "{throttled:?}"
     );
+    assert_eq!(throttled.kind().retry_after(), Some(Duration::from_secs(120)));
     assert_eq!(emu.stats().guardrail_refusals, 3);
 }
 
@@ -621,7 +627,7 @@ async fn a_429_retry_after_is_honoured_before_retrying() {
 async fn commit_then_drop_on_create_is_outcome_unknown_and_not_retried() {
     let emu = start(|b| b).await;
     let s = session(&emu, "dev1");
-    emu.update_faults(|f| f.drop_next_creates = 1);
+    emu.update_faults(|f| f.lost_answers.create.next = 1);
     let err = s.create_audience(&seed_request("Dropped")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
     assert_eq!(err.status(), None);
@@ -629,13 +635,16 @@ async fn commit_then_drop_on_create_is_outcome_unknown_and_not_retried() {
     let stats = emu.stats();
     assert_eq!(stats.requests_for(CREATE_ROUTE), 1);
     assert_eq!(stats.requests_with_status(CREATE_ROUTE, "dropped"), 1);
+    assert_eq!(stats.received("create_audience"), 1, "not retried");
     assert_eq!(stats.creates, 1);
+    assert_eq!(stats.lost_answers, 1);
+    assert_eq!(stats.connections_dropped, 1);
     assert_eq!(emu.state().audiences_named("dev1", "Dropped").count(), 1);
     // The work was done: the lookup by name finds it.
     assert_eq!(s.find_audiences_by_name("Dropped").await.unwrap().len(), 1);
 
     let id = create_ready(&s, "Runs dropped").await;
-    emu.update_faults(|f| f.drop_next_runs = 1);
+    emu.update_faults(|f| f.lost_answers.start_run.next = 1);
     let err = s.start_run(&id, &run_request()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
     assert_eq!(s.list_runs(&id).await.unwrap().len(), 1);
@@ -809,10 +818,19 @@ async fn docs_shaped_requests_are_answered_per_the_reference() {
     };
     let http = &raw.http;
     assert_eq!(gw(http.get(&url).send().await.unwrap()).await, (401, "403010".into()));
+    // A well-formed token the emulator never issued is the gateway's 401; a string that cannot be
+    // a token at all is the catalogue's 400 `100911-400`.
+    let unknown = format!("emu.{}.{}", "0".repeat(32), "f".repeat(32));
     assert_eq!(
-        gw(http.get(&url).bearer_auth("forged").send().await.unwrap()).await,
+        gw(http.get(&url).bearer_auth(&unknown).send().await.unwrap()).await,
         (401, "401013".into())
     );
+    let forged = http.get(&url).bearer_auth("forged").send().await.unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    let body: Value = forged.json().await.unwrap();
+    assert_eq!(body["errorCode"], "100911-400", "{body}");
+    assert_eq!(body["title"], "BAD_REQUEST");
+    assert_eq!(body["detail"], "invalid token");
     let authed = || http.get(&url).bearer_auth(&raw.token);
     assert_eq!(gw(authed().send().await.unwrap()).await, (403, "403000".into()));
     assert_eq!(
@@ -941,6 +959,7 @@ async fn ims_refuses_unknown_clients_and_scopes() {
             client_id: "second".into(),
             client_secret: "second-secret".into(),
             org_id: "SECOND@AdobeOrg".into(),
+            ..CredentialSpec::default()
         })
     })
     .await;
@@ -966,6 +985,7 @@ async fn ims_refuses_unknown_clients_and_scopes() {
             client_id: "second".into(),
             client_secret: "second-secret".into(),
             org_id: "SECOND@AdobeOrg".into(),
+            ..CredentialSpec::default()
         })
         .await
         .unwrap();
@@ -999,7 +1019,9 @@ async fn failures_injected_into_operations_and_runs_are_reported() {
     let emu = start(|b| {
         b.faults(Faults {
             fail_next_operations: 1,
+            operation_failure_message: Some("Dataset creation failed: quota exceeded".into()),
             fail_next_runs: 1,
+            run_failure_message: Some("malformed row 17".into()),
             ..Faults::default()
         })
     })
@@ -1009,11 +1031,14 @@ async fn failures_injected_into_operations_and_runs_are_reported() {
     let op = s.get_operation(&created.operation_id).await.unwrap();
     assert_eq!(op.status, OperationStatus::Failed);
     assert_eq!(op.audience_id, None);
-    assert!(op.message.unwrap().contains("injected"));
+    assert_eq!(op.message.as_deref(), Some("Dataset creation failed: quota exceeded"));
 
     let id = create_ready(&s, "Fails").await;
     let run = s.start_run(&id, &run_request()).await.unwrap();
     assert_eq!(run_to_end(&s, &id, &run.run_id).await, RunStatus::Failed);
+    let failed = s.get_run(&id, &run.run_id).await.unwrap();
+    assert_eq!(failed.message.as_deref(), Some("malformed row 17"));
+    assert_eq!(failed.details[0].message.as_deref(), Some("malformed row 17"));
     let admin = emu.admin();
     let stats = admin.stats().await.unwrap();
     assert_eq!(stats.runs_started, 1);
@@ -1033,4 +1058,1145 @@ async fn failures_injected_into_operations_and_runs_are_reported() {
     );
     admin.delete_audience(&id).await.unwrap();
     assert_eq!(s.get_audience(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviours the docs leave open (settings) and fidelity of the emulator
+// ---------------------------------------------------------------------------------------------
+
+/// A client whose every call gives up after one attempt and `timeout`.
+fn bare_session(emu: &RunningEmulator, timeout: Duration) -> Session {
+    AepClient::new(ClientConfig {
+        requests_per_second: 10_000,
+        request_timeout: timeout,
+        max_retries: 0,
+        ..emu.client_config()
+    })
+    .expect("client builds")
+    .session(&emu.credentials(), "dev1")
+}
+
+/// `?k=v&…`, form-encoded.
+fn query(pairs: &[(&str, &str)]) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    format!("?{}", q.finish())
+}
+
+/// Waits until `check` holds, failing after `deadline`.
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while !check().await {
+        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn duplicate_names_are_rejected_or_allowed_per_setting() {
+    // Reject (default): even while the first create is still PROCESSING.
+    let emu = start(|b| b.operation_timing(Duration::from_millis(400), 0)).await;
+    let s = session(&emu, "dev1");
+    let first = s.create_audience(&seed_request("Same name")).await.unwrap();
+    let dup = s.create_audience(&seed_request("Same name")).await.unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::Conflict);
+    assert_eq!(dup.status(), Some(409));
+    assert_eq!(dup.code(), Some("100950-409"));
+    assert!(dup.message().starts_with("name:"), "{}", dup.message());
+    assert_eq!(
+        s.get_operation(&first.operation_id).await.unwrap().status,
+        OperationStatus::Processing,
+        "the conflict came from an unfinished create"
+    );
+    // Case-sensitive: another spelling is another name.
+    s.create_audience(&seed_request("same name")).await.unwrap();
+    let state = emu.admin().state().await.unwrap();
+    assert_eq!(state.audiences_named("dev1", "Same name").count(), 1);
+    assert_eq!(emu.stats().create_conflicts, 1);
+
+    // Allow, switched at runtime through PUT /_emulator/config.
+    let admin = emu.admin();
+    let mut config = admin.config().await.unwrap();
+    assert_eq!(config.duplicate_names, DuplicateNames::Reject);
+    config.duplicate_names = DuplicateNames::Allow;
+    assert_eq!(
+        admin.set_config(&config).await.unwrap().duplicate_names,
+        DuplicateNames::Allow
+    );
+    s.create_audience(&seed_request("Same name")).await.unwrap();
+    let state = admin.state().await.unwrap();
+    let twins: Vec<_> = state.audiences_named("dev1", "Same name").collect();
+    assert_eq!(twins.len(), 2, "{state:?}");
+    assert_ne!(twins[0].audience_id, twins[1].audience_id);
+}
+
+#[tokio::test]
+async fn custom_audience_id_unique_is_echoed_and_enforced() {
+    let emu = start(|b| b.operation_timing(Duration::from_millis(300), 0)).await;
+    let s = session(&emu, "dev1");
+    let raw = Raw::new(&emu).await;
+    let mut req = seed_request("With cid");
+    req.custom_audience_id = Some("crm-churn-q3".into());
+    let created = s.create_audience(&req).await.unwrap();
+    let echoed = created.operation_details.as_ref().unwrap();
+    assert_eq!(echoed.custom_audience_id.as_deref(), Some("crm-churn-q3"));
+
+    // Reused while the first create is still running: 409.
+    let mut again = seed_request("Other name");
+    again.custom_audience_id = Some("crm-churn-q3".into());
+    let dup = s.create_audience(&again).await.unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::Conflict);
+    assert_eq!(dup.code(), Some("100950-409"));
+    assert!(dup.message().starts_with("customAudienceId:"), "{}", dup.message());
+
+    let id = create_ready_op(&s, &created.operation_id).await;
+    let op = s.get_operation(&created.operation_id).await.unwrap();
+    let details = op.operation_details.unwrap();
+    assert_eq!(details.custom_audience_id.as_deref(), Some("crm-churn-q3"));
+    let (status, found) = raw
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/data/core/ups/audiences{}",
+                query(&[("property", "audienceId==crm-churn-q3")])
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let children = found["children"].as_array().unwrap();
+    assert_eq!(children.len(), 1, "{found}");
+    assert_eq!(children[0]["id"], id.as_str());
+    assert_eq!(children[0]["audienceId"], "crm-churn-q3");
+    let patched = s
+        .patch_audience(
+            &id,
+            &PatchAudienceRequest {
+                description: Some("x".into()),
+                ..PatchAudienceRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.custom_audience_id.as_deref(), Some("crm-churn-q3"));
+    let view = emu.state();
+    assert_eq!(
+        view.audience(&id).unwrap().custom_audience_id.as_deref(),
+        Some("crm-churn-q3")
+    );
+    // After the first finished, still taken.
+    let dup = s.create_audience(&again).await.unwrap_err();
+    assert_eq!(dup.code(), Some("100950-409"));
+    assert_eq!(emu.stats().create_conflicts, 2);
+}
+
+#[tokio::test]
+async fn custom_audience_id_ignore_drops_it_everywhere() {
+    let emu = start(|b| b.configure(|s| s.custom_audience_id = CustomAudienceIdModel::Ignore)).await;
+    let s = session(&emu, "dev1");
+    let raw = Raw::new(&emu).await;
+    let mut req = seed_request("Ignored cid");
+    req.custom_audience_id = Some("crm-1".into());
+    let created = s.create_audience(&req).await.unwrap();
+    assert_eq!(created.operation_details.unwrap().custom_audience_id, None);
+    let id = create_ready_op(&s, &created.operation_id).await;
+    let op = s.get_operation(&created.operation_id).await.unwrap();
+    assert_eq!(op.operation_details.unwrap().custom_audience_id, None);
+    let record = s.get_audience(&id).await.unwrap();
+    assert_eq!(record.audience_id.as_deref(), Some(id.as_str()), "audienceId = id");
+    let (_, found) = raw
+        .send(
+            reqwest::Method::GET,
+            &format!(
+                "/data/core/ups/audiences{}",
+                query(&[("property", "audienceId==crm-1")])
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(found["children"].as_array().unwrap().len(), 0, "{found}");
+    let patched = s
+        .patch_audience(
+            &id,
+            &PatchAudienceRequest {
+                description: Some("x".into()),
+                ..PatchAudienceRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.custom_audience_id, None);
+    assert_eq!(emu.state().audience(&id).unwrap().custom_audience_id, None);
+
+    // Never checked: the same value (with another name) is accepted.
+    let mut again = seed_request("Ignored cid 2");
+    again.custom_audience_id = Some("crm-1".into());
+    create_ready_op(&s, &s.create_audience(&again).await.unwrap().operation_id).await;
+    assert_eq!(emu.stats().create_conflicts, 0);
+}
+
+/// Polls one operation until SUCCESS; returns the audience ID.
+async fn create_ready_op(s: &Session, operation_id: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let op = s.get_operation(operation_id).await.expect("operation readable");
+        match op.status {
+            OperationStatus::Success => return op.audience_id.expect("audience id on success"),
+            OperationStatus::Failed => panic!("operation failed"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "operation did not finish in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const OPERATION_DELAY: Duration = Duration::from_millis(400);
+
+#[tokio::test]
+async fn lookup_visibility_immediate_shows_the_audience_at_once() {
+    let emu = start(|b| {
+        b.operation_timing(OPERATION_DELAY, 0)
+            .configure(|s| s.lookup_visibility = LookupVisibility::Immediate)
+    })
+    .await;
+    let s = session(&emu, "dev1");
+    let created = s.create_audience(&seed_request("At once")).await.unwrap();
+    let found = s.find_audiences_by_name("At once").await.unwrap();
+    assert_eq!(found.len(), 1);
+    let id = found[0].id.clone();
+    s.start_run(&id, &run_request()).await.unwrap();
+    let view = emu.state();
+    let a = view.audience(&id).unwrap();
+    assert!(a.visible && a.lookup_visible, "{a:?}");
+    // The operation keeps its own rules.
+    let op = s.get_operation(&created.operation_id).await.unwrap();
+    assert_eq!(op.status, OperationStatus::Processing);
+}
+
+#[tokio::test]
+async fn lookup_visibility_after_operation_is_time_based_without_polls() {
+    let emu = start(|b| b.operation_timing(OPERATION_DELAY, 0)).await;
+    let s = session(&emu, "dev1");
+    let sent = Instant::now();
+    s.create_audience(&seed_request("Later")).await.unwrap();
+    assert!(s.find_audiences_by_name("Later").await.unwrap().is_empty());
+    let view = emu.state();
+    let a = view.audiences_named("dev1", "Later").next().unwrap().clone();
+    assert!(!a.visible && !a.lookup_visible, "{a:?}");
+    assert!(a.created_at_ms > 0);
+    let not_yet = s.start_run(&a.audience_id, &run_request()).await.unwrap_err();
+    assert_eq!(not_yet.kind(), ErrorKind::NotFound);
+    assert!(
+        sent.elapsed() < OPERATION_DELAY,
+        "the checks above ran too late to prove anything"
+    );
+    // Never polling the operation: it shows up once the delay has passed.
+    eventually("audience visible in lookups", DEADLINE, || async {
+        !s.find_audiences_by_name("Later").await.unwrap().is_empty()
+    })
+    .await;
+    assert!(sent.elapsed() >= OPERATION_DELAY);
+    assert_eq!(emu.stats().operation_polls, 0);
+    s.start_run(&a.audience_id, &run_request()).await.unwrap();
+}
+
+#[tokio::test]
+async fn lookup_visibility_lagged_serves_ais_before_the_lookups() {
+    let lag = Duration::from_millis(600);
+    let emu = start(|b| {
+        b.operation_timing(OPERATION_DELAY, 0).configure(|s| {
+            s.lookup_visibility = LookupVisibility::Lagged;
+            s.lookup_lag_ms = 600;
+        })
+    })
+    .await;
+    let s = session(&emu, "dev1");
+    let sent = Instant::now();
+    let created = s.create_audience(&seed_request("Lagging")).await.unwrap();
+    let id = create_ready_op(&s, &created.operation_id).await;
+    // Operation SUCCESS and the ais routes work, while the lookups do not know it yet.
+    let run = s.start_run(&id, &run_request()).await.unwrap();
+    assert_eq!(run_to_end(&s, &id, &run.run_id).await, RunStatus::Success);
+    assert_eq!(s.list_runs(&id).await.unwrap().len(), 1);
+    assert_eq!(s.get_audience(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(s.find_audiences_by_name("Lagging").await.unwrap().is_empty());
+    let view = emu.state();
+    let a = view.audience(&id).unwrap();
+    assert!(a.visible && !a.lookup_visible, "{a:?}");
+    assert!(
+        sent.elapsed() < OPERATION_DELAY + lag,
+        "the checks above ran too late to prove anything"
+    );
+    eventually("audience visible in lookups", DEADLINE, || async {
+        s.get_audience(&id).await.is_ok()
+    })
+    .await;
+    assert!(sent.elapsed() >= OPERATION_DELAY + lag);
+    assert_eq!(s.find_audiences_by_name("Lagging").await.unwrap().len(), 1);
+}
+
+/// The four calls whose answers can be lost.
+#[derive(Debug, Clone, Copy)]
+enum Losable {
+    Create,
+    StartRun,
+    Patch,
+    Delete,
+}
+
+const MODES: [LostMode; 3] = [LostMode::Drop, LostMode::Error500, LostMode::Timeout];
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// For each mode: the work is done, the client gets the expected kind of error, the stats count it.
+async fn lost_answer_leaves_the_work_done(call: Losable) {
+    for mode in MODES {
+        let emu = start(|b| b).await;
+        let s = bare_session(&emu, CLIENT_TIMEOUT);
+        let admin = emu.admin();
+        let id = match call {
+            Losable::Create => String::new(),
+            _ => create_ready(&s, "Target").await,
+        };
+        let lost = LostAnswer {
+            next: 1,
+            mode,
+            ..LostAnswer::default()
+        };
+        let mut faults = Faults {
+            hang_ms: 3_000,
+            ..Faults::default()
+        };
+        match call {
+            Losable::Create => faults.lost_answers.create = lost,
+            Losable::StartRun => faults.lost_answers.start_run = lost,
+            Losable::Patch => faults.lost_answers.patch = lost,
+            Losable::Delete => faults.lost_answers.delete = lost,
+        }
+        admin.set_faults(&faults).await.unwrap();
+        let sent = Instant::now();
+        let err = match call {
+            Losable::Create => s.create_audience(&seed_request("Lost")).await.map(drop),
+            Losable::StartRun => s.start_run(&id, &run_request()).await.map(drop),
+            Losable::Patch => s
+                .patch_audience(
+                    &id,
+                    &PatchAudienceRequest {
+                        description: Some("patched before the answer was lost".into()),
+                        ..PatchAudienceRequest::default()
+                    },
+                )
+                .await
+                .map(drop),
+            Losable::Delete => s.delete_audience(&id).await,
+        }
+        .expect_err("the answer is lost");
+        let elapsed = sent.elapsed();
+        match call {
+            Losable::Create | Losable::StartRun => {
+                assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{call:?} {mode:?}: {err:?}")
+            }
+            Losable::Patch | Losable::Delete => assert!(
+                matches!(err.kind(), ErrorKind::Retryable { .. }),
+                "{call:?} {mode:?}: {err:?}"
+            ),
+        }
+        match mode {
+            LostMode::Error500 => {
+                assert_eq!(err.status(), Some(500), "{call:?}: {err:?}");
+                assert_eq!(err.code(), Some("100970-500"));
+            }
+            LostMode::Drop => assert_eq!(err.status(), None, "{call:?}: {err:?}"),
+            LostMode::Timeout => {
+                assert_eq!(err.status(), None, "{call:?}: {err:?}");
+                assert_eq!(err.category(), "timeout", "{call:?}: {err:?}");
+                assert!(
+                    elapsed < Duration::from_millis(2_500),
+                    "client timeout fired first: {elapsed:?}"
+                );
+            }
+        }
+        // The work was done.
+        let state = admin.state().await.unwrap();
+        match call {
+            Losable::Create => {
+                assert_eq!(state.audiences_named("dev1", "Lost").count(), 1, "{mode:?}");
+                assert_eq!(state.operations.len(), 1, "{mode:?}");
+            }
+            Losable::StartRun => assert_eq!(state.audience(&id).unwrap().runs.len(), 1, "{mode:?}"),
+            Losable::Patch => assert_eq!(
+                state.audience(&id).unwrap().description.as_deref(),
+                Some("patched before the answer was lost"),
+                "{mode:?}"
+            ),
+            Losable::Delete => assert!(state.audience(&id).is_none(), "{mode:?}"),
+        }
+        let stats = admin.stats().await.unwrap();
+        assert_eq!(stats.lost_answers, 1, "{call:?} {mode:?}");
+        let dropped = u64::from(mode != LostMode::Error500);
+        assert_eq!(stats.connections_dropped, dropped, "{call:?} {mode:?}");
+        let op = match call {
+            Losable::Create => "create_audience",
+            Losable::StartRun => "start_run",
+            Losable::Patch => "patch_audience",
+            Losable::Delete => "delete_audience",
+        };
+        assert_eq!(stats.received(op), 1, "{call:?} {mode:?}: one request, not retried");
+    }
+}
+
+#[tokio::test]
+async fn lost_create_answers_leave_the_audience_created() {
+    lost_answer_leaves_the_work_done(Losable::Create).await;
+}
+
+#[tokio::test]
+async fn lost_start_run_answers_leave_the_run_started() {
+    lost_answer_leaves_the_work_done(Losable::StartRun).await;
+}
+
+#[tokio::test]
+async fn lost_patch_answers_leave_the_patch_applied() {
+    lost_answer_leaves_the_work_done(Losable::Patch).await;
+}
+
+#[tokio::test]
+async fn lost_delete_answers_leave_the_audience_deleted() {
+    lost_answer_leaves_the_work_done(Losable::Delete).await;
+}
+
+#[tokio::test]
+async fn lost_answers_fire_only_for_calls_that_succeed() {
+    let emu = start(|b| {
+        b.faults(Faults {
+            lost_answers: audience_operator::emulator::LostAnswers {
+                create: LostAnswer {
+                    all: true,
+                    mode: LostMode::Error500,
+                    ..LostAnswer::default()
+                },
+                delete: LostAnswer {
+                    all: true,
+                    mode: LostMode::Error500,
+                    ..LostAnswer::default()
+                },
+                ..Default::default()
+            },
+            ..Faults::default()
+        })
+    })
+    .await;
+    let s = bare_session(&emu, Duration::from_secs(5));
+    let mut invalid = seed_request("Invalid");
+    invalid.fields.clear();
+    let err = s.create_audience(&invalid).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Terminal);
+    let err = s.delete_audience("missing").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(emu.stats().lost_answers, 0);
+    // A duplicate is refused (409), not lost, even with every create answer lost.
+    let _ = s.create_audience(&seed_request("Once")).await.unwrap_err();
+    let dup = s.create_audience(&seed_request("Once")).await.unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::Conflict);
+    assert_eq!(emu.stats().lost_answers, 1);
+}
+
+#[tokio::test]
+async fn runs_per_audience_window_is_lifetime_or_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let emu = start(|b| b.state_file(&path).configure(|s| s.max_runs_per_audience = 2)).await;
+    let s = session(&emu, "dev1");
+    let id = create_ready(&s, "Daily").await;
+    for _ in 0..2 {
+        let run = s.start_run(&id, &run_request()).await.unwrap();
+        run_to_end(&s, &id, &run.run_id).await;
+    }
+    emu.shutdown().await.unwrap();
+
+    // Move both runs (and the sandbox's run log) to yesterday.
+    const DAY_MS: i64 = 86_400_000;
+    let mut store: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for tenant in store["tenants"].as_object_mut().unwrap().values_mut() {
+        for audience in tenant["audiences"].as_object_mut().unwrap().values_mut() {
+            for run in audience["runs"].as_array_mut().unwrap() {
+                for key in ["created_at_ms", "ready_at_ms"] {
+                    run[key] = json!(run[key].as_i64().unwrap() - DAY_MS);
+                }
+            }
+        }
+        let log = tenant["runs_per_day"].as_object().unwrap().clone();
+        assert_eq!(log.values().map(|v| v.as_u64().unwrap()).sum::<u64>(), 2, "{log:?}");
+        tenant["runs_per_day"] = Value::Object(
+            log.into_iter()
+                .map(|(day, n)| ((day.parse::<i64>().unwrap() - 1).to_string(), n))
+                .collect(),
+        );
+    }
+    std::fs::write(&path, serde_json::to_vec(&store).unwrap()).unwrap();
+
+    let emu = start(|b| b.state_file(&path).configure(|s| s.max_runs_per_audience = 2)).await;
+    let s = session(&emu, "dev1");
+    let lifetime = s.start_run(&id, &run_request()).await.unwrap_err();
+    assert!(matches!(lifetime.kind(), ErrorKind::NotNow { .. }), "{lifetime:?}");
+    assert!(lifetime.message().contains("per audience"), "{}", lifetime.message());
+
+    emu.update_settings(|s| s.runs_per_audience_window = RunWindow::Day);
+    for _ in 0..2 {
+        let run = s.start_run(&id, &run_request()).await.unwrap();
+        run_to_end(&s, &id, &run.run_id).await;
+    }
+    let daily = s.start_run(&id, &run_request()).await.unwrap_err();
+    assert!(matches!(daily.kind(), ErrorKind::NotNow { .. }), "{daily:?}");
+    assert!(daily.message().contains("per audience per day"), "{}", daily.message());
+    assert_eq!(emu.state().audience(&id).unwrap().runs.len(), 4);
+}
+
+#[tokio::test]
+async fn sandbox_run_quota_counts_runs_of_deleted_audiences() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let configure = |b: EmulatorBuilder| b.state_file(&path).configure(|s| s.max_runs_per_sandbox_per_day = 3);
+    let emu = start(configure).await;
+    let s = session(&emu, "dev1");
+    let gone = create_ready(&s, "Gone").await;
+    for _ in 0..2 {
+        let run = s.start_run(&gone, &run_request()).await.unwrap();
+        run_to_end(&s, &gone, &run.run_id).await;
+    }
+    s.delete_audience(&gone).await.unwrap();
+    let also_gone = create_ready(&s, "Also gone").await;
+    s.start_run(&also_gone, &run_request()).await.unwrap();
+    emu.admin().delete_audience(&also_gone).await.unwrap();
+
+    let kept = create_ready(&s, "Kept").await;
+    let refused = s.start_run(&kept, &run_request()).await.unwrap_err();
+    assert!(matches!(refused.kind(), ErrorKind::NotNow { .. }), "{refused:?}");
+    assert!(
+        refused.message().contains("per sandbox per day"),
+        "{}",
+        refused.message()
+    );
+    // Another sandbox has its own quota.
+    let other = session(&emu, "dev2");
+    let elsewhere = create_ready(&other, "Elsewhere").await;
+    other.start_run(&elsewhere, &run_request()).await.unwrap();
+    emu.shutdown().await.unwrap();
+
+    // The log is persisted.
+    let emu = start(configure).await;
+    let s = session(&emu, "dev1");
+    let refused = s.start_run(&kept, &run_request()).await.unwrap_err();
+    assert!(
+        refused.message().contains("per sandbox per day"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(emu.stats().guardrail_refusals, 1);
+}
+
+#[tokio::test]
+async fn failed_operations_and_runs_carry_no_message_by_default() {
+    let emu = start(|b| {
+        b.faults(Faults {
+            fail_next_operations: 1,
+            fail_next_runs: 1,
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert_eq!(emu.admin().faults().await.unwrap().operation_failure_message, None);
+    let raw = Raw::new(&emu).await;
+    use reqwest::Method;
+    let (status, created) = raw
+        .send(
+            Method::POST,
+            "/data/core/ais/external-audience/",
+            Some(&seed_json("Fails")),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let op_id = created["operationId"].as_str().unwrap();
+    let (_, op) = raw
+        .send(
+            Method::GET,
+            &format!("/data/core/ais/external-audience/operations/{op_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(op["status"], "FAILED", "{op}");
+    let keys: Vec<&String> = op.as_object().unwrap().keys().collect();
+    for absent in ["message", "audienceId", "failureReason", "errorMessage"] {
+        assert!(op.get(absent).is_none(), "{absent} in {keys:?}");
+    }
+    // The typed client sees no message either.
+    let s = session(&emu, "dev1");
+    assert_eq!(s.get_operation(op_id).await.unwrap().message, None);
+
+    let id = create_ready(&s, "Fails").await;
+    let (status, run) = raw
+        .send(
+            Method::POST,
+            &format!("/data/core/ais/external-audience/{id}/runs"),
+            Some(&json!({"dataFilterStartTime": 764245635})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let run_id = run["runId"].as_str().unwrap();
+    let (_, got) = raw
+        .send(
+            Method::GET,
+            &format!("/data/core/ais/external-audience/{id}/runs/{run_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(got["status"], "FAILED", "{got}");
+    assert!(got.get("message").is_none(), "{got}");
+    let details = got["details"].as_array().unwrap();
+    assert_eq!(details.len(), 2);
+    for stage in details {
+        assert_eq!(stage["status"], "FAILED", "{got}");
+        assert!(stage.get("message").is_none(), "{got}");
+    }
+    let (_, list) = raw
+        .send(
+            Method::GET,
+            &format!("/data/core/ais/external-audience/{id}/runs"),
+            None,
+        )
+        .await;
+    assert!(list["runs"][0].get("message").is_none(), "{list}");
+}
+
+#[tokio::test]
+async fn entitlements_and_malformed_tokens_get_the_catalogue_codes() {
+    let spec = |id: &str, entitlement| CredentialSpec {
+        client_id: id.into(),
+        client_secret: format!("{id}-secret"),
+        org_id: "ENT@AdobeOrg".into(),
+        entitlement,
+    };
+    let emu = start(|b| {
+        b.credential(spec("full", Entitlement::Full))
+            .credential(spec("no-api", Entitlement::NoExternalAudienceApi))
+            .credential(spec("no-profile", Entitlement::InvalidProfile))
+            .credential(spec("no-region", Entitlement::NoRegion))
+    })
+    .await;
+    let c = client(&emu);
+    let creds = |id: &str| {
+        let mut creds = Credentials::new(id, format!("{id}-secret"), "ENT@AdobeOrg");
+        creds.ims_url = Some(emu.base_url());
+        creds.platform_url = Some(emu.base_url());
+        creds
+    };
+    let ok = c
+        .session(&creds("full"), "prod")
+        .list_runs("missing")
+        .await
+        .unwrap_err();
+    assert_eq!(ok.kind(), ErrorKind::NotFound);
+
+    let err = c
+        .session(&creds("no-api"), "prod")
+        .list_runs("missing")
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(401), Some("100922-401")), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Unauthorized);
+    let err = c
+        .session(&creds("no-profile"), "prod")
+        .list_runs("missing")
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(403), Some("403025")), "{err:?}");
+    assert_eq!(err.message(), "Profile is not valid");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    let err = c
+        .session(&creds("no-region"), "prod")
+        .list_runs("missing")
+        .await
+        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(403), Some("403027")), "{err:?}");
+    assert_eq!(err.message(), "User region is missing");
+    // Tokens are issued all the same (the 401 cost one refresh).
+    assert_eq!(emu.stats().tokens_issued, 5);
+    assert_eq!(emu.stats().token_refusals, 0);
+    let listed = emu.admin().config().await.map(drop);
+    assert!(listed.is_ok());
+
+    // Malformed bearer strings are 100911-400, whatever else is sent.
+    let url = format!("{}data/core/ups/audiences", emu.base_url());
+    for token in [
+        "forged",
+        "emu.short.token",
+        "emu.0123.4567",
+        &format!("emu.{}", "a".repeat(65)),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(token)
+            .header("x-api-key", "full")
+            .header("x-gw-ims-org-id", "ENT@AdobeOrg")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{token}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["errorCode"], "100911-400", "{token}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn injected_errors_and_refusals_use_catalogue_codes_only() {
+    let emu = start(|b| b.run_timing(Duration::ZERO, 100)).await;
+    let raw = Raw::new(&emu).await;
+    let admin = emu.admin();
+    let list = format!("{}/data/core/ups/audiences", raw.base);
+    let call = || async {
+        let resp = raw
+            .http
+            .get(&list)
+            .bearer_auth(&raw.token)
+            .header("x-api-key", &raw.client_id)
+            .header("x-gw-ims-org-id", &raw.org)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, retry_after, resp.json::<Value>().await.unwrap())
+    };
+    admin
+        .set_faults(&Faults {
+            rate_limit_next: 1,
+            unavailable_next: 1,
+            retry_after_secs: 2,
+            ..Faults::default()
+        })
+        .await
+        .unwrap();
+    let (status, retry_after, body) = call().await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("2")));
+    assert_eq!(
+        body,
+        json!({"title": "TOO_MANY_REQUESTS", "status": 429, "detail": "Too many requests"})
+    );
+    let (status, retry_after, body) = call().await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("2")));
+    assert!(body.get("errorCode").is_none() && body.get("type").is_none(), "{body}");
+    admin
+        .set_faults(&Faults {
+            server_error_probability: 1.0,
+            ..Faults::default()
+        })
+        .await
+        .unwrap();
+    let (status, _, body) = call().await;
+    assert_eq!(
+        (status, body["errorCode"].as_str()),
+        (500, Some("100970-500")),
+        "{body}"
+    );
+    admin.set_faults(&Faults::default()).await.unwrap();
+
+    // Run in progress: 422 100960-422, or 409 DUPLICATE_RESOURCE (the catalogue's only 409).
+    let s = session(&emu, "dev1");
+    let id = create_ready(&s, "Busy").await;
+    s.start_run(&id, &run_request()).await.unwrap();
+    let runs = format!("/data/core/ais/external-audience/{id}/runs");
+    let body = json!({"dataFilterStartTime": 764245635});
+    let (status, err) = raw.send(reqwest::Method::POST, &runs, Some(&body)).await;
+    assert_eq!((status, err["errorCode"].as_str()), (422, Some("100960-422")), "{err}");
+    emu.update_settings(|s| s.run_in_progress_status = 409);
+    let (status, err) = raw.send(reqwest::Method::POST, &runs, Some(&body)).await;
+    assert_eq!((status, err["errorCode"].as_str()), (409, Some("100950-409")), "{err}");
+    assert_eq!(err["title"], "DUPLICATE_RESOURCE");
+    let refused = s.start_run(&id, &run_request()).await.unwrap_err();
+    assert!(matches!(refused.kind(), ErrorKind::NotNow { .. }), "{refused:?}");
+
+    // Guardrail configured as 429: Retry-After, no platform code.
+    emu.update_settings(|s| {
+        s.run_in_progress_status = 422;
+        s.max_runs_per_audience = 1;
+        s.guardrail_status = 429;
+        s.guardrail_retry_after_secs = 60;
+        s.run_polls = 0;
+    });
+    let other = create_ready(&s, "Other").await;
+    let run = s.start_run(&other, &run_request()).await.unwrap();
+    run_to_end(&s, &other, &run.run_id).await;
+    let resp = raw
+        .req(
+            reqwest::Method::POST,
+            &format!("/data/core/ais/external-audience/{other}/runs"),
+            "dev1",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "60");
+    let err: Value = resp.json().await.unwrap();
+    assert!(err.get("errorCode").is_none(), "{err}");
+    assert!(err["detail"].as_str().unwrap().contains("per audience"), "{err}");
+}
+
+#[tokio::test]
+async fn received_counts_every_aep_request_before_auth_and_faults() {
+    let emu = start(|b| b).await;
+    let raw = Raw::new(&emu).await;
+    use reqwest::Method;
+    // Refused by the gateway (no token) and by an injected fault: counted all the same.
+    let anonymous = raw
+        .http
+        .post(format!("{}/data/core/ais/external-audience/", raw.base))
+        .json(&seed_json("Anonymous"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    emu.update_faults(|f| f.rate_limit_next = 1);
+    let (status, _) = raw
+        .send(
+            Method::POST,
+            "/data/core/ais/external-audience",
+            Some(&seed_json("Throttled")),
+        )
+        .await;
+    assert_eq!(status, 429);
+    let (_, created) = raw
+        .send(
+            Method::POST,
+            "/data/core/ais/external-audience/",
+            Some(&seed_json("Counted")),
+        )
+        .await;
+    let op_id = created["operationId"].as_str().unwrap();
+    let (_, op) = raw
+        .send(
+            Method::GET,
+            &format!("/data/core/ais/external-audiences/operations/{op_id}"),
+            None,
+        )
+        .await;
+    let id = op["audienceId"].as_str().unwrap().to_owned();
+    let ea = "/data/core/ais/external-audience";
+    let run_body = json!({"dataFilterStartTime": 1});
+    let (_, run) = raw.send(Method::POST, &format!("{ea}/{id}/run"), Some(&run_body)).await;
+    let run_id = run["runId"].as_str().unwrap();
+    raw.send(Method::GET, &format!("{ea}/{id}/runs/{run_id}"), None).await;
+    raw.send(Method::GET, &format!("{ea}/{id}/runs/"), None).await;
+    raw.send(Method::PATCH, &format!("{ea}/{id}"), Some(&json!({"description": "d"})))
+        .await;
+    raw.send(Method::POST, &format!("{ea}/extend-ttl/{id}"), None).await;
+    raw.send(Method::GET, "/data/core/ups/audiences", None).await;
+    raw.send(Method::GET, &format!("/data/core/ups/audiences/{id}"), None)
+        .await;
+    raw.send(Method::DELETE, &format!("{ea}/{id}/"), None).await;
+    raw.send(Method::DELETE, &format!("/data/core/ups/audiences/{id}"), None)
+        .await;
+    raw.send(Method::GET, "/data/core/ais/no-such-route", None).await;
+
+    let stats = emu.admin().stats().await.unwrap();
+    let expected = [
+        ("create_audience", 3),
+        ("get_operation", 1),
+        ("start_run", 1),
+        ("get_run", 1),
+        ("list_runs", 1),
+        ("patch_audience", 1),
+        ("extend_ttl", 1),
+        ("list_audiences", 1),
+        ("get_audience", 1),
+        ("delete_audience", 1),
+        ("delete_ups_audience", 1),
+    ];
+    for (op, n) in expected {
+        assert_eq!(stats.received(op), n, "{op}: {:?}", stats.received);
+    }
+    assert_eq!(stats.received.len(), expected.len(), "{:?}", stats.received);
+    assert_eq!(stats.create_requests, 1, "only one create passed auth and faults");
+}
+
+#[tokio::test]
+async fn ups_entity_type_filter_keeps_people_audiences_only() {
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    let id = create_ready(&s, "People").await;
+    let raw = Raw::new(&emu).await;
+    let list = |entity: &'static str| {
+        let raw = &raw;
+        async move {
+            let (status, body) = raw
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/data/core/ups/audiences{}", query(&[("entityType", entity)])),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200);
+            body["children"].as_array().unwrap().clone()
+        }
+    };
+    let people = list("_xdm.context.profile").await;
+    assert_eq!(people.len(), 1);
+    assert_eq!(people[0]["id"], id.as_str());
+    assert_eq!(people[0]["entityType"], "_xdm.context.profile");
+    assert!(list("_xdm.context.account").await.is_empty());
+    assert_eq!(
+        s.get_audience(&id).await.unwrap().entity_type.as_deref(),
+        Some("_xdm.context.profile")
+    );
+}
+
+#[tokio::test]
+async fn runs_list_honours_limit_sort_and_property_filters() {
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    let id = create_ready(&s, "Demo audience").await;
+    let mut ids = Vec::new();
+    for fail in [false, true, false] {
+        emu.update_faults(|f| f.fail_next_runs = u32::from(fail));
+        let run = s.start_run(&id, &run_request()).await.unwrap();
+        run_to_end(&s, &id, &run.run_id).await;
+        ids.push(run.run_id);
+    }
+    let raw = Raw::new(&emu).await;
+    let now = jiff::Timestamp::now().as_second();
+    let list = |pairs: Vec<(&'static str, String)>| {
+        let raw = &raw;
+        let id = id.clone();
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            raw.send(
+                reqwest::Method::GET,
+                &format!("/data/core/ais/external-audience/{id}/runs{}", query(&pairs)),
+                None,
+            )
+            .await
+        }
+    };
+    let run_ids = |body: &Value| -> Vec<String> {
+        body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["runId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let reversed: Vec<String> = ids.iter().rev().cloned().collect();
+
+    // Default: newest first; sortBy createdAt ascending, -createdAt, name.
+    let (_, body) = list(vec![]).await;
+    assert_eq!(run_ids(&body), reversed);
+    assert_eq!(body["_page"], json!({"limit": 20, "count": 3, "totalCount": 3}));
+    assert_eq!(run_ids(&list(vec![("sortBy", "createdAt".into())]).await.1), ids);
+    assert_eq!(run_ids(&list(vec![("sortBy", "ingestionTime".into())]).await.1), ids);
+    assert_eq!(run_ids(&list(vec![("sortBy", "-createdAt".into())]).await.1), reversed);
+    assert_eq!(run_ids(&list(vec![("sortBy", "name".into())]).await.1).len(), 3);
+    let (status, err) = list(vec![("sortBy", "status".into())]).await;
+    assert_eq!((status, err["errorCode"].as_str()), (400, Some("100910-400")));
+
+    // limit: 1..40.
+    let (_, one) = list(vec![("limit", "1".into())]).await;
+    assert_eq!(run_ids(&one), vec![ids[2].clone()]);
+    assert_eq!(one["_page"]["totalCount"], 3);
+    assert_eq!(run_ids(&list(vec![("limit", "40".into())]).await.1).len(), 3);
+    for bad in ["0", "41", "x"] {
+        let (status, err) = list(vec![("limit", bad.into())]).await;
+        assert_eq!(status, 400, "limit={bad}");
+        assert!(err["detail"].as_str().unwrap().starts_with("limit:"), "{err}");
+    }
+
+    // property filters: =, !=, =contains, !=contains (case-insensitive), createdAt bounds, AND.
+    let count = |props: &[&str]| {
+        let pairs = props.iter().map(|p| ("property", (*p).to_owned())).collect();
+        let list = &list;
+        async move {
+            let (status, body) = list(pairs).await;
+            assert_eq!(status, 200, "{body}");
+            body["runs"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count(&["status=SUCCESS"]).await, 2);
+    assert_eq!(count(&["status!=SUCCESS"]).await, 1);
+    assert_eq!(count(&["status=containsFAIL"]).await, 1);
+    assert_eq!(count(&["status=contains=succ"]).await, 2);
+    assert_eq!(count(&["status!=containsSUCC"]).await, 1);
+    assert_eq!(count(&["name=Demo audience"]).await, 3);
+    assert_eq!(count(&["name!=Demo audience"]).await, 0);
+    assert_eq!(count(&["name=containsdemo"]).await, 3);
+    assert_eq!(count(&["name!=containsdemo"]).await, 0);
+    assert_eq!(count(&["name=containsnothing"]).await, 0);
+    let after = format!("createdAt>={}", now - 100);
+    let before = format!("createdAt<={}", now - 100);
+    let future = format!("ingestionTime>={}", now + 100);
+    assert_eq!(count(&[&after]).await, 3);
+    assert_eq!(count(&[&before]).await, 0);
+    assert_eq!(count(&[&future]).await, 0);
+    assert_eq!(count(&[&after, "status=SUCCESS"]).await, 2);
+    assert_eq!(count(&[&after, "status=SUCCESS", "status!=containsSUCC"]).await, 0);
+    for bad in [
+        "foo=bar",
+        "createdAt=5",
+        "createdAt>=soon",
+        "status",
+        "status=",
+        "name>=a",
+    ] {
+        let (status, err) = list(vec![("property", bad.into())]).await;
+        assert_eq!(status, 400, "property={bad}");
+        assert!(err["detail"].as_str().unwrap().starts_with("property:"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn exactly_41_fields_are_accepted_and_42_refused() {
+    let emu = start(|b| b).await;
+    let raw = Raw::new(&emu).await;
+    let with_fields = |n: usize| {
+        let mut body = seed_json(&format!("{n} fields"));
+        body["fields"] = Value::Array(
+            (0..n)
+                .map(|i| match i {
+                    0 => json!({"name": "c0", "type": "string", "identityNs": "ECID"}),
+                    _ => json!({"name": format!("c{i}"), "type": "string"}),
+                })
+                .collect(),
+        );
+        body
+    };
+    let (status, created) = raw
+        .send(
+            reqwest::Method::POST,
+            "/data/core/ais/external-audience/",
+            Some(&with_fields(41)),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    assert_eq!(created["operationDetails"]["fields"].as_array().unwrap().len(), 41);
+    let (status, err) = raw
+        .send(
+            reqwest::Method::POST,
+            "/data/core/ais/external-audience/",
+            Some(&with_fields(42)),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(err["errorCode"], "100910-400");
+    assert!(err["detail"].as_str().unwrap().starts_with("fields:"), "{err}");
+}
+
+#[tokio::test]
+async fn new_settings_and_faults_round_trip_through_the_admin_api() {
+    let emu = start(|b| b).await;
+    let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let config: Value = http
+        .get(format!("{base}/_emulator/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["duplicate_names"], "reject");
+    assert_eq!(config["custom_audience_id"], "unique");
+    assert_eq!(config["lookup_visibility"], "after_operation");
+    assert_eq!(config["lookup_lag_ms"], 0);
+    assert_eq!(config["runs_per_audience_window"], "lifetime");
+    let faults: Value = http
+        .get(format!("{base}/_emulator/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults["hang_ms"], 30_000);
+    assert_eq!(
+        faults["lost_answers"]["patch"],
+        json!({"next": 0, "all": false, "probability": 0.0, "mode": "drop"})
+    );
+    assert!(faults["operation_failure_message"].is_null());
+
+    // Partial JSON: missing keys take their defaults.
+    let put: Settings = http
+        .put(format!("{base}/_emulator/config"))
+        .json(&json!({"duplicate_names": "allow", "custom_audience_id": "ignore",
+            "lookup_visibility": "lagged", "lookup_lag_ms": 250, "runs_per_audience_window": "day"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(put.duplicate_names, DuplicateNames::Allow);
+    assert_eq!(put.custom_audience_id, CustomAudienceIdModel::Ignore);
+    assert_eq!(put.lookup_visibility, LookupVisibility::Lagged);
+    assert_eq!(put.lookup_lag_ms, 250);
+    assert_eq!(put.runs_per_audience_window, RunWindow::Day);
+    assert_eq!(emu.admin().config().await.unwrap(), put);
+    let refused = http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({"lost_answers": {"create": {"mode": "explode"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error());
+    let accepted: Faults = http
+        .put(format!("{base}/_emulator/faults"))
+        .json(&json!({"lost_answers": {"delete": {"all": true, "mode": "error500"}}, "hang_ms": 5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(accepted.lost_answers.delete.all);
+    assert_eq!(accepted.lost_answers.delete.mode, LostMode::Error500);
+    assert_eq!(accepted.hang_ms, 5);
+}
+
+#[tokio::test]
+async fn answer_delay_holds_committed_answers_after_the_work() {
+    let emu = start(|b| {
+        b.faults(Faults {
+            answer_delay_ms: 1_000,
+            ..Faults::default()
+        })
+    })
+    .await;
+    let s = session(&emu, "dev1");
+    let call = tokio::spawn({
+        let s = s.clone();
+        async move { s.create_audience(&seed_request("Held")).await }
+    });
+    // The audience exists while the answer is still held back.
+    let admin = emu.admin();
+    eventually("create committed", DEADLINE, || async {
+        admin.state().await.unwrap().audiences_named("dev1", "Held").count() == 1
+    })
+    .await;
+    assert!(!call.is_finished(), "the answer is held after the work");
+    call.await.unwrap().unwrap();
+    // Refusals are not delayed.
+    let started = Instant::now();
+    let dup = s.create_audience(&seed_request("Held")).await.unwrap_err();
+    assert_eq!(dup.kind(), ErrorKind::Conflict);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
 }

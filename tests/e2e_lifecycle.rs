@@ -156,11 +156,26 @@ async fn restarting_a_ready_operator_makes_no_aep_writes() {
     env.wait_ready("loyalty-members", READY_TIMEOUT).await;
     env.stop_operator(false);
     let before = env.emulator.stats();
+    let starts_before = env.log_text().matches("Starting ExternalAudience controller").count();
     env.start_operator();
+    // The restarted operator is really running (not dead at start): it logs its start and then
+    // reads the audience once for its first drift check.
+    let reads_before = before.received("get_audience");
+    support::wait_for("the restarted operator's first drift check", READY_TIMEOUT, || {
+        let log = env.log_text();
+        let stats = env.emulator.stats();
+        async move {
+            (log.matches("Starting ExternalAudience controller").count() > starts_before
+                && stats.received("get_audience") > reads_before)
+                .then_some(())
+        }
+    })
+    .await;
     // Observe for one minute: reads (drift check) are allowed, writes are not.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(env.operator_alive(), "the restarted operator is still running");
         let now = env.emulator.stats();
         assert_eq!(now.create_requests, before.create_requests, "no create after restart");
         assert_eq!(now.run_requests, before.run_requests, "no run after restart");
@@ -221,7 +236,7 @@ async fn failed_operation_stalls_with_aeps_message_and_no_hot_loop() {
     let env = Env::start("opfail", |b| {
         b.zero_latency().faults(Faults {
             fail_all_operations: true,
-            operation_failure_message: "Dataset creation failed: quota exceeded".into(),
+            operation_failure_message: Some("Dataset creation failed: quota exceeded".into()),
             ..Faults::default()
         })
     })
@@ -234,7 +249,7 @@ async fn failed_run_stalls_with_aeps_message_and_is_not_retried() {
     let env = Env::start("runfail", |b| {
         b.zero_latency().faults(Faults {
             fail_all_runs: true,
-            run_failure_message: "PROFILE_STORE_INGEST: malformed row 17".into(),
+            run_failure_message: Some("PROFILE_STORE_INGEST: malformed row 17".into()),
             ..Faults::default()
         })
     })
@@ -244,6 +259,32 @@ async fn failed_run_stalls_with_aeps_message_and_is_not_retried() {
         env.emulator.stats().runs_started,
         1,
         "a failed run is not retried automatically"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_without_a_message_from_aep_still_stall_with_a_clear_reason() {
+    // The AEP docs show no failure detail for failed operations and runs: cope with none.
+    let env = Env::start("nomsg", |b| {
+        b.zero_latency().faults(Faults {
+            fail_next_operations: 1,
+            ..Faults::default()
+        })
+    })
+    .await;
+    assert_stalls_quietly(&env, &env.seed_yaml(), &["OperationFailed", "AEP gave no reason"]).await;
+    env.emulator.update_faults(|f| f.fail_next_runs = 1);
+    env.merge_spec("loyalty-members", serde_json::json!({"description": "second try"}))
+        .await;
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled on the failed run", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True") && condition_message(o, "Stalled").starts_with("RunFailed")
+        })
+        .await;
+    let msg = condition_message(&obj, "Stalled");
+    assert!(
+        msg.contains("DATASET_INGEST failed") || msg.contains("AEP gave no reason"),
+        "{msg}"
     );
 }
 
@@ -261,7 +302,7 @@ async fn unknown_identity_namespace_is_rejected_by_aep_and_stalls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardrail_refusal_is_reported_and_retried_on_a_long_interval() {
     let env = Env::start("guardrail", |b| {
-        b.zero_latency().configure(|s| s.max_runs_per_audience = 1)
+        b.zero_latency().configure(|s| s.max_runs_per_sandbox_per_day = 1)
     })
     .await;
     assert!(env.apply_yaml(&env.seed_yaml()).0);
@@ -282,4 +323,43 @@ async fn guardrail_refusal_is_reported_and_retried_on_a_long_interval() {
     // The operator's test flags retry deferred runs after 5 s: at most a couple of tries in 8 s.
     let n = requests_over(&env, Duration::from_secs(8)).await;
     assert!(n <= 4, "no hot loop: {n} AEP requests in 8s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaching_the_per_audience_run_limit_stalls_with_what_to_do() {
+    let env = Env::start_with(
+        "runlimit",
+        |b| b.zero_latency().configure(|s| s.max_runs_per_audience = 1),
+        vec!["--max-runs-per-audience=1".into()],
+        true,
+    )
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+    env.merge_spec(
+        "loyalty-members",
+        serde_json::json!({"description": "needs a second run"}),
+    )
+    .await;
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled on the run limit", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    let msg = condition_message(&obj, "Stalled");
+    assert!(
+        msg.starts_with("IngestionLimitReached")
+            && msg.contains("extend the data's TTL")
+            && msg.contains("1 per audience"),
+        "{msg}"
+    );
+    // Not an endless RunDeferred: no further start-run attempts.
+    let sent = env.emulator.stats().received("start_run");
+    let n = requests_over(&env, Duration::from_secs(8)).await;
+    assert_eq!(
+        env.emulator.stats().received("start_run"),
+        sent,
+        "no more start-run attempts"
+    );
+    assert!(n <= 1, "quiet while stalled: {n} requests");
 }

@@ -367,6 +367,38 @@ impl Session {
         url.query_pairs_mut()
             .append_pair("name", name)
             .append_pair("limit", &FIND_PAGE_SIZE.to_string());
+        self.collect_pages(url, "name", |a| a.name == name && a.is_external())
+            .await
+    }
+
+    /// Audiences of this sandbox carrying `custom_audience_id` (reference §2.4: the `/ups` record's
+    /// `audienceId` is the caller's `customAudienceId` for external audiences). Pages through
+    /// `GET /data/core/ups/audiences?property=audienceId==…`, which also returns inactive audiences,
+    /// and keeps exact matches only. Empty when AEP does not echo the identifier.
+    pub async fn find_audiences_by_custom_id(&self, custom_audience_id: &str) -> Result<Vec<UpsAudience>, Error> {
+        let mut url = self.ups_url(&["audiences"]);
+        url.query_pairs_mut()
+            .append_pair("property", &format!("audienceId=={custom_audience_id}"))
+            .append_pair("limit", &FIND_PAGE_SIZE.to_string());
+        self.collect_pages(url, "property", |a| {
+            a.audience_id.as_deref() == Some(custom_audience_id)
+        })
+        .await
+    }
+
+    /// Follows `_links.next` / `_page.next` from `url`, keeping records that pass `keep`. The
+    /// query parameter `filter` is carried over to every page.
+    async fn collect_pages(
+        &self,
+        mut url: Url,
+        filter: &str,
+        keep: impl Fn(&UpsAudience) -> bool,
+    ) -> Result<Vec<UpsAudience>, Error> {
+        let filter_value = url
+            .query_pairs()
+            .find(|(k, _)| k == filter)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
         let mut found = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
@@ -377,8 +409,11 @@ impl Session {
                 .json(Call::FindAudiences, Method::GET, url.clone(), None::<&()>)
                 .await?;
             let empty = page.children.is_empty();
-            found.extend(page.children.into_iter().filter(|a| a.name == name && a.is_external()));
-            match (empty, self.next_page_url(&url, &page.links, &page.page, name)) {
+            found.extend(page.children.into_iter().filter(|a| keep(a)));
+            match (
+                empty,
+                self.next_page_url(&url, &page.links, &page.page, filter, &filter_value),
+            ) {
                 (false, Some(next)) => url = next,
                 _ => break,
             }
@@ -388,13 +423,14 @@ impl Session {
 
     /// Resolves the next page: `_links.next.href` (absolute, `/…`, or `@/…` relative to
     /// `/data/core/ups`), falling back on `_page.next` as a `start` offset. Always stays on the
-    /// configured host (the token must not leak elsewhere) and keeps the `name` filter.
+    /// configured host (the token must not leak elsewhere) and keeps the `filter` parameter.
     fn next_page_url(
         &self,
         current: &Url,
         links: &Option<super::types::UpsLinks>,
         page: &Option<super::types::UpsPage>,
-        name: &str,
+        filter: &str,
+        filter_value: &str,
     ) -> Option<Url> {
         let href = links
             .as_ref()
@@ -443,8 +479,8 @@ impl Session {
                 url
             }
         };
-        if !next.query_pairs().any(|(k, _)| k == "name") {
-            next.query_pairs_mut().append_pair("name", name);
+        if !next.query_pairs().any(|(k, _)| k == filter) {
+            next.query_pairs_mut().append_pair(filter, filter_value);
         }
         Some(next)
     }
@@ -707,7 +743,7 @@ mod tests {
                 href: "@/audiences?start=1&limit=1&totalCount=1".into(),
             }),
         });
-        let next = s.next_page_url(&current, &links, &None, "Churn").unwrap();
+        let next = s.next_page_url(&current, &links, &None, "name", "Churn").unwrap();
         assert_eq!(
             next.as_str(),
             "https://platform.adobe.io/data/core/ups/audiences?start=1&limit=1&totalCount=1&name=Churn"
@@ -717,7 +753,7 @@ mod tests {
                 href: "https://evil.example/data/core/ups/audiences?start=2&name=x".into(),
             }),
         });
-        let next = s.next_page_url(&current, &foreign, &None, "x").unwrap();
+        let next = s.next_page_url(&current, &foreign, &None, "name", "x").unwrap();
         assert_eq!(next.host_str(), Some("platform.adobe.io"));
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Transient (429, 5xx, network): try again after the hint or a backoff.
+    /// Transient (429, 5xx, network): try again after the hint or a backoff. For the
+    /// non-idempotent calls (create, start-run) it also means the request was not processed
+    /// (429, 503, connection refused); an answer lost after sending is [`ErrorKind::OutcomeUnknown`].
     Retryable {
         /// Server hint from `Retry-After`.
         retry_after: Option<Duration>,
@@ -295,8 +297,9 @@ pub fn classify_status(call: Call, status: u16, code: Option<&str>, retry_after:
         (_, 401) => ErrorKind::Unauthorized,
         (_, 403) => ErrorKind::PermissionDenied,
         (_, 404) => ErrorKind::NotFound,
-        // Start-run refusals: run in progress or guardrail, whichever code the service uses.
-        (Call::StartRun, 409 | 422 | 429) => not_now,
+        // Start-run refusals: run in progress or guardrail. A 429 is rate limiting (or a guardrail
+        // with a Retry-After): retried after the hint, like every 429.
+        (Call::StartRun, 409 | 422) => not_now,
         // An audience that is still used downstream cannot be deleted yet.
         (Call::DeleteAudience, 409 | 422) => not_now,
         (Call::CreateAudience, 409) => ErrorKind::Conflict,
@@ -368,7 +371,7 @@ mod tests {
                 ErrorKind::NotNow { retry_after: RA },
             ),
             (Call::StartRun, 409, None, ErrorKind::NotNow { retry_after: RA }),
-            (Call::StartRun, 429, None, ErrorKind::NotNow { retry_after: RA }),
+            (Call::StartRun, 429, None, ErrorKind::Retryable { retry_after: RA }),
             (Call::StartRun, 504, None, ErrorKind::OutcomeUnknown),
             (Call::DeleteAudience, 422, None, ErrorKind::NotNow { retry_after: RA }),
             (Call::DeleteAudience, 404, None, ErrorKind::NotFound),

@@ -25,6 +25,8 @@ pub const DEFAULT_NAMESPACE: &str = "CustomerAudienceUpload";
 pub const SOURCE_TYPE_CLOUD_STORAGE: &str = "Cloud Storage";
 /// `type` of external audience records in `/ups/audiences`.
 pub const UPS_TYPE_EXTERNAL_SEGMENT: &str = "ExternalSegment";
+/// `entityType` of people audiences (external audiences are people audiences) in `/ups/audiences`.
+pub const ENTITY_TYPE_PROFILE: &str = "_xdm.context.profile";
 /// Accepted `sourceSpec.params.cloudType` values.
 pub const CLOUD_TYPES: [&str; 5] = ["S3", "DLZ", "GCS", "Azure", "SFTP"];
 /// Cloud types that need a `baseConnectionId`.
@@ -607,6 +609,9 @@ pub struct ExternalAudience {
     /// Audience namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The caller-chosen identifier given at create, when the service keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_audience_id: Option<String>,
     /// Creator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
@@ -681,6 +686,9 @@ pub struct UpsAudience {
     /// `ExternalSegment` for external audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#type: Option<String>,
+    /// Entity type, `_xdm.context.profile` for people audiences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_type: Option<String>,
     /// `CUSTOM_UPLOAD` for external audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_name: Option<String>,

@@ -19,6 +19,13 @@ pub const MANAGER: &str = "aep.audience-operator.dev/externalaudience-controller
 pub const RUN_REQUESTED_AT: &str = "aep.audience-operator.dev/run-requested-at";
 /// Annotation overriding the drift resync interval of one object (`10m`, `90s`, `0` = off).
 pub const RESYNC_INTERVAL: &str = "aep.audience-operator.dev/resync-interval";
+/// Annotation that lets a create whose outcome could not be proven be sent again. Its value must
+/// equal the pending create's `status.createPendingSince`, so a stale annotation never authorises
+/// a later create.
+pub const RETRY_CREATE: &str = "aep.audience-operator.dev/retry-create";
+/// Prefix of the `customAudienceId` the operator sends with every create: followed by the
+/// object's UID, it marks the audience as this object's and no other's.
+pub const CUSTOM_AUDIENCE_ID_PREFIX: &str = "k8s-";
 
 /// Maximum number of entries kept in `status.runHistory`.
 pub const RUN_HISTORY_LIMIT: usize = 5;
@@ -47,6 +54,7 @@ pub const RUN_HISTORY_LIMIT: usize = 5;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("has(oldSelf.spec.name) ? (has(self.spec.name) && self.spec.name == oldSelf.spec.name) : !has(self.spec.name)").message("spec.name is immutable: AEP cannot rename an audience; create a new ExternalAudience instead"),
     validation = Rule::new("!has(oldSelf.spec.audienceId) || (has(self.spec.audienceId) && self.spec.audienceId == oldSelf.spec.audienceId)").message("spec.audienceId is immutable once set; create a new ExternalAudience to manage another audience"),
+    validation = Rule::new("!has(self.spec.audienceId) || has(oldSelf.spec.audienceId) || !has(oldSelf.status) || (has(oldSelf.status.audienceId) ? oldSelf.status.audienceId == self.spec.audienceId : !has(oldSelf.status.operationId))").message("spec.audienceId can be added to an existing object only while it manages no audience and no create operation is in flight (or to name the audience it already manages, status.audienceId); create a new ExternalAudience to manage another audience"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalAudienceSpec {
@@ -115,8 +123,11 @@ pub struct ExternalAudienceSpec {
     pub deletion_policy: DeletionPolicy,
 
     /// Adopt an existing AEP audience with this ID instead of creating one. The controller then
-    /// PATCHes what differs and reports Ready without starting an ingestion run (request one with
-    /// the `aep.audience-operator.dev/run-requested-at` annotation). Immutable once set.
+    /// PATCHes the updatable properties and reports Ready without starting an ingestion run
+    /// (request one with the `aep.audience-operator.dev/run-requested-at` annotation). Settable
+    /// when the object is created, or later only while the object manages no audience and no
+    /// create operation is in flight (e.g. to resolve `AudienceNameTaken` or
+    /// `CreateOutcomeUnknown`). Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub audience_id: Option<String>,
@@ -299,9 +310,15 @@ pub struct ExternalAudienceStatus {
     pub conditions: Vec<Condition>,
 
     /// Set right before the create call is sent; cleared once its operation id is recorded.
-    /// A pass that finds it without an operation id looks the audience up instead of creating.
+    /// A pass that finds it without an operation id looks for the audience by proof
+    /// (`customAudienceId`) instead of creating again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_pending_since: Option<Time>,
+
+    /// The `customAudienceId` this object sends with its creates (derived from its UID): the
+    /// marker that proves an audience is this object's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_audience_id: Option<String>,
 
     /// ID of the AEP create operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,15 +328,25 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_operation_id: Option<String>,
 
+    /// ID of a recorded create operation that AEP no longer knows (404); the audience it may have
+    /// made was then looked for by proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_operation_id: Option<String>,
+
     /// ID of the audience in AEP. Cleared only if the audience is deleted in AEP behind the
     /// operator's back and then re-created (the old ID moves to `lostAudienceIds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience_id: Option<String>,
 
-    /// True when the audience was adopted (`spec.audienceId`) or found by name after a lost
-    /// create response, rather than created by a recorded operation.
+    /// True when the audience was adopted through `spec.audienceId` rather than created.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+
+    /// How `audienceId` is known to be this object's: `CreateOperation` (AEP's answer to a create
+    /// this object recorded), `SpecAudienceId` (named by the user) or `CustomAudienceId` (found
+    /// carrying this object's `customAudienceId` after a create whose answer was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ownership: Option<OwnershipProof>,
 
     /// Hash of the updatable properties last applied to AEP (create or PATCH).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,6 +376,35 @@ pub struct ExternalAudienceStatus {
     /// Earlier runs, newest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_history: Vec<IngestionRun>,
+
+    /// A problem that only a change can resolve, for the generation it was found at: the
+    /// controller makes no AEP call for that generation until the spec (or, where the message
+    /// says so, an annotation) changes. Mirrored by the `Stalled` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<Blocked>,
+}
+
+/// How an audience is proven to be the object's own.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OwnershipProof {
+    /// Its id came from the create operation this object recorded.
+    CreateOperation,
+    /// The user named it in `spec.audienceId`.
+    SpecAudienceId,
+    /// It carries the `customAudienceId` only this object sends.
+    CustomAudienceId,
+}
+
+/// A terminal problem for one generation (see `status.blocked`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Blocked {
+    /// The `Stalled` reason, e.g. `AudienceNameTaken`.
+    pub reason: String,
+    /// The `metadata.generation` it was found at.
+    pub generation: i64,
+    /// What happened and what resolves it.
+    pub message: String,
 }
 
 /// Marker of a run start in flight.
@@ -405,6 +461,12 @@ impl ExternalAudienceSpec {
     }
 }
 
+/// The `customAudienceId` an object with this UID sends: unique to the object, so an audience
+/// carrying it is provably the object's (a name is not: another object may hold the same name).
+pub fn custom_audience_id(uid: &str) -> String {
+    format!("{CUSTOM_AUDIENCE_ID_PREFIX}{uid}")
+}
+
 /// Condition types (kstatus vocabulary).
 pub mod conditions {
     /// The audience exists, matches the spec, and the latest run for this spec succeeded.
@@ -435,6 +497,18 @@ pub mod reasons {
     pub const AUDIENCE_NOT_FOUND: &str = "AudienceNotFound";
     pub const DELETING: &str = "Deleting";
     pub const DELETE_REFUSED: &str = "DeleteRefused";
+    /// Reconciling: a create's answer was lost; looking for the audience by proof.
+    pub const CONFIRMING_CREATE: &str = "ConfirmingCreate";
+    /// Stalled: a create's answer was lost and no proof says whether it created an audience.
+    pub const CREATE_OUTCOME_UNKNOWN: &str = "CreateOutcomeUnknown";
+    /// Stalled: AEP answered in a way its documentation rules out (e.g. SUCCESS without an id).
+    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
+    /// Stalled: `spec.audienceId` names another audience than the one this object manages.
+    pub const AUDIENCE_ID_MISMATCH: &str = "AudienceIdMismatch";
+    /// Stalled: the audience reached AEP's limit of ingestion runs per audience.
+    pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+    /// Stalled: the audience named by `spec.audienceId` is not an external audience.
+    pub const NOT_EXTERNAL: &str = "NotAnExternalAudience";
 }
 
 /// Event reasons (stable, PascalCase).
@@ -456,6 +530,12 @@ pub mod events {
     pub const DELETE_REFUSED: &str = "DeleteRefused";
     pub const DRIFT_CORRECTED: &str = "DriftCorrected";
     pub const AUDIENCE_MISSING: &str = "AudienceMissing";
+    pub const AUDIENCE_RECOVERED: &str = "AudienceRecovered";
+    pub const CREATE_OUTCOME_UNKNOWN: &str = "CreateOutcomeUnknown";
+    pub const OPERATION_LOST: &str = "OperationLost";
+    pub const AUDIENCE_NOT_DELETED: &str = "AudienceNotDeleted";
+    pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
 }
 
 /// The CRD, with the status default that keeps kstatus from reading a fresh object as done.

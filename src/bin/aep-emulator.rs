@@ -9,9 +9,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use audience_operator::emulator::{CredentialSpec, Emulator, Faults, Settings};
-use clap::builder::TypedValueParser;
+use audience_operator::emulator::{
+    CredentialSpec, CustomAudienceIdModel, DuplicateNames, Emulator, Entitlement, Faults, LookupVisibility, LostAnswer,
+    LostMode, RunWindow, Settings,
+};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
+use serde::de::DeserializeOwned;
+
+/// A flag whose values are the snake_case names an emulator enum has in `/_emulator/*` JSON.
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names.iter().copied())
+        .try_map(|name| serde_json::from_value::<T>(serde_json::Value::String(name)))
+}
+
+/// Calls `--lose-answers` accepts.
+const LOSABLE_CALLS: [&str; 4] = ["create", "start_run", "patch", "delete"];
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -49,6 +65,13 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_ORG_ID", default_value = "LOCAL0RG@AdobeOrg")]
     org_id: String,
 
+    /// What the credential may do on the AEP routes (tokens are issued either way):
+    /// no_external_audience_api → 401 100922-401, invalid_profile → 403 403025, no_region → 403
+    /// 403027.
+    #[arg(long, env = "AEP_EMULATOR_ENTITLEMENT", default_value = "full",
+          value_parser = choice::<Entitlement>(&["full", "no_external_audience_api", "invalid_profile", "no_region"]))]
+    entitlement: Entitlement,
+
     /// Lifetime of issued tokens (expires_in), seconds.
     #[arg(long, env = "AEP_EMULATOR_TOKEN_LIFETIME_SECS", default_value_t = 86_399)]
     token_lifetime_secs: u64,
@@ -84,11 +107,17 @@ struct Args {
     )]
     identity_namespaces: Vec<String>,
 
-    /// Guardrail: runs an audience may ever have.
+    /// Guardrail: runs an audience may have (over its lifetime, or per UTC day with
+    /// --runs-per-audience-window day).
     #[arg(long, env = "AEP_EMULATOR_MAX_RUNS_PER_AUDIENCE", default_value_t = 10)]
     max_runs_per_audience: u32,
 
-    /// Guardrail: runs a sandbox may start per UTC day.
+    /// Window of --max-runs-per-audience: lifetime or day (UTC).
+    #[arg(long, env = "AEP_EMULATOR_RUNS_PER_AUDIENCE_WINDOW", default_value = "lifetime",
+          value_parser = choice::<RunWindow>(&["lifetime", "day"]))]
+    runs_per_audience_window: RunWindow,
+
+    /// Guardrail: runs a sandbox may start per UTC day (runs of deleted audiences still count).
     #[arg(long, env = "AEP_EMULATOR_MAX_RUNS_PER_SANDBOX_PER_DAY", default_value_t = 100)]
     max_runs_per_sandbox_per_day: u32,
 
@@ -101,6 +130,28 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_GUARDRAIL_STATUS", default_value_t = 422,
           value_parser = clap::builder::PossibleValuesParser::new(["422", "429"]).map(|s| s.parse::<u16>().unwrap_or(422)))]
     guardrail_status: u16,
+
+    /// A create whose name (exact, case-sensitive) is already used in the sandbox: reject (409
+    /// 100950-409) or allow.
+    #[arg(long, env = "AEP_EMULATOR_DUPLICATE_NAMES", default_value = "reject",
+          value_parser = choice::<DuplicateNames>(&["reject", "allow"]))]
+    duplicate_names: DuplicateNames,
+
+    /// customAudienceId of a create: unique (stored, echoed, a reuse in the sandbox is 409) or
+    /// ignore (dropped at create).
+    #[arg(long, env = "AEP_EMULATOR_CUSTOM_AUDIENCE_ID", default_value = "unique",
+          value_parser = choice::<CustomAudienceIdModel>(&["unique", "ignore"]))]
+    custom_audience_id: CustomAudienceIdModel,
+
+    /// When a new audience becomes visible: immediate (at create), after_operation (once
+    /// --operation-delay-ms has passed) or lagged (the /ups lookups --lookup-lag-ms later still).
+    #[arg(long, env = "AEP_EMULATOR_LOOKUP_VISIBILITY", default_value = "after_operation",
+          value_parser = choice::<LookupVisibility>(&["immediate", "after_operation", "lagged"]))]
+    lookup_visibility: LookupVisibility,
+
+    /// Extra delay of the /ups lookups with --lookup-visibility lagged, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_LOOKUP_LAG_MS", default_value_t = 0)]
+    lookup_lag_ms: u64,
 
     /// Strict mode: a missing x-sandbox-name is 401 and a missing Content-Type on bodies is 400
     /// (default: sandbox `prod`, JSON accepted without the header).
@@ -127,25 +178,50 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
 
+    /// Fault: delay of the answer of every committed create, start-run, PATCH and DELETE, after
+    /// the work is done, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_ANSWER_DELAY_MS", default_value_t = 0)]
+    answer_delay_ms: u64,
+
     /// Fault: every create operation ends FAILED.
     #[arg(long, env = "AEP_EMULATOR_FAIL_OPERATIONS")]
     fail_operations: bool,
+
+    /// Message carried by FAILED operations (default: none, as in the docs).
+    #[arg(long, env = "AEP_EMULATOR_OPERATION_FAILURE_MESSAGE")]
+    operation_failure_message: Option<String>,
 
     /// Fault: every run ends FAILED.
     #[arg(long, env = "AEP_EMULATOR_FAIL_RUNS")]
     fail_runs: bool,
 
+    /// Message carried by FAILED runs and their first stage (default: none, as in the docs).
+    #[arg(long, env = "AEP_EMULATOR_RUN_FAILURE_MESSAGE")]
+    run_failure_message: Option<String>,
+
     /// Fault: DELETE answers 422 "in use".
     #[arg(long, env = "AEP_EMULATOR_REFUSE_DELETE")]
     refuse_delete: bool,
 
-    /// Fault: every create is committed, then the connection is dropped without an answer.
-    #[arg(long, env = "AEP_EMULATOR_DROP_CREATES")]
-    drop_creates: bool,
+    /// Fault: calls whose work is done and whose answer is then lost (comma list of create,
+    /// start_run, patch, delete). Every such answer is lost unless --lose-probability is given.
+    #[arg(long, env = "AEP_EMULATOR_LOSE_ANSWERS", value_delimiter = ',',
+          value_parser = PossibleValuesParser::new(LOSABLE_CALLS))]
+    lose_answers: Vec<String>,
 
-    /// Fault: every start-run is committed, then the connection is dropped without an answer.
-    #[arg(long, env = "AEP_EMULATOR_DROP_RUNS")]
-    drop_runs: bool,
+    /// How answers are lost: drop (connection closed without a byte), error500 (500 100970-500)
+    /// or timeout (answer held --hang-ms, then the connection is closed).
+    #[arg(long, env = "AEP_EMULATOR_LOSE_MODE", default_value = "drop",
+          value_parser = choice::<LostMode>(&["drop", "error500", "timeout"]))]
+    lose_mode: LostMode,
+
+    /// Probability (0..1) of losing each answer of the --lose-answers calls, instead of all.
+    #[arg(long, env = "AEP_EMULATOR_LOSE_PROBABILITY")]
+    lose_probability: Option<f64>,
+
+    /// How long a lost answer in timeout mode is held, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_HANG_MS", default_value_t = 30_000)]
+    hang_ms: u64,
 
     /// Persist state to this JSON file (atomic writes) and load it at start.
     #[arg(long, env = "AEP_EMULATOR_STATE_FILE")]
@@ -201,10 +277,15 @@ async fn main() -> anyhow::Result<()> {
         run_delay_ms: args.run_delay_ms,
         run_polls: args.run_polls,
         max_runs_per_audience: args.max_runs_per_audience,
+        runs_per_audience_window: args.runs_per_audience_window,
         max_runs_per_sandbox_per_day: args.max_runs_per_sandbox_per_day,
         run_in_progress_status: args.run_in_progress_status,
         guardrail_status: args.guardrail_status,
         strict: args.strict,
+        duplicate_names: args.duplicate_names,
+        custom_audience_id: args.custom_audience_id,
+        lookup_visibility: args.lookup_visibility,
+        lookup_lag_ms: args.lookup_lag_ms,
         ..Settings::default()
     };
     settings
@@ -216,25 +297,47 @@ async fn main() -> anyhow::Result<()> {
         settings.run_delay_ms = 0;
         settings.run_polls = 0;
     }
-    let faults = Faults {
+    let mut faults = Faults {
         rate_limit_probability: args.rate_limit_probability,
         retry_after_secs: args.retry_after_secs,
         server_error_probability: args.server_error_probability,
         unavailable_probability: args.unavailable_probability,
         latency_ms: args.latency_ms,
+        answer_delay_ms: args.answer_delay_ms,
         fail_all_operations: args.fail_operations,
+        operation_failure_message: args.operation_failure_message,
         fail_all_runs: args.fail_runs,
+        run_failure_message: args.run_failure_message,
         refuse_delete_in_use: args.refuse_delete,
-        drop_all_creates: args.drop_creates,
-        drop_all_runs: args.drop_runs,
+        hang_ms: args.hang_ms,
         ..Faults::default()
     };
+    let lost = LostAnswer {
+        all: args.lose_probability.is_none(),
+        probability: args.lose_probability.unwrap_or(0.0),
+        mode: args.lose_mode,
+        ..LostAnswer::default()
+    };
+    for call in &args.lose_answers {
+        let slot = match call.as_str() {
+            "create" => &mut faults.lost_answers.create,
+            "start_run" => &mut faults.lost_answers.start_run,
+            "patch" => &mut faults.lost_answers.patch,
+            "delete" => &mut faults.lost_answers.delete,
+            other => anyhow::bail!(
+                "--lose-answers: unknown call {other:?}; use {}",
+                LOSABLE_CALLS.join(",")
+            ),
+        };
+        *slot = lost;
+    }
     let mut builder = Emulator::builder()
         .listen(args.listen)
         .credential(CredentialSpec {
             client_id: args.client_id,
             client_secret: args.client_secret,
             org_id: args.org_id,
+            entitlement: args.entitlement,
         })
         .settings(settings)
         .faults(faults);

@@ -13,9 +13,27 @@ use rand::Rng;
 
 use crate::{
     aep::{AepClient, Credentials},
-    config::MissingAudiencePolicy,
+    config::{MissingAudiencePolicy, RunWindow},
     metrics::Metrics,
 };
+
+/// AEP's ingestion limit per audience, as configured.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimit {
+    /// Runs allowed per window.
+    pub max: u32,
+    /// The window.
+    pub window: RunWindow,
+}
+
+impl Default for RunLimit {
+    fn default() -> Self {
+        RunLimit {
+            max: 10,
+            window: RunWindow::Lifetime,
+        }
+    }
+}
 
 type ObjectKey = (String, String);
 
@@ -36,6 +54,8 @@ pub struct Timing {
     pub backoff_max: Duration,
     /// Periodic resync of a Ready object.
     pub resync: Duration,
+    /// How long a create whose answer was lost is looked for by proof before deciding.
+    pub create_settle: Duration,
 }
 
 impl Default for Timing {
@@ -48,6 +68,7 @@ impl Default for Timing {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             resync: Duration::from_secs(600),
+            create_settle: Duration::from_secs(600),
         }
     }
 }
@@ -60,6 +81,7 @@ pub struct Context {
     pub timing: Timing,
     pub metrics: Arc<Metrics>,
     pub missing_audience_policy: MissingAudiencePolicy,
+    pub run_limit: RunLimit,
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// Last successfully read credentials per Secret, so an object can still be cleaned up when
     /// its Secret is deleted first (e.g. namespace deletion). Held in memory only.
@@ -76,6 +98,7 @@ impl Context {
         timing: Timing,
         metrics: Arc<Metrics>,
         missing_audience_policy: MissingAudiencePolicy,
+        run_limit: RunLimit,
     ) -> Self {
         Context {
             client,
@@ -84,6 +107,7 @@ impl Context {
             timing,
             metrics,
             missing_audience_policy,
+            run_limit,
             failures: Mutex::default(),
             credentials: Mutex::default(),
             resyncs: Mutex::default(),

@@ -3,6 +3,7 @@
 //!
 //! The steps themselves live in [`reconcile`]; the decisions in [`plan`] (pure).
 
+mod cleanup;
 pub mod context;
 pub mod credentials;
 pub mod plan;
@@ -24,7 +25,7 @@ use kube::{
     },
 };
 
-pub use context::{Context, Timing};
+pub use context::{Context, RunLimit, Timing};
 
 use crate::{
     aep::{AepClient, ClientConfig},
@@ -48,8 +49,10 @@ pub enum Error {
     Credentials(#[source] Box<credentials::CredentialsError>),
     #[error("AEP: {0}")]
     Aep(#[source] Box<crate::aep::Error>),
-    #[error("the audience is still being created; deletion waits for the create operation")]
-    CreateInFlight,
+    #[error("waiting: {0}")]
+    Waiting(&'static str, Duration),
+    #[error("object has no uid")]
+    MissingUid,
     #[error("serialising status: {0}")]
     Serde(#[source] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -60,18 +63,32 @@ impl Error {
     /// Bounded label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::MissingNamespace | Error::MissingResourceVersion => "object",
+            Error::MissingNamespace | Error::MissingResourceVersion | Error::MissingUid => "object",
             Error::Stale => "stale",
             Error::Kube(_) => "kube",
             Error::Credentials(_) => "credentials",
             Error::Aep(e) => e.category(),
-            Error::CreateInFlight => "create_in_flight",
+            Error::Waiting(..) => "waiting",
             Error::Serde(_) => "serde",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(inner)
                 | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
                 _ => "finalizer",
             },
+        }
+    }
+
+    /// The delay of an [`Error::Waiting`] (possibly wrapped by the finalizer helper): the pass is
+    /// not failing, it waits for AEP (e.g. a create operation to finish before deleting).
+    pub fn waiting(&self) -> Option<Duration> {
+        match self {
+            Error::Waiting(_, d) => Some(*d),
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.waiting(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -144,6 +161,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Resul
         backoff_base: cfg.error_backoff_base,
         backoff_max: cfg.error_backoff_max,
         resync: cfg.resync_interval,
+        create_settle: cfg.create_settle_window,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -152,6 +170,10 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Resul
         timing,
         metrics,
         cfg.missing_audience_policy,
+        RunLimit {
+            max: cfg.max_runs_per_audience,
+            window: cfg.runs_per_audience_window,
+        },
     ));
 
     let (audiences, secrets) = match &cfg.namespace {

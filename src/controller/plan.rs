@@ -1,18 +1,30 @@
-//! The controller's brain, without I/O: what AEP should receive for a spec (requests and hashes)
-//! and which single step a reconcile pass takes next ([`next_step`]).
+//! The controller's brain, without I/O: what AEP should receive for a spec (requests and hashes),
+//! whose an audience found in AEP is ([`attribute`]), and which single step a reconcile pass takes
+//! next together with the health that state implies ([`next_step`]).
 //!
-//! The plan reads only the object (spec, status, generation, the run-request annotation); every
-//! decision is therefore reproducible from what `kubectl get -o yaml` shows, and unit-tested as a
-//! table below.
+//! The plan reads only the object (spec, status, generation, annotations); every decision is
+//! therefore reproducible from what `kubectl get -o yaml` shows, and unit-tested as a table below.
+//!
+//! Hashes: whether a PATCH or an ingestion run is owed is decided by comparing hashes of
+//! *versioned projections of the user's spec* (not of the requests we build), so a change in how
+//! requests are serialised (a new optional request field, the `customAudienceId`) never owes a run
+//! on upgrade. A new optional spec field joins a projection with `skip_serializing_if` so that
+//! objects that do not set it keep their hash. Hashes written by releases before the projections
+//! (`legacy`) are still recognised.
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
     aep::types::{
         CreateAudienceRequest, Field, FieldLabels, FieldType, PatchAudienceRequest, SourceParams, SourcePathType,
-        SourceSpec, StartRunRequest,
+        SourceSpec, StartRunRequest, UpsAudience,
     },
-    api::{self, ExternalAudienceSpec, ExternalAudienceStatus, RunState, conditions, reasons},
+    api::{
+        self, Blocked, ExternalAudienceSpec, ExternalAudienceStatus, RETRY_CREATE, RUN_REQUESTED_AT, RunState,
+        conditions, reasons,
+    },
+    status::Health,
 };
 
 /// What the planner sees.
@@ -24,15 +36,17 @@ pub struct Facts<'a> {
     pub status: &'a ExternalAudienceStatus,
     /// Value of the `run-requested-at` annotation.
     pub run_request: Option<&'a str>,
+    /// Value of the `retry-create` annotation.
+    pub retry_create: Option<&'a str>,
 }
 
 /// The one step a pass performs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Nothing recorded: look the name up, then create (or stall if the name is taken).
+    /// Nothing sent yet: look the name up (a holder that is not provably ours stalls), then create.
     Create,
-    /// A create may have been sent but its operation id was not recorded: look the audience up by
-    /// name, adopt it if found, create only if it is absent.
+    /// A create was sent but its answer was lost (or its operation is unknown to AEP): look for the
+    /// audience by proof; create again only once its absence is proven.
     RecoverCreate,
     /// Poll the create operation.
     PollOperation { operation_id: String },
@@ -46,9 +60,11 @@ pub enum Step {
     RecoverRun { audience_id: String },
     /// Start the run owed for this spec / run request.
     StartRun { audience_id: String },
-    /// A terminal problem for this generation is already reported: wait for a change.
+    /// Record a problem only a change can resolve (no AEP call).
+    Block { reason: &'static str, message: String },
+    /// A problem only a change can resolve is recorded for this generation: wait.
     Wait,
-    /// Converged.
+    /// Converged (or a failed run awaits a change): check for drift when due.
     Idle { audience_id: String },
 }
 
@@ -64,6 +80,7 @@ impl Step {
             Step::PollRun { .. } => "poll_run",
             Step::RecoverRun { .. } => "recover_run",
             Step::StartRun { .. } => "start_run",
+            Step::Block { .. } => "block",
             Step::Wait => "wait",
             Step::Idle { .. } => "idle",
         }
@@ -83,21 +100,303 @@ impl Step {
     }
 }
 
-/// Hash of the updatable properties (what a PATCH sends).
-pub fn updatable_hash(spec: &ExternalAudienceSpec) -> String {
-    hash(&patch_request(spec))
+/// The next step and the health the current state implies (what the conditions say while the
+/// step is pending).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub step: Step,
+    pub health: Health,
 }
 
-/// Hash of everything AEP is told about the audience and its ingestion: a change owes a run.
-pub fn ingest_hash(spec: &ExternalAudienceSpec, audience_name: &str) -> String {
-    hash(&(create_request(spec, audience_name), start_run_request(spec)))
+// ----- projections and hashes -------------------------------------------------------------------
+
+/// Version tag of the current projections; part of every hash.
+const PROJECTION_VERSION: &str = "v1";
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FieldProjection<'a> {
+    name: &'a str,
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity_ns: Option<&'a str>,
+    labels: &'a [String],
 }
 
-fn hash<T: serde::Serialize>(value: &T) -> String {
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SourceProjection<'a> {
+    path: &'a str,
+    r#type: &'static str,
+    source_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloud_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    base_connection_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IngestionProjection {
+    data_filter_start_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_filter_end_time: Option<i64>,
+    differential_ingestion: bool,
+}
+
+/// Everything in the user's spec that AEP is told about the audience and its ingestion.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IngestProjection<'a> {
+    name: &'a str,
+    description: &'a str,
+    fields: Vec<FieldProjection<'a>>,
+    source: SourceProjection<'a>,
+    ttl_in_days: i32,
+    labels: &'a [String],
+    audience_type: &'static str,
+    origin_name: &'static str,
+    ingestion: IngestionProjection,
+}
+
+/// The properties AEP can update in place.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdatableProjection<'a> {
+    description: &'a str,
+    labels: &'a [String],
+    field_labels: Vec<(&'a str, &'a [String])>,
+    ttl_in_days: i32,
+}
+
+fn field_type_str(t: api::FieldType) -> &'static str {
+    field_type(t).as_str()
+}
+
+fn source_kind_str(k: api::SourceKind) -> &'static str {
+    match k {
+        api::SourceKind::File => "file",
+        api::SourceKind::Folder => "folder",
+    }
+}
+
+fn cloud_type_str(c: api::CloudType) -> &'static str {
+    match c {
+        api::CloudType::S3 => "S3",
+        api::CloudType::Dlz => "DLZ",
+        api::CloudType::Gcs => "GCS",
+        api::CloudType::Azure => "Azure",
+        api::CloudType::Sftp => "SFTP",
+    }
+}
+
+const SOURCE_TYPE_CLOUD_STORAGE: &str = "Cloud Storage";
+const AUDIENCE_TYPE_PEOPLE: &str = "people";
+const ORIGIN_CUSTOM_UPLOAD: &str = "CUSTOM_UPLOAD";
+
+fn ingest_projection<'a>(spec: &'a ExternalAudienceSpec, audience_name: &'a str) -> IngestProjection<'a> {
+    IngestProjection {
+        name: audience_name,
+        description: spec.description.as_deref().unwrap_or(""),
+        fields: spec
+            .fields
+            .iter()
+            .map(|f| FieldProjection {
+                name: &f.name,
+                r#type: field_type_str(f.type_),
+                identity_ns: f.identity_ns.as_deref(),
+                labels: &f.labels,
+            })
+            .collect(),
+        source: SourceProjection {
+            path: &spec.source_spec.path,
+            r#type: source_kind_str(spec.source_spec.type_),
+            source_type: SOURCE_TYPE_CLOUD_STORAGE,
+            cloud_type: spec.source_spec.cloud_type.map(cloud_type_str),
+            base_connection_id: spec.source_spec.base_connection_id.as_deref(),
+        },
+        ttl_in_days: spec.ttl_in_days,
+        labels: &spec.labels,
+        audience_type: AUDIENCE_TYPE_PEOPLE,
+        origin_name: ORIGIN_CUSTOM_UPLOAD,
+        ingestion: IngestionProjection {
+            data_filter_start_time: spec.ingestion.data_filter_start_time,
+            data_filter_end_time: spec.ingestion.data_filter_end_time,
+            differential_ingestion: spec.ingestion.differential_ingestion,
+        },
+    }
+}
+
+fn digest<T: Serialize>(value: &T) -> String {
     // Serialising plain structs is deterministic (field order is declaration order).
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     hex::encode(&Sha256::digest(&bytes)[..16])
 }
+
+/// Hash of the updatable properties (a change owes a PATCH).
+pub fn updatable_hash(spec: &ExternalAudienceSpec) -> String {
+    let projection = UpdatableProjection {
+        description: spec.description.as_deref().unwrap_or(""),
+        labels: &spec.labels,
+        field_labels: spec
+            .fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.labels.as_slice()))
+            .collect(),
+        ttl_in_days: spec.ttl_in_days,
+    };
+    format!("{PROJECTION_VERSION}:{}", digest(&projection))
+}
+
+/// Hash of everything AEP is told about the audience and its ingestion: a change owes a run.
+pub fn ingest_hash(spec: &ExternalAudienceSpec, audience_name: &str) -> String {
+    format!(
+        "{PROJECTION_VERSION}:{}",
+        digest(&ingest_projection(spec, audience_name))
+    )
+}
+
+/// Whether `stored` is the updatable hash of `spec` (current or legacy form).
+pub fn updatable_hash_matches(stored: Option<&str>, spec: &ExternalAudienceSpec) -> bool {
+    stored.is_some_and(|h| h == updatable_hash(spec) || h == legacy::updatable_hash(spec))
+}
+
+/// Whether `stored` is the ingest hash of `spec` (current or legacy form).
+pub fn ingest_hash_matches(stored: Option<&str>, spec: &ExternalAudienceSpec, audience_name: &str) -> bool {
+    stored.is_some_and(|h| h == ingest_hash(spec, audience_name) || h == legacy::ingest_hash(spec, audience_name))
+}
+
+/// The hashes of releases before the versioned projections: the serialised requests of that
+/// time, frozen here field by field so that they never change with the request builders.
+mod legacy {
+    use serde::Serialize;
+
+    use super::{digest, field_type_str, source_kind_str};
+    use crate::api::ExternalAudienceSpec;
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Field<'a> {
+        name: &'a str,
+        r#type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity_ns: Option<&'a str>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        labels: &'a [String],
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Params<'a> {
+        path: &'a str,
+        r#type: &'static str,
+        source_type: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cloud_type: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        base_connection_id: Option<&'a str>,
+    }
+
+    #[derive(Serialize)]
+    struct Source<'a> {
+        params: Params<'a>,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Create<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<&'a str>,
+        fields: Vec<Field<'a>>,
+        source_spec: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl_in_days: Option<u32>,
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        labels: &'a [String],
+        audience_type: &'static str,
+        origin_name: &'static str,
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Run {
+        data_filter_start_time: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_filter_end_time: Option<i64>,
+        differential_ingestion: bool,
+    }
+
+    #[derive(Serialize)]
+    struct FieldLabels<'a> {
+        name: &'a str,
+        labels: &'a [String],
+    }
+
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Patch<'a> {
+        description: &'a str,
+        labels: &'a [String],
+        fields: Vec<FieldLabels<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl_in_days: Option<u32>,
+    }
+
+    pub(super) fn ingest_hash(spec: &ExternalAudienceSpec, audience_name: &str) -> String {
+        let create = Create {
+            name: audience_name,
+            description: spec.description.as_deref(),
+            fields: spec
+                .fields
+                .iter()
+                .map(|f| Field {
+                    name: &f.name,
+                    r#type: field_type_str(f.type_),
+                    identity_ns: f.identity_ns.as_deref(),
+                    labels: &f.labels,
+                })
+                .collect(),
+            source_spec: Source {
+                params: Params {
+                    path: &spec.source_spec.path,
+                    r#type: source_kind_str(spec.source_spec.type_),
+                    source_type: super::SOURCE_TYPE_CLOUD_STORAGE,
+                    cloud_type: spec.source_spec.cloud_type.map(super::cloud_type_str),
+                    base_connection_id: spec.source_spec.base_connection_id.as_deref(),
+                },
+            },
+            ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+            labels: &spec.labels,
+            audience_type: super::AUDIENCE_TYPE_PEOPLE,
+            origin_name: super::ORIGIN_CUSTOM_UPLOAD,
+        };
+        let run = Run {
+            data_filter_start_time: spec.ingestion.data_filter_start_time,
+            data_filter_end_time: spec.ingestion.data_filter_end_time,
+            differential_ingestion: spec.ingestion.differential_ingestion,
+        };
+        digest(&(create, run))
+    }
+
+    pub(super) fn updatable_hash(spec: &ExternalAudienceSpec) -> String {
+        digest(&Patch {
+            description: spec.description.as_deref().unwrap_or(""),
+            labels: &spec.labels,
+            fields: spec
+                .fields
+                .iter()
+                .map(|f| FieldLabels {
+                    name: &f.name,
+                    labels: &f.labels,
+                })
+                .collect(),
+            ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+        })
+    }
+}
+
+// ----- requests -----------------------------------------------------------------------------------
 
 fn field_type(t: api::FieldType) -> FieldType {
     match t {
@@ -111,12 +410,12 @@ fn field_type(t: api::FieldType) -> FieldType {
     }
 }
 
-fn wire_string<T: serde::Serialize>(v: &T) -> Option<String> {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned))
-}
-
-/// The create request for a spec.
-pub fn create_request(spec: &ExternalAudienceSpec, audience_name: &str) -> CreateAudienceRequest {
+/// The create request for a spec, marked with the object's `customAudienceId`.
+pub fn create_request(
+    spec: &ExternalAudienceSpec,
+    audience_name: &str,
+    custom_audience_id: Option<&str>,
+) -> CreateAudienceRequest {
     CreateAudienceRequest {
         name: audience_name.to_owned(),
         description: spec.description.clone(),
@@ -137,19 +436,19 @@ pub fn create_request(spec: &ExternalAudienceSpec, audience_name: &str) -> Creat
                     api::SourceKind::File => SourcePathType::File,
                     api::SourceKind::Folder => SourcePathType::Folder,
                 },
-                source_type: wire_string(&spec.source_spec.source_type),
-                cloud_type: spec.source_spec.cloud_type.as_ref().and_then(wire_string),
+                source_type: Some(SOURCE_TYPE_CLOUD_STORAGE.to_owned()),
+                cloud_type: spec.source_spec.cloud_type.map(|c| cloud_type_str(c).to_owned()),
                 base_connection_id: spec.source_spec.base_connection_id.clone(),
                 encryption: None,
             },
         },
         ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
         labels: spec.labels.clone(),
-        audience_type: wire_string(&spec.audience_type),
-        origin_name: wire_string(&spec.origin_name).unwrap_or_default(),
+        audience_type: Some(AUDIENCE_TYPE_PEOPLE.to_owned()),
+        origin_name: ORIGIN_CUSTOM_UPLOAD.to_owned(),
         namespace: None,
         tags: Vec::new(),
-        custom_audience_id: None,
+        custom_audience_id: custom_audience_id.map(str::to_owned),
     }
 }
 
@@ -180,82 +479,239 @@ pub fn start_run_request(spec: &ExternalAudienceSpec) -> StartRunRequest {
     }
 }
 
+// ----- ownership ----------------------------------------------------------------------------------
+
+/// Whose an audience found in AEP is, as far as proof goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// It carries this object's `customAudienceId`.
+    Ours,
+    /// Provably someone else's: it carries another caller's identifier, was created before this
+    /// object sent any create, or this object never sent one.
+    Foreign,
+    /// Nothing says whose it is (AEP did not echo a `customAudienceId`, and it was created after
+    /// this object's create may have been sent).
+    Unattributable,
+}
+
+/// Allowance for clock skew between AEP and the operator when comparing creation times.
+pub const CLOCK_SKEW_SECS: i64 = 300;
+
+/// Attributes an audience found by name or identifier. `create_sent_at` is when this object's
+/// pending create may have been sent (epoch seconds), `None` when it never sent one.
+pub fn attribute(audience: &UpsAudience, custom_audience_id: &str, create_sent_at: Option<i64>) -> Attribution {
+    match audience.audience_id.as_deref() {
+        Some(cid) if cid == custom_audience_id => return Attribution::Ours,
+        // AEP echoes a caller's identifier here; one that is neither ours nor the system id is
+        // someone else's.
+        Some(other) if other != audience.id => return Attribution::Foreign,
+        _ => {}
+    }
+    let Some(sent_at) = create_sent_at else {
+        return Attribution::Foreign;
+    };
+    let created = audience
+        .create_epoch
+        .or_else(|| audience.creation_time.map(|ms| ms / 1000));
+    match created {
+        Some(created) if created < sent_at - CLOCK_SKEW_SECS => Attribution::Foreign,
+        _ => Attribution::Unattributable,
+    }
+}
+
+// ----- the plan -----------------------------------------------------------------------------------
+
 /// Whether a run is owed: the AEP-facing spec changed since the last run (or there never was one
 /// for a created audience), or a new run request arrived.
 pub fn run_owed(f: &Facts<'_>) -> bool {
-    let spec_changed = f.status.ingested_spec_hash.as_deref() != Some(&ingest_hash(f.spec, f.audience_name));
+    let spec_changed = !ingest_hash_matches(f.status.ingested_spec_hash.as_deref(), f.spec, f.audience_name);
     let requested = f.run_request.is_some() && f.status.ingested_run_request.as_deref() != f.run_request;
     spec_changed || requested
 }
 
-/// Reasons that mean "AEP refused this generation; retrying will not help until it changes".
-const TERMINAL_FOR_GENERATION: &[&str] = &[
+/// Reasons that releases before `status.blocked` reported as terminal for a generation, read back
+/// from the `Stalled` condition of such objects after an upgrade.
+const LEGACY_TERMINAL: &[&str] = &[
     reasons::REJECTED,
     reasons::OPERATION_FAILED,
     reasons::NAME_TAKEN,
     reasons::AUDIENCE_NOT_FOUND,
 ];
 
-fn stalled_reason<'a>(f: &'a Facts<'a>) -> Option<&'a str> {
-    f.status
+/// The problem recorded for the current generation, if any.
+pub fn blocked_now(status: &ExternalAudienceStatus, generation: i64) -> Option<Blocked> {
+    if let Some(b) = &status.blocked {
+        return (b.generation == generation).then(|| b.clone());
+    }
+    status
         .conditions
         .iter()
-        .find(|c| c.type_ == conditions::STALLED && c.status == "True" && c.observed_generation == Some(f.generation))
-        .map(|c| c.reason.as_str())
+        .find(|c| {
+            c.type_ == conditions::STALLED
+                && c.status == "True"
+                && c.observed_generation == Some(generation)
+                && LEGACY_TERMINAL.contains(&c.reason.as_str())
+        })
+        .map(|c| Blocked {
+            reason: c.reason.clone(),
+            generation,
+            message: c.message.clone(),
+        })
 }
 
-/// The next step for the object.
-pub fn next_step(f: &Facts<'_>) -> Step {
+/// The token a `retry-create` annotation must carry to let a create of unknown outcome be sent
+/// again: the pending create's timestamp.
+pub fn retry_create_token(status: &ExternalAudienceStatus) -> Option<String> {
+    status
+        .create_pending_since
+        .as_ref()
+        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn plan(step: Step, health: Health) -> Plan {
+    Plan { step, health }
+}
+
+/// The next step for the object, and the health its state implies.
+pub fn next_step(f: &Facts<'_>) -> Plan {
     let st = f.status;
-    let stalled = stalled_reason(f);
+    if let Some(blocked) = blocked_now(st, f.generation) {
+        let retry_confirmed = blocked.reason == reasons::CREATE_OUTCOME_UNKNOWN
+            && f.retry_create.is_some()
+            && f.retry_create.map(str::to_owned) == retry_create_token(st);
+        if !retry_confirmed {
+            return plan(Step::Wait, Health::stalled(blocked.reason, blocked.message));
+        }
+    }
     let Some(audience_id) = st.audience_id.clone() else {
-        if stalled.is_some_and(|r| TERMINAL_FOR_GENERATION.contains(&r)) {
-            return Step::Wait;
-        }
-        if let Some(id) = &f.spec.audience_id {
-            return Step::Adopt {
-                audience_id: id.clone(),
-            };
-        }
+        // A create in flight is finished first, whatever else changed: its audience is never
+        // orphaned.
         if let Some(op) = &st.operation_id {
-            return Step::PollOperation {
-                operation_id: op.clone(),
-            };
+            return plan(
+                Step::PollOperation {
+                    operation_id: op.clone(),
+                },
+                Health::progressing(
+                    reasons::WAITING_FOR_OPERATION,
+                    format!("Waiting for AEP operation {op}"),
+                ),
+            );
         }
         if st.create_pending_since.is_some() {
-            return Step::RecoverCreate;
+            return plan(
+                Step::RecoverCreate,
+                Health::progressing(
+                    reasons::CONFIRMING_CREATE,
+                    format!(
+                        "The answer to the create of audience {:?} was lost; looking for it by proof",
+                        f.audience_name
+                    ),
+                ),
+            );
         }
-        return Step::Create;
+        if let Some(id) = &f.spec.audience_id {
+            return plan(
+                Step::Adopt {
+                    audience_id: id.clone(),
+                },
+                Health::progressing(reasons::CREATING, format!("Adopting audience {id}")),
+            );
+        }
+        return plan(
+            Step::Create,
+            Health::progressing(
+                reasons::CREATING,
+                format!("Creating audience {:?} in AEP", f.audience_name),
+            ),
+        );
     };
-    if st.applied_spec_hash.as_deref() != Some(&updatable_hash(f.spec)) {
-        if stalled == Some(reasons::REJECTED) {
-            return Step::Wait;
-        }
-        return Step::Update { audience_id };
+    if let Some(wanted) = &f.spec.audience_id
+        && *wanted != audience_id
+    {
+        let message = format!(
+            "spec.audienceId names audience {wanted}, but this object manages audience {audience_id} (proof: {}); \
+             it keeps managing {audience_id}. To manage {wanted}, create a new ExternalAudience",
+            st.ownership
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "recorded".into())
+        );
+        return plan(
+            Step::Block {
+                reason: reasons::AUDIENCE_ID_MISMATCH,
+                message: message.clone(),
+            },
+            Health::stalled(reasons::AUDIENCE_ID_MISMATCH, message),
+        );
+    }
+    if !updatable_hash_matches(st.applied_spec_hash.as_deref(), f.spec) {
+        return plan(
+            Step::Update {
+                audience_id: audience_id.clone(),
+            },
+            Health::progressing(reasons::UPDATING, format!("Updating audience {audience_id} in AEP")),
+        );
     }
     if let Some(run) = &st.last_run
         && run.status == RunState::Processing
     {
-        return Step::PollRun {
-            audience_id,
-            run_id: run.run_id.clone(),
-        };
+        return plan(
+            Step::PollRun {
+                audience_id,
+                run_id: run.run_id.clone(),
+            },
+            Health::progressing(
+                reasons::RUN_IN_PROGRESS,
+                format!("Ingestion run {} is in progress", run.run_id),
+            ),
+        );
     }
+    let pending = Health::progressing(reasons::RUN_PENDING, "An ingestion run is owed for this spec");
     if st.run_pending.is_some() {
-        return Step::RecoverRun { audience_id };
+        return plan(Step::RecoverRun { audience_id }, pending);
     }
     if run_owed(f) {
-        if stalled == Some(reasons::REJECTED) {
-            return Step::Wait;
-        }
-        return Step::StartRun { audience_id };
+        return plan(Step::StartRun { audience_id }, pending);
     }
-    Step::Idle { audience_id }
+    let health = idle_health(st, &audience_id);
+    plan(Step::Idle { audience_id }, health)
 }
 
-/// True when the latest run for the current spec failed (Ready stays False, no automatic retry).
-pub fn last_run_failed(status: &ExternalAudienceStatus) -> bool {
-    status.last_run.as_ref().is_some_and(|r| r.status == RunState::Failed)
+fn idle_health(st: &ExternalAudienceStatus, audience_id: &str) -> Health {
+    match &st.last_run {
+        Some(run) if run.status == RunState::Failed => Health::stalled(
+            reasons::RUN_FAILED,
+            format!(
+                "Ingestion run {} failed: {}. Runs are not retried automatically (AEP caps runs per day): \
+                 change the spec or set the {RUN_REQUESTED_AT} annotation to a new value",
+                run.run_id,
+                run.message.as_deref().unwrap_or("AEP gave no reason")
+            ),
+        ),
+        Some(run) => Health::ready(format!(
+            "Audience {audience_id} is in sync; ingestion run {} succeeded",
+            run.run_id
+        )),
+        None => Health::ready(format!(
+            "Audience {audience_id} is in sync (adopted; no ingestion run requested)"
+        )),
+    }
+}
+
+/// The message of a create whose outcome cannot be proven, with what resolves it.
+pub fn create_outcome_unknown_message(
+    object: &str,
+    audience_name: &str,
+    sandbox: &str,
+    token: &str,
+    candidates: &[&UpsAudience],
+) -> String {
+    let found = candidates.iter().map(|a| a.id.as_str()).collect::<Vec<_>>().join(", ");
+    format!(
+        "The answer to this object's create of audience {audience_name:?} (sent at {token}) was lost, and AEP gives no \
+         proof of whether it created one: audience(s) {found} in sandbox {sandbox:?} carry that name but not this \
+         object's customAudienceId. If one of them was created by this object, set spec.audienceId to its id to manage it. \
+         If none was, allow a new create with `kubectl annotate externalaudience/{object} {RETRY_CREATE}={token} --overwrite`"
+    )
 }
 
 #[cfg(test)]
@@ -300,7 +756,15 @@ mod tests {
         }
     }
 
-    fn stalled(reason: &str, generation: i64) -> Condition {
+    fn blocked(reason: &str, generation: i64) -> Option<Blocked> {
+        Some(Blocked {
+            reason: reason.into(),
+            generation,
+            message: "m".into(),
+        })
+    }
+
+    fn legacy_stalled(reason: &str, generation: i64) -> Condition {
         Condition {
             type_: "Stalled".into(),
             status: "True".into(),
@@ -309,6 +773,17 @@ mod tests {
             observed_generation: Some(generation),
             last_transition_time: now(),
         }
+    }
+
+    fn step_for(spec: &ExternalAudienceSpec, status: &ExternalAudienceStatus, run_request: Option<&str>) -> Plan {
+        next_step(&Facts {
+            generation: 1,
+            audience_name: "loyalty",
+            spec,
+            status,
+            run_request,
+            retry_create: None,
+        })
     }
 
     #[test]
@@ -335,7 +810,7 @@ mod tests {
                 Step::Create,
             ),
             (
-                "marker without operation id recovers",
+                "marker without operation id recovers by proof",
                 base.clone(),
                 ExternalAudienceStatus {
                     create_pending_since: Some(now()),
@@ -347,6 +822,18 @@ mod tests {
             (
                 "recorded operation is polled",
                 base.clone(),
+                ExternalAudienceStatus {
+                    operation_id: Some("op".into()),
+                    ..Default::default()
+                },
+                None,
+                Step::PollOperation {
+                    operation_id: "op".into(),
+                },
+            ),
+            (
+                "spec.audienceId set while a create is in flight: the create is finished first",
+                adopt.clone(),
                 ExternalAudienceStatus {
                     operation_id: Some("op".into()),
                     ..Default::default()
@@ -475,30 +962,30 @@ mod tests {
                 },
             ),
             (
-                "rejected create waits for a change",
+                "a problem blocked at this generation waits",
                 base.clone(),
                 ExternalAudienceStatus {
-                    conditions: vec![stalled(reasons::REJECTED, 1)],
+                    blocked: blocked(reasons::REJECTED, 1),
                     ..Default::default()
                 },
                 None,
                 Step::Wait,
             ),
             (
-                "rejected create of an older generation retries",
+                "a problem blocked at an older generation retries",
                 base.clone(),
                 ExternalAudienceStatus {
-                    conditions: vec![stalled(reasons::REJECTED, 0)],
+                    blocked: blocked(reasons::REJECTED, 0),
                     ..Default::default()
                 },
                 None,
                 Step::Create,
             ),
             (
-                "name taken waits",
+                "legacy Stalled condition of this generation still waits after an upgrade",
                 base.clone(),
                 ExternalAudienceStatus {
-                    conditions: vec![stalled(reasons::NAME_TAKEN, 1)],
+                    conditions: vec![legacy_stalled(reasons::NAME_TAKEN, 1)],
                     ..Default::default()
                 },
                 None,
@@ -508,7 +995,7 @@ mod tests {
                 "setting spec.audienceId after a name clash adopts",
                 adopt.clone(),
                 ExternalAudienceStatus {
-                    conditions: vec![stalled(reasons::NAME_TAKEN, 0)],
+                    blocked: blocked(reasons::NAME_TAKEN, 0),
                     ..Default::default()
                 },
                 None,
@@ -518,34 +1005,169 @@ mod tests {
             ),
         ];
         for (name, spec, status, run_request, want) in cases {
-            let f = Facts {
-                generation: 1,
-                audience_name: "loyalty",
-                spec: &spec,
-                status: &status,
-                run_request,
-            };
-            assert_eq!(next_step(&f), want, "case: {name}");
+            assert_eq!(step_for(&spec, &status, run_request).step, want, "case: {name}");
         }
     }
 
     #[test]
-    fn hashes_ignore_non_aep_fields() {
+    fn spec_audience_id_other_than_the_managed_one_blocks() {
+        let mut adopt = spec();
+        adopt.audience_id = Some("other".into());
+        let plan = step_for(&adopt, &converged(&spec()), None);
+        assert!(
+            matches!(plan.step, Step::Block { reason, .. } if reason == reasons::AUDIENCE_ID_MISMATCH),
+            "{plan:?}"
+        );
+        assert!(plan.health.is_stalled());
+    }
+
+    #[test]
+    fn retry_create_annotation_resumes_only_with_the_pending_token() {
+        let base = spec();
+        let status = ExternalAudienceStatus {
+            create_pending_since: Some(now()),
+            blocked: blocked(reasons::CREATE_OUTCOME_UNKNOWN, 1),
+            ..Default::default()
+        };
+        let token = retry_create_token(&status).expect("token");
+        let with = |annotation: Option<&str>| {
+            next_step(&Facts {
+                generation: 1,
+                audience_name: "loyalty",
+                spec: &base,
+                status: &status,
+                run_request: None,
+                retry_create: annotation,
+            })
+            .step
+        };
+        assert_eq!(with(None), Step::Wait);
+        assert_eq!(
+            with(Some("2025-01-01T00:00:00Z")),
+            Step::Wait,
+            "a stale token does nothing"
+        );
+        assert_eq!(with(Some(&token)), Step::RecoverCreate);
+    }
+
+    #[test]
+    fn health_follows_the_step() {
+        let base = spec();
+        assert_eq!(step_for(&base, &converged(&base), None).health.reason(), reasons::READY);
+        let failed = ExternalAudienceStatus {
+            last_run: converged(&base).last_run.map(|r| IngestionRun {
+                status: RunState::Failed,
+                ..r
+            }),
+            ..converged(&base)
+        };
+        let h = step_for(&base, &failed, None).health;
+        assert_eq!(h.reason(), reasons::RUN_FAILED);
+        assert!(h.message().contains("AEP gave no reason"), "{h:?}");
+        let waiting = ExternalAudienceStatus {
+            operation_id: Some("op".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            step_for(&base, &waiting, None).health.reason(),
+            reasons::WAITING_FOR_OPERATION
+        );
+    }
+
+    #[test]
+    fn hashes_ignore_non_aep_fields_and_request_serialisation() {
         let a = spec();
         let mut b = a.clone();
         b.deletion_policy = api::DeletionPolicy::Orphan;
         b.credentials_secret_ref.name = "other".into();
+        b.audience_id = Some("x".into());
         assert_eq!(ingest_hash(&a, "n"), ingest_hash(&b, "n"));
         assert_eq!(updatable_hash(&a), updatable_hash(&b));
         let mut c = a.clone();
         c.ttl_in_days = 40;
         assert_ne!(updatable_hash(&a), updatable_hash(&c));
         assert_ne!(ingest_hash(&a, "n"), ingest_hash(&c, "n"));
+        // The create request now carries a customAudienceId; the owed-run hash does not move.
+        assert!(ingest_hash(&a, "n").starts_with("v1:"));
     }
 
     #[test]
-    fn create_request_matches_the_seed_shape() {
-        let req = create_request(&spec(), "Loyalty members");
+    fn legacy_hashes_are_still_recognised() {
+        let a = spec();
+        let legacy_ingest = legacy::ingest_hash(&a, "loyalty");
+        assert!(ingest_hash_matches(Some(&legacy_ingest), &a, "loyalty"));
+        assert!(updatable_hash_matches(Some(&legacy::updatable_hash(&a)), &a));
+        let mut b = a.clone();
+        b.description = Some("changed".into());
+        assert!(!ingest_hash_matches(Some(&legacy_ingest), &b, "loyalty"));
+        assert!(!ingest_hash_matches(None, &a, "loyalty"));
+    }
+
+    #[test]
+    fn a_status_written_by_the_release_before_versioned_hashes_owes_nothing() {
+        let obj: crate::api::ExternalAudience =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/status-78473e7.yaml")).expect("fixture");
+        let status = obj.status.clone().expect("status");
+        let name = obj.spec.audience_name("loyalty-members");
+        assert_eq!(
+            status.ingested_spec_hash.as_deref(),
+            Some(legacy::ingest_hash(&obj.spec, name).as_str())
+        );
+        assert_eq!(
+            status.applied_spec_hash.as_deref(),
+            Some(legacy::updatable_hash(&obj.spec).as_str())
+        );
+        let plan = next_step(&Facts {
+            generation: obj.metadata.generation.unwrap_or_default(),
+            audience_name: name,
+            spec: &obj.spec,
+            status: &status,
+            run_request: None,
+            retry_create: None,
+        });
+        assert!(matches!(plan.step, Step::Idle { .. }), "{plan:?}");
+        assert_eq!(plan.health.reason(), reasons::READY);
+    }
+
+    #[test]
+    fn attribution_needs_proof() {
+        let aud = |id: &str, audience_id: Option<&str>, created: i64| UpsAudience {
+            id: id.into(),
+            audience_id: audience_id.map(str::to_owned),
+            name: "n".into(),
+            create_epoch: Some(created),
+            ..Default::default()
+        };
+        let sent = Some(10_000);
+        assert_eq!(
+            attribute(&aud("a", Some("k8s-1"), 10_000), "k8s-1", sent),
+            Attribution::Ours
+        );
+        assert_eq!(
+            attribute(&aud("a", Some("k8s-2"), 10_000), "k8s-1", sent),
+            Attribution::Foreign,
+            "another caller's identifier"
+        );
+        assert_eq!(
+            attribute(&aud("a", Some("a"), 10_000), "k8s-1", sent),
+            Attribution::Unattributable,
+            "no identifier echoed, created after our create may have been sent"
+        );
+        assert_eq!(
+            attribute(&aud("a", None, 10_000 - CLOCK_SKEW_SECS - 1), "k8s-1", sent),
+            Attribution::Foreign,
+            "created before our create was sent"
+        );
+        assert_eq!(
+            attribute(&aud("a", None, 10_000), "k8s-1", None),
+            Attribution::Foreign,
+            "we never sent a create"
+        );
+    }
+
+    #[test]
+    fn create_request_matches_the_seed_shape_and_carries_the_marker() {
+        let req = create_request(&spec(), "Loyalty members", Some("k8s-uid"));
         let v = serde_json::to_value(&req).expect("json");
         assert_eq!(v["name"], "Loyalty members");
         assert_eq!(v["sourceSpec"]["params"]["sourceType"], "Cloud Storage");
@@ -553,5 +1175,6 @@ mod tests {
         assert_eq!(v["audienceType"], "people");
         assert_eq!(v["originName"], "CUSTOM_UPLOAD");
         assert_eq!(v["ttlInDays"], 30);
+        assert_eq!(v["customAudienceId"], "k8s-uid");
     }
 }

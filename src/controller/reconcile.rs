@@ -1,14 +1,19 @@
 //! One reconcile pass of an `ExternalAudience`, behind the finalizer (the steps themselves are in
-//! `steps.rs`):
+//! `steps.rs`, deletion in `cleanup.rs`):
 //!
 //! * `apply`: load credentials → [`plan::next_step`] → run that one step (at most one mutating AEP
 //!   call) → write the whole status right after it → return when to come back;
-//! * `cleanup`: delete the audience in AEP (or orphan it) and release the finalizer.
+//! * `cleanup`: delete the audience this object provably owns in AEP (or orphan it) and release
+//!   the finalizer.
 //!
 //! Non-idempotent calls (create, start run) are guarded by a pending marker written with an
 //! optimistic-concurrency precondition *before* the call: a stale cached object makes the write
-//! conflict, so nothing is sent twice. A pass that finds a marker without the id looks before it
-//! creates. Polls return a requeue with jitter; nothing sleeps here.
+//! conflict, so nothing is sent twice. A pass that finds a marker without the id looks for proof
+//! before it sends again. Polls return a requeue with jitter; nothing sleeps here.
+//!
+//! The one write path is [`Pass::finish`]: the health comes from the plan of the status the step
+//! left (or from the step's own failure), conditions and `status.blocked` follow from it, and an
+//! event is published only when the written status changed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,13 +34,13 @@ use super::{
     Error,
     context::Context,
     credentials::{self, CredentialsError},
-    plan::{self, Facts, Step},
+    plan::{self, Facts, Plan, Step},
 };
 use crate::{
-    aep::{self, ErrorKind, OperationStatus, Session},
+    aep::{self, ErrorKind, Session},
     api::{
-        DeletionPolicy, ExternalAudience, ExternalAudienceStatus, FINALIZER, RUN_REQUESTED_AT, RunState, events,
-        reasons,
+        Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, RETRY_CREATE, RUN_REQUESTED_AT,
+        custom_audience_id, events, reasons,
     },
     status::{Health, conditions_for, stable_message},
 };
@@ -51,14 +56,55 @@ pub(super) enum Next {
     Await,
 }
 
+/// An event to publish with a status change.
+pub(super) type Note = (EventType, &'static str, String);
+
+/// What a step concluded.
 pub(super) struct Outcome {
-    pub(super) health: Health,
+    /// The health to report; `None` means what the plan implies for the status the step left.
+    pub(super) health: Option<Health>,
     pub(super) next: Next,
+    /// Record the (stalled) health as blocking this generation (`status.blocked`).
+    pub(super) block: bool,
+    /// Published only when the status write changed something (no event storms).
+    pub(super) event: Option<Note>,
 }
 
 impl Outcome {
-    pub(super) fn new(health: Health, next: Next) -> Self {
-        Outcome { health, next }
+    /// The step moved the state forward; the plan of the new state says what to show.
+    pub(super) fn planned(next: Next) -> Self {
+        Outcome {
+            health: None,
+            next,
+            block: false,
+            event: None,
+        }
+    }
+
+    /// The step ends with this health.
+    pub(super) fn with(health: Health, next: Next) -> Self {
+        Outcome {
+            health: Some(health),
+            next,
+            block: false,
+            event: None,
+        }
+    }
+
+    /// A problem only a change can resolve: Stalled, recorded for this generation, and a
+    /// Warning event.
+    pub(super) fn blocked(reason: &'static str, message: String, event: &'static str) -> Self {
+        Outcome {
+            health: Some(Health::stalled(reason, message.clone())),
+            next: Next::Await,
+            block: true,
+            event: Some((EventType::Warning, event, message)),
+        }
+    }
+
+    pub(super) fn note(mut self, type_: EventType, reason: &'static str, note: String) -> Self {
+        self.event = Some((type_, reason, note));
+        self
     }
 }
 
@@ -71,7 +117,7 @@ pub async fn reconcile(obj: Arc<ExternalAudience>, ctx: Arc<Context>) -> Result<
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(&obj, &ctx, &api).await,
-            FinalizerEvent::Cleanup(obj) => cleanup(&obj, &ctx, &api).await,
+            FinalizerEvent::Cleanup(obj) => super::cleanup::cleanup(&obj, &ctx, &api).await,
         }
     })
     .await
@@ -80,8 +126,12 @@ pub async fn reconcile(obj: Arc<ExternalAudience>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Per-object backoff after an unexpected error (kube API failures, finalizer patch errors).
+/// Per-object backoff after an error (kube API failures, AEP failures during deletion); a pass
+/// that only waits for AEP comes back after its own delay and does not grow the backoff.
 pub fn error_policy(obj: Arc<ExternalAudience>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Some(delay) = error.waiting() {
+        return Action::requeue(Context::jitter(delay));
+    }
     ctx.metrics
         .reconcile_failures
         .get_or_create(&crate::metrics::CategoryLabels {
@@ -137,20 +187,16 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
                 CredentialsError::Missing { .. } => reasons::CREDENTIALS_MISSING,
                 _ => reasons::CREDENTIALS_INVALID,
             };
-            let out = Outcome::new(
+            let out = Outcome::with(
                 Health::stalled(reason, e.to_string()),
                 Next::After(ctx.timing.credentials_retry),
-            );
-            return Pass::new(cached, ctx, api)
-                .finish(
-                    out,
-                    Some((EventType::Warning, events::CREDENTIALS_ERROR, e.to_string())),
-                )
-                .await;
+            )
+            .note(EventType::Warning, events::CREDENTIALS_ERROR, e.to_string());
+            return Pass::new(cached, ctx, api).finish(out).await;
         }
     };
     let session = ctx.aep.session(&creds, &cached.spec.sandbox);
-    let mut step = Pass::new(cached, ctx, api).plan();
+    let mut step = Pass::new(cached, ctx, api).plan().step;
     // The cached object can predate our own last status write. Before any step with an AEP side
     // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call.
     let fresh;
@@ -159,18 +205,18 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
         fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
         if fresh.resource_version() != cached.resource_version() {
             obj = &fresh;
-            step = Pass::new(obj, ctx, api).plan();
+            step = Pass::new(obj, ctx, api).plan().step;
         }
     }
     let mut pass = Pass::new(obj, ctx, api);
     tracing::debug!(?step, "Planned step");
     ctx.metrics.count_step(step.name());
     let out = pass.run(step, &session).await?;
-    pass.finish(out, None).await
+    pass.finish(out).await
 }
 
 impl<'a> Pass<'a> {
-    fn new(obj: &'a ExternalAudience, ctx: &'a Context, api: &'a Api<ExternalAudience>) -> Self {
+    pub(super) fn new(obj: &'a ExternalAudience, ctx: &'a Context, api: &'a Api<ExternalAudience>) -> Self {
         let status = obj.status.clone().unwrap_or_default();
         Pass {
             ctx,
@@ -186,7 +232,8 @@ impl<'a> Pass<'a> {
         }
     }
 
-    pub(super) fn plan(&self) -> Step {
+    /// The plan for the status as it is now (after whatever the step changed).
+    pub(super) fn plan(&self) -> Plan {
         plan::next_step(&self.facts())
     }
 
@@ -198,6 +245,19 @@ impl<'a> Pass<'a> {
         self.obj.annotations().get(RUN_REQUESTED_AT).map(String::as_str)
     }
 
+    pub(super) fn retry_create(&self) -> Option<&str> {
+        self.obj.annotations().get(RETRY_CREATE).map(String::as_str)
+    }
+
+    /// The `customAudienceId` this object sends: the recorded one, else derived from its UID.
+    pub(super) fn custom_audience_id(&self) -> Result<String, Error> {
+        if let Some(cid) = &self.status.custom_audience_id {
+            return Ok(cid.clone());
+        }
+        let uid = self.obj.metadata.uid.as_deref().ok_or(Error::MissingUid)?;
+        Ok(custom_audience_id(uid))
+    }
+
     pub(super) fn facts(&self) -> Facts<'_> {
         Facts {
             generation: self.generation,
@@ -205,6 +265,7 @@ impl<'a> Pass<'a> {
             spec: &self.obj.spec,
             status: &self.status,
             run_request: self.run_request(),
+            retry_create: self.retry_create(),
         }
     }
 
@@ -216,14 +277,18 @@ impl<'a> Pass<'a> {
         self.ctx.event(&self.reference, type_, reason, reason, note).await;
     }
 
-    /// Writes status and decides the requeue.
-    async fn finish(&mut self, out: Outcome, event: Option<(EventType, &str, String)>) -> Result<Action, Error> {
-        self.status.observed_generation = Some(self.generation);
-        self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
+    /// The one place that turns an outcome into status: health (from the outcome, else from the
+    /// plan of the status the step left), conditions, `blocked`, one write if anything changed,
+    /// then the event; and when to come back.
+    pub(super) async fn finish(&mut self, out: Outcome) -> Result<Action, Error> {
+        let health = match out.health {
+            Some(h) => h,
+            None => self.plan().health,
+        };
+        self.record_health(&health, out.block);
         if self.status != self.original {
             self.write_status().await?;
-            // Events for failures are emitted only when the reported state changes: no event storms.
-            if let Some((type_, reason, note)) = event {
+            if let Some((type_, reason, note)) = out.event {
                 self.event(type_, reason, note).await;
             }
         }
@@ -241,9 +306,22 @@ impl<'a> Pass<'a> {
         })
     }
 
-    /// Replaces the whole status (JSON patch on `/status`). The first write of a pass is
-    /// conditioned on the resourceVersion the pass decided from: a stale base conflicts
-    /// ([`Error::Stale`]) instead of overwriting newer status.
+    /// Sets conditions (and `blocked` when asked) for `health` in the in-memory status.
+    pub(super) fn record_health(&mut self, health: &Health, block: bool) {
+        if block && let Health::Stalled { reason, message } = health {
+            self.status.blocked = Some(Blocked {
+                reason: reason.clone(),
+                generation: self.generation,
+                message: message.clone(),
+            });
+        }
+        self.status.observed_generation = Some(self.generation);
+        self.status.conditions = conditions_for(health, self.generation, &self.original.conditions, &now());
+    }
+
+    /// Replaces the whole status (JSON patch on `/status`, field manager [`MANAGER`]). The first
+    /// write of a pass is conditioned on the resourceVersion the pass decided from: a stale base
+    /// conflicts ([`Error::Stale`]) instead of overwriting newer status.
     pub(super) async fn write_status(&mut self) -> Result<(), Error> {
         let mut ops = Vec::new();
         if self.conditioned {
@@ -252,9 +330,13 @@ impl<'a> Pass<'a> {
         }
         ops.push(json!({"op": "add", "path": "/status", "value": self.status}));
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(Error::Serde)?;
+        let params = PatchParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         let updated = match self
             .api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .patch_status(&self.name, &params, &Patch::Json::<()>(patch))
             .await
         {
             Ok(u) => u,
@@ -272,17 +354,18 @@ impl<'a> Pass<'a> {
     }
 
     /// Persists a pending marker before a non-idempotent call, conditioned on the object not
-    /// having changed since it was read. `Ok(false)`: it had; the call is not made this pass.
-    pub(super) async fn write_marker(&mut self) -> Result<bool, Error> {
+    /// having changed since it was read: [`Error::Stale`] when it had (the call is not made; the
+    /// pass re-plans from a fresh copy).
+    pub(super) async fn write_marker(&mut self) -> Result<(), Error> {
         self.conditioned = true;
-        match self.write_status().await {
-            Ok(()) => Ok(true),
-            Err(Error::Stale) => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.write_status().await
     }
 
     async fn run(&mut self, step: Step, s: &Session) -> Result<Outcome, Error> {
+        if !matches!(step, Step::Wait) {
+            // Whatever blocked an earlier generation (or was confirmed away) no longer holds.
+            self.status.blocked = None;
+        }
         match step {
             Step::Create => self.create(s).await,
             Step::RecoverCreate => self.recover_create(s).await,
@@ -292,236 +375,48 @@ impl<'a> Pass<'a> {
             Step::PollRun { audience_id, run_id } => self.poll_run(s, &audience_id, &run_id).await,
             Step::RecoverRun { audience_id } => self.recover_run(s, &audience_id).await,
             Step::StartRun { audience_id } => self.start_run(s, &audience_id).await,
-            Step::Wait => Ok(Outcome::new(
-                self.reported_stall().unwrap_or_else(|| self.current_health()),
-                Next::Await,
-            )),
+            Step::Block { reason, message } => Ok(Outcome::blocked(reason, message, events::AEP_ERROR)),
+            Step::Wait => Ok(Outcome::planned(Next::Await)),
             Step::Idle { audience_id } => self.idle(s, &audience_id).await,
         }
     }
 
-    /// The terminal problem already reported for this generation, kept as is while waiting.
-    pub(super) fn reported_stall(&self) -> Option<Health> {
-        self.status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Stalled" && c.status == "True" && c.observed_generation == Some(self.generation))
-            .map(|c| Health::stalled(stalled_reason_const(&c.reason), c.message.clone()))
-    }
-
-    /// Health implied by the recorded state, for passes that only moved it forward.
-    pub(super) fn current_health(&self) -> Health {
-        let st = &self.status;
-        if st.audience_id.is_none() {
-            return Health::progressing(
-                reasons::CREATING,
-                format!("Creating audience {:?} in AEP", self.audience_name()),
-            );
-        }
-        if st.applied_spec_hash.as_deref() != Some(&plan::updatable_hash(&self.obj.spec)) {
-            return Health::progressing(reasons::UPDATING, "Updating the audience in AEP");
-        }
-        if let Some(run) = &st.last_run
-            && run.status == RunState::Processing
-        {
-            return Health::progressing(
-                reasons::RUN_IN_PROGRESS,
-                format!("Ingestion run {} is in progress", run.run_id),
-            );
-        }
-        if st.run_pending.is_some() || plan::run_owed(&self.facts()) {
-            return Health::progressing(reasons::RUN_PENDING, "An ingestion run is owed for this spec");
-        }
-        if let Some(run) = &st.last_run
-            && run.status == RunState::Failed
-        {
-            let msg = run.message.clone().unwrap_or_else(|| "no message from AEP".into());
-            return Health::stalled(
-                reasons::RUN_FAILED,
-                format!(
-                    "Ingestion run {} failed: {msg}. Runs are not retried automatically (daily quota): change the spec or set the {RUN_REQUESTED_AT} annotation to a new value",
-                    run.run_id
-                ),
-            );
-        }
-        let id = st.audience_id.as_deref().unwrap_or_default();
-        match &st.last_run {
-            Some(run) => Health::ready(format!(
-                "Audience {id} is in sync; ingestion run {} succeeded",
-                run.run_id
-            )),
-            None => Health::ready(format!(
-                "Audience {id} is in sync (adopted; no ingestion run requested)"
-            )),
-        }
-    }
-
-    /// Maps an AEP error to a reported outcome. `what` says which call failed.
-    pub(super) fn failure(&self, e: &aep::Error, what: &str) -> (Outcome, Option<(EventType, &'static str, String)>) {
+    /// Maps an AEP error to an outcome. `what` says which call failed.
+    pub(super) fn failure(&self, e: &aep::Error, what: &str) -> Outcome {
+        tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
         let msg = stable_message(&format!("{what}: {}", e.message()));
         let t = &self.ctx.timing;
-        // (stalled?, condition reason, when to come back, event reason)
-        let (stalled, reason, next, event) = match e.kind() {
+        let progressing = |reason, next, event| {
+            Outcome::with(Health::progressing(reason, msg.clone()), next).note(EventType::Warning, event, msg.clone())
+        };
+        let stalled = |reason, next, event| {
+            Outcome::with(Health::stalled(reason, msg.clone()), next).note(EventType::Warning, event, msg.clone())
+        };
+        match e.kind() {
             ErrorKind::Retryable { retry_after } => {
-                (false, reasons::RETRYING, Next::Backoff(retry_after), events::AEP_ERROR)
+                progressing(reasons::RETRYING, Next::Backoff(retry_after), events::AEP_ERROR)
             }
             ErrorKind::NotNow { retry_after } => {
                 let d = retry_after.map_or(t.deferred_retry, |r| r.max(t.deferred_retry));
-                (false, reasons::RUN_DEFERRED, Next::After(d), events::RUN_DEFERRED)
+                progressing(reasons::RUN_DEFERRED, Next::After(d), events::RUN_DEFERRED)
             }
-            ErrorKind::Terminal | ErrorKind::Conflict => (true, reasons::REJECTED, Next::Await, events::AEP_ERROR),
-            ErrorKind::PermissionDenied => (
-                true,
+            ErrorKind::OutcomeUnknown => {
+                progressing(reasons::RETRYING, Next::After(t.operation_poll), events::AEP_ERROR)
+            }
+            ErrorKind::PermissionDenied => stalled(
                 reasons::PERMISSION_DENIED,
                 Next::After(t.credentials_retry),
                 events::AEP_ERROR,
             ),
-            ErrorKind::Unauthorized => (
-                true,
+            ErrorKind::Unauthorized => stalled(
                 reasons::CREDENTIALS_INVALID,
                 Next::After(t.credentials_retry),
                 events::CREDENTIALS_ERROR,
             ),
-            ErrorKind::NotFound => (true, reasons::AUDIENCE_NOT_FOUND, Next::Await, events::AEP_ERROR),
-            ErrorKind::OutcomeUnknown => (
-                false,
-                reasons::RETRYING,
-                Next::After(t.operation_poll),
-                events::AEP_ERROR,
-            ),
-        };
-        let health = if stalled {
-            Health::stalled(reason, msg.clone())
-        } else {
-            Health::progressing(reason, msg.clone())
-        };
-        (Outcome::new(health, next), Some((EventType::Warning, event, msg)))
-    }
-
-    pub(super) async fn report(&mut self, e: &aep::Error, what: &str) -> Result<Outcome, Error> {
-        let (out, event) = self.failure(e, what);
-        tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
-        self.publish(out, event).await
-    }
-
-    /// Writes the outcome's conditions now, so that the status and the event agree (finish()
-    /// then sees no change). The event is emitted only when the reported state changed.
-    pub(super) async fn publish(
-        &mut self,
-        out: Outcome,
-        event: Option<(EventType, &str, String)>,
-    ) -> Result<Outcome, Error> {
-        self.status.observed_generation = Some(self.generation);
-        self.status.conditions = conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-        if self.status != self.original {
-            self.write_status().await?;
-            if let Some((type_, reason, note)) = event {
-                self.event(type_, reason, note).await;
+            ErrorKind::Terminal | ErrorKind::Conflict => {
+                Outcome::blocked(reasons::REJECTED, msg.clone(), events::AEP_ERROR)
             }
-        }
-        Ok(out)
-    }
-}
-
-fn stalled_reason_const(reason: &str) -> &'static str {
-    [
-        reasons::REJECTED,
-        reasons::OPERATION_FAILED,
-        reasons::NAME_TAKEN,
-        reasons::AUDIENCE_NOT_FOUND,
-        reasons::RUN_FAILED,
-        reasons::PERMISSION_DENIED,
-        reasons::CREDENTIALS_MISSING,
-        reasons::CREDENTIALS_INVALID,
-        reasons::DELETE_REFUSED,
-    ]
-    .into_iter()
-    .find(|r| *r == reason)
-    .unwrap_or(reasons::REJECTED)
-}
-
-// ----- cleanup ----------------------------------------------------------------------------------
-
-async fn cleanup(obj: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
-    let mut pass = Pass::new(obj, ctx, api);
-    let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
-    let secret = &obj.spec.credentials_secret_ref.name;
-    let status = pass.status.clone();
-    let never_created =
-        status.audience_id.is_none() && status.operation_id.is_none() && status.create_pending_since.is_none();
-    if never_created {
-        return Ok(Action::await_change());
-    }
-    if obj.spec.deletion_policy == DeletionPolicy::Orphan {
-        let note = match &status.audience_id {
-            Some(id) => format!("Left audience {id} in AEP (deletionPolicy: Orphan)"),
-            None => "Released the object; an audience being created is left in AEP (deletionPolicy: Orphan)".to_owned(),
-        };
-        pass.event(EventType::Normal, events::AUDIENCE_ORPHANED, note).await;
-        return Ok(Action::await_change());
-    }
-    let creds = match credentials::load(&ctx.client, &ns, secret).await {
-        Ok(c) => c,
-        Err(CredentialsError::Kube { source, .. }) => return Err(Error::Kube(source)),
-        Err(e) => {
-            match ctx.recall_credentials(&ns, secret) {
-                Some(c) => c,
-                None => {
-                    // Without credentials nothing can be deleted; holding the finalizer forever would
-                    // block namespace deletion, so release and say so loudly.
-                    pass.event(
-                    EventType::Warning,
-                    events::AUDIENCE_ORPHANED,
-                    format!("Cannot delete the audience in AEP: {e}; releasing the object and leaving the audience in AEP"),
-                )
-                .await;
-                    return Ok(Action::await_change());
-                }
-            }
-        }
-    };
-    let s = ctx.aep.session(&creds, &obj.spec.sandbox);
-    let audience_id = match status.audience_id.clone() {
-        Some(id) => Some(id),
-        None => match &status.operation_id {
-            Some(op) => match s.get_operation(op).await {
-                Ok(op) if op.status == OperationStatus::Success => op.audience_id,
-                Ok(op) if op.status == OperationStatus::Failed => None,
-                Ok(_) => return Err(Error::CreateInFlight),
-                Err(e) => return Err(Error::Aep(Box::new(e))),
-            },
-            None => s
-                .find_audiences_by_name(obj.spec.audience_name(&pass.name))
-                .await
-                .map_err(|e| Error::Aep(Box::new(e)))?
-                .first()
-                .map(|a| a.id.clone()),
-        },
-    };
-    let Some(audience_id) = audience_id else {
-        return Ok(Action::await_change());
-    };
-    match s.delete_audience(&audience_id).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => {
-            let msg = stable_message(&format!(
-                "AEP refused to delete audience {audience_id}: {}",
-                e.message()
-            ));
-            let out = Outcome::new(Health::stalled(reasons::DELETE_REFUSED, msg.clone()), Next::Await);
-            pass.publish(out, Some((EventType::Warning, events::DELETE_REFUSED, msg)))
-                .await?;
-            // Err keeps the finalizer; error_policy backs off.
-            return Err(Error::Aep(Box::new(e)));
+            ErrorKind::NotFound => Outcome::blocked(reasons::AUDIENCE_NOT_FOUND, msg.clone(), events::AEP_ERROR),
         }
     }
-    tracing::info!(audience_id = %audience_id, "Deleted audience");
-    pass.event(
-        EventType::Normal,
-        events::AUDIENCE_DELETED,
-        format!("Deleted audience {audience_id} in AEP"),
-    )
-    .await;
-    Ok(Action::await_change())
 }

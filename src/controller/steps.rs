@@ -1,91 +1,97 @@
 //! The steps of a reconcile pass, one method each; [`super::plan::next_step`] picks which one runs.
 //!
-//! Verbs: `create`/`recover_create`/`adopt` bring an audience into existence or under management,
-//! `poll_*` only read from AEP, `update` PATCHes, `start_run`/`recover_run` start or find the one
-//! owed ingestion run, `idle` checks for drift. Each makes at most one mutating AEP call and
-//! records its result in status right after it.
+//! Verbs: `create`/`recover_create`/`adopt` bring an audience under management, `poll_*` only read
+//! from AEP, `update` PATCHes, `start_run`/`recover_run` start or find the one owed ingestion run,
+//! `idle` checks for drift. Each makes at most one mutating AEP call and records its result in
+//! status right after it.
+//!
+//! Ownership: an audience becomes this object's only with proof (reference §7.1.8): the id came
+//! from the create operation it recorded, the user named it in `spec.audienceId`, or it carries
+//! the `customAudienceId` only this object sends. A name proves nothing: a name held by anything
+//! else stalls with `AudienceNameTaken`, and a lost create whose audience cannot be attributed
+//! stalls with `CreateOutcomeUnknown` rather than guess.
 
 use std::time::Duration;
 
 use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{
-    Error, plan,
+    Error,
+    plan::{self, Attribution, attribute},
     reconcile::{Next, Outcome, Pass, now},
 };
 use crate::{
-    aep::{self, ErrorKind, OperationStatus, RunStatus, Session},
-    api::{IngestionRun, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState, events, reasons},
-    config::MissingAudiencePolicy,
-    status::{Health, conditions_for, stable_message},
+    aep::{self, ErrorKind, OperationStatus, RunStatus, Session, UpsAudience},
+    api::{IngestionRun, OwnershipProof, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState, events, reasons},
+    config::{MissingAudiencePolicy, RunWindow},
+    status::{Health, stable_message},
 };
+
+/// Audiences found by name, split by what proves (or disproves) they are this object's.
+#[derive(Default)]
+pub(super) struct Found {
+    pub(super) ours: Option<UpsAudience>,
+    pub(super) foreign: Vec<UpsAudience>,
+    pub(super) unattributable: Vec<UpsAudience>,
+}
+
+impl Found {
+    pub(super) fn classify(found: Vec<UpsAudience>, custom_audience_id: &str, sent_at: Option<i64>) -> Self {
+        let mut out = Found::default();
+        for a in found {
+            match attribute(&a, custom_audience_id, sent_at) {
+                Attribution::Ours => out.ours = out.ours.or(Some(a)),
+                Attribution::Foreign => out.foreign.push(a),
+                Attribution::Unattributable => out.unattributable.push(a),
+            }
+        }
+        out
+    }
+}
 
 impl Pass<'_> {
     // ----- create -----------------------------------------------------------------------------
 
-    pub(super) async fn create(&mut self, s: &Session) -> Result<Outcome, Error> {
-        let name = self.audience_name().to_owned();
-        match s.find_audiences_by_name(&name).await {
-            Err(e) => return self.report(&e, "looking up the audience name").await,
-            Ok(found) if !found.is_empty() => {
-                let id = found[0].id.clone();
-                let msg = format!(
-                    "AEP audience name {name:?} in sandbox {:?} already belongs to audience {id}, which this object did not create. \
-                     To manage that audience, set spec.audienceId: {id}; otherwise choose another spec.name",
-                    self.obj.spec.sandbox
-                );
-                return self
-                    .publish(
-                        Outcome::new(Health::stalled(reasons::NAME_TAKEN, msg.clone()), Next::Await),
-                        Some((EventType::Warning, events::NAME_TAKEN, msg)),
-                    )
-                    .await;
-            }
-            Ok(_) => {}
-        }
-        self.status.create_pending_since = Some(now());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
-        self.post_create(s).await
+    fn name_taken(&self, holder: Option<&str>, detail: &str) -> Outcome {
+        let name = self.audience_name();
+        let sandbox = &self.obj.spec.sandbox;
+        let msg = match holder {
+            Some(id) => format!(
+                "AEP audience name {name:?} in sandbox {sandbox:?} already belongs to audience {id}, which this object \
+                 cannot prove it created. To manage that audience, set spec.audienceId: {id}; otherwise choose another \
+                 spec.name (in a new ExternalAudience)"
+            ),
+            None => format!(
+                "AEP refused to create audience {name:?} in sandbox {sandbox:?}: {detail}. Another audience holds the \
+                 name (or is being created with it). To manage it, set spec.audienceId to its id; otherwise choose \
+                 another spec.name (in a new ExternalAudience)"
+            ),
+        };
+        Outcome::blocked(reasons::NAME_TAKEN, stable_message(&msg), events::NAME_TAKEN)
     }
 
-    pub(super) async fn recover_create(&mut self, s: &Session) -> Result<Outcome, Error> {
+    pub(super) async fn create(&mut self, s: &Session) -> Result<Outcome, Error> {
+        let cid = self.custom_audience_id()?;
         let name = self.audience_name().to_owned();
         let found = match s.find_audiences_by_name(&name).await {
-            Ok(f) => f,
-            Err(e) => {
-                return self
-                    .report(&e, "looking up an audience whose create was interrupted")
-                    .await;
-            }
+            Ok(found) => Found::classify(found, &cid, None),
+            Err(e) => return Ok(self.failure(&e, "looking up the audience name")),
         };
-        if let Some(a) = found.first() {
-            self.status.audience_id = Some(a.id.clone());
-            self.status.create_pending_since = None;
-            self.status.applied_spec_hash = None;
-            self.write_status().await?;
-            self.event(
-                EventType::Normal,
-                events::AUDIENCE_CREATED,
-                format!(
-                    "Found audience {} created by an interrupted create of this object",
-                    a.id
-                ),
-            )
-            .await;
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        if let Some(ours) = found.ours {
+            return self.record_recovered(&ours.id).await;
         }
-        // Provably absent (or still being created: AEP then answers 409 and we look again).
-        self.status.create_pending_since = Some(now());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+        if let Some(holder) = found.foreign.first() {
+            return Ok(self.name_taken(Some(&holder.id), ""));
         }
-        self.post_create(s).await
+        self.send_create(s, cid).await
     }
 
-    pub(super) async fn post_create(&mut self, s: &Session) -> Result<Outcome, Error> {
-        let req = plan::create_request(&self.obj.spec, self.audience_name());
+    /// Marker first (conditioned on the object not having changed), then the POST.
+    async fn send_create(&mut self, s: &Session, cid: String) -> Result<Outcome, Error> {
+        self.status.create_pending_since = Some(now());
+        self.status.custom_audience_id = Some(cid.clone());
+        self.write_marker().await?;
+        let req = plan::create_request(&self.obj.spec, self.audience_name(), Some(&cid));
         match s.create_audience(&req).await {
             Ok(resp) => {
                 tracing::info!(operation_id = %resp.operation_id, "Requested audience creation");
@@ -103,43 +109,150 @@ impl Pass<'_> {
                     ),
                 )
                 .await;
-                Ok(Outcome::new(
-                    Health::progressing(
-                        reasons::WAITING_FOR_OPERATION,
-                        format!("Waiting for AEP operation {}", resp.operation_id),
-                    ),
-                    Next::After(self.ctx.timing.operation_poll),
-                ))
+                Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)))
             }
-            Err(e) => {
-                match e.kind() {
-                    // The create may have happened: keep the marker, look it up next pass.
-                    ErrorKind::Conflict => {
-                        let msg = "AEP reports the name exists; looking it up to adopt the audience an interrupted create of this object made";
-                        return Ok(Outcome::new(
-                            Health::progressing(reasons::CREATING, msg),
-                            Next::After(self.ctx.timing.operation_poll),
-                        ));
-                    }
-                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
-                    // Refused outright: nothing was created.
-                    _ => self.status.create_pending_since = None,
+            Err(e) => match e.kind() {
+                // AEP refused: nothing was created, and a name conflict is not proof of anything.
+                ErrorKind::Conflict => {
+                    self.status.create_pending_since = None;
+                    Ok(self.name_taken(None, e.message()))
                 }
-                self.report(&e, "creating the audience").await
-            }
+                // The answer was lost after sending: the create may have happened. Keep the marker;
+                // the next pass looks for proof instead of sending again.
+                ErrorKind::OutcomeUnknown => {
+                    let msg = stable_message(&format!(
+                        "The answer to the create of audience {:?} was lost ({}); looking for it by proof before anything is sent again",
+                        self.audience_name(),
+                        e.message()
+                    ));
+                    Ok(Outcome::with(
+                        Health::progressing(reasons::CONFIRMING_CREATE, msg.clone()),
+                        Next::After(self.ctx.timing.operation_poll),
+                    )
+                    .note(EventType::Warning, events::AEP_ERROR, msg))
+                }
+                // Not processed (429, 503, not sent) or refused: nothing was created.
+                _ => {
+                    self.status.create_pending_since = None;
+                    Ok(self.failure(&e, "creating the audience"))
+                }
+            },
         }
+    }
+
+    /// Records an audience found carrying this object's `customAudienceId`.
+    async fn record_recovered(&mut self, audience_id: &str) -> Result<Outcome, Error> {
+        tracing::info!(audience_id, "Found the audience by its customAudienceId");
+        self.status.audience_id = Some(audience_id.to_owned());
+        self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+        self.status.create_pending_since = None;
+        // The create carried the spec of its time: PATCH once to be sure.
+        self.status.applied_spec_hash = None;
+        self.write_status().await?;
+        self.event(
+            EventType::Normal,
+            events::AUDIENCE_RECOVERED,
+            format!(
+                "Found audience {audience_id} carrying this object's customAudienceId (its create's answer was lost)"
+            ),
+        )
+        .await;
+        Ok(Outcome::planned(Next::After(Duration::ZERO)))
+    }
+
+    /// A create was sent but its answer was lost (or its operation is unknown): find the audience
+    /// by proof. Nothing is sent again until its absence is proven (no audience with the name after
+    /// the settle window); an audience nobody can attribute stops for a human.
+    pub(super) async fn recover_create(&mut self, s: &Session) -> Result<Outcome, Error> {
+        let cid = self.custom_audience_id()?;
+        let marker_at = self
+            .status
+            .create_pending_since
+            .as_ref()
+            .map_or_else(jiff::Timestamp::now, |t| t.0);
+        // After an operation AEP forgot, the create may be older than the marker (the id is kept
+        // as a record until the audience is lost and re-created).
+        let sent_at = if self.status.lost_operation_id.is_some() {
+            i64::MIN / 2
+        } else {
+            marker_at.as_second()
+        };
+        match s.find_audiences_by_custom_id(&cid).await {
+            Ok(found) => {
+                if let Some(a) = found.first() {
+                    return self.record_recovered(&a.id).await;
+                }
+            }
+            Err(e) => return Ok(self.failure(&e, "looking for the audience by customAudienceId")),
+        }
+        let found = match s.find_audiences_by_name(self.audience_name()).await {
+            Ok(found) => Found::classify(found, &cid, Some(sent_at)),
+            Err(e) => return Ok(self.failure(&e, "looking for the audience by name")),
+        };
+        if let Some(ours) = found.ours {
+            return self.record_recovered(&ours.id).await;
+        }
+        let settle = self.ctx.timing.create_settle;
+        let age = jiff::Timestamp::now().duration_since(marker_at).unsigned_abs();
+        if age < settle {
+            let remaining = settle - age;
+            let msg = format!(
+                "The answer to the create of audience {:?} was lost; no audience carries this object's customAudienceId \
+                 yet. Looking again until the settle window ends in {}s; nothing is created meanwhile",
+                self.audience_name(),
+                remaining.as_secs()
+            );
+            return Ok(Outcome::with(
+                Health::progressing(reasons::CONFIRMING_CREATE, msg),
+                Next::After(remaining.min(self.ctx.timing.operation_poll)),
+            ));
+        }
+        // An audience the lost create made is visible by now.
+        if self.obj.spec.audience_id.is_some() {
+            // The user named the audience to manage: adopt it next pass.
+            self.status.create_pending_since = None;
+            return Ok(Outcome::planned(Next::After(Duration::ZERO)));
+        }
+        if !found.unattributable.is_empty() {
+            let token = plan::retry_create_token(&self.status).unwrap_or_default();
+            if self.retry_create() == Some(token.as_str()) {
+                tracing::info!("Create of unknown outcome confirmed absent by the user; creating again");
+                return self.send_create(s, cid).await;
+            }
+            let candidates: Vec<&UpsAudience> = found.unattributable.iter().collect();
+            let msg = plan::create_outcome_unknown_message(
+                &self.name,
+                self.audience_name(),
+                &self.obj.spec.sandbox,
+                &token,
+                &candidates,
+            );
+            return Ok(Outcome::blocked(
+                reasons::CREATE_OUTCOME_UNKNOWN,
+                stable_message(&msg),
+                events::CREATE_OUTCOME_UNKNOWN,
+            ));
+        }
+        if let Some(holder) = found.foreign.first() {
+            self.status.create_pending_since = None;
+            return Ok(self.name_taken(Some(&holder.id), ""));
+        }
+        // Proven absent: the lost create made nothing.
+        tracing::info!("No audience with the name exists after the settle window; creating again");
+        self.send_create(s, cid).await
     }
 
     pub(super) async fn poll_operation(&mut self, s: &Session, operation_id: &str) -> Result<Outcome, Error> {
         let op = match s.get_operation(operation_id).await {
             Ok(op) => op,
-            Err(e) => return self.report(&e, "reading the create operation").await,
+            Err(e) if e.kind() == ErrorKind::NotFound => return self.operation_lost(operation_id).await,
+            Err(e) => return Ok(self.failure(&e, "reading the create operation")),
         };
-        match op.status {
-            OperationStatus::Success if op.audience_id.is_some() => {
-                let id = op.audience_id.unwrap_or_default();
+        match (op.status, op.audience_id) {
+            (OperationStatus::Success, Some(id)) => {
                 tracing::info!(audience_id = %id, "Audience created");
                 self.status.audience_id = Some(id.clone());
+                self.status.ownership = Some(OwnershipProof::CreateOperation);
                 self.write_status().await?;
                 self.event(
                     EventType::Normal,
@@ -147,37 +260,67 @@ impl Pass<'_> {
                     format!("Created audience {id}"),
                 )
                 .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+                Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
-            OperationStatus::Failed => {
+            (OperationStatus::Success, None) => Ok(Outcome::blocked(
+                reasons::UNEXPECTED_RESPONSE,
+                format!(
+                    "AEP operation {operation_id} reports SUCCESS but no audienceId. Check in AEP whether audience {:?} \
+                     exists; if it does, set spec.audienceId to its id",
+                    self.audience_name()
+                ),
+                events::UNEXPECTED_RESPONSE,
+            )),
+            (OperationStatus::Failed, _) => {
                 let msg = stable_message(&format!(
                     "AEP failed to create the audience (operation {operation_id}): {}",
-                    op.message.as_deref().unwrap_or("no reason given")
+                    op.message.as_deref().unwrap_or("AEP gave no reason")
                 ));
                 self.status.failed_operation_id = self.status.operation_id.take();
-                let out = Outcome::new(Health::stalled(reasons::OPERATION_FAILED, msg.clone()), Next::Await);
-                self.status.observed_generation = Some(self.generation);
-                self.status.conditions =
-                    conditions_for(&out.health, self.generation, &self.original.conditions, &now());
-                self.write_status().await?;
-                self.event(EventType::Warning, events::OPERATION_FAILED, msg).await;
-                Ok(out)
+                Ok(Outcome::blocked(
+                    reasons::OPERATION_FAILED,
+                    msg,
+                    events::OPERATION_FAILED,
+                ))
             }
-            _ => Ok(Outcome::new(
-                Health::progressing(
-                    reasons::WAITING_FOR_OPERATION,
-                    format!("Waiting for AEP operation {operation_id}"),
-                ),
-                Next::After(self.ctx.timing.operation_poll),
-            )),
+            _ => Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll))),
         }
+    }
+
+    /// AEP no longer knows a recorded create operation: look for its audience by proof.
+    async fn operation_lost(&mut self, operation_id: &str) -> Result<Outcome, Error> {
+        self.status.lost_operation_id = self.status.operation_id.take();
+        self.status.create_pending_since = Some(now());
+        if self.status.custom_audience_id.is_none() {
+            self.status.custom_audience_id = Some(self.custom_audience_id()?);
+        }
+        self.write_status().await?;
+        self.event(
+            EventType::Warning,
+            events::OPERATION_LOST,
+            format!("AEP no longer knows create operation {operation_id}; looking for its audience by proof"),
+        )
+        .await;
+        Ok(Outcome::planned(Next::After(Duration::ZERO)))
     }
 
     pub(super) async fn adopt(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
         match s.get_audience(audience_id).await {
+            Ok(a) if !a.is_external() => Ok(Outcome::blocked(
+                reasons::NOT_EXTERNAL,
+                format!(
+                    "spec.audienceId {audience_id} names a {} audience (origin {}), not an external audience; only \
+                     external audiences (CUSTOM_UPLOAD) can be managed",
+                    a.r#type.as_deref().unwrap_or("non-external"),
+                    a.origin_name.as_deref().unwrap_or("unknown")
+                ),
+                events::AEP_ERROR,
+            )),
             Ok(_) => {
                 self.status.audience_id = Some(audience_id.to_owned());
                 self.status.adopted = true;
+                self.status.ownership = Some(OwnershipProof::SpecAudienceId);
+                self.status.create_pending_since = None;
                 self.status.applied_spec_hash = None;
                 self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
                 self.write_status().await?;
@@ -187,21 +330,21 @@ impl Pass<'_> {
                     format!("Adopted audience {audience_id}"),
                 )
                 .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+                Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Re-checked on a long interval: the audience may still be on its way to lookups.
                 let msg = format!(
                     "spec.audienceId {audience_id} does not exist in sandbox {:?}",
                     self.obj.spec.sandbox
                 );
-                self.status.observed_generation = Some(self.generation);
-                self.publish(
-                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
-                    Some((EventType::Warning, events::AEP_ERROR, msg)),
+                Ok(Outcome::with(
+                    Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
+                    Next::After(self.ctx.timing.credentials_retry),
                 )
-                .await
+                .note(EventType::Warning, events::AEP_ERROR, msg))
             }
-            Err(e) => self.report(&e, "reading the audience to adopt").await,
+            Err(e) => Ok(self.failure(&e, "reading the audience to adopt")),
         }
     }
 
@@ -220,10 +363,10 @@ impl Pass<'_> {
                     format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
                 )
                 .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+                Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
-            Err(e) => self.report(&e, "updating the audience").await,
+            Err(e) => Ok(self.failure(&e, "updating the audience")),
         }
     }
 
@@ -261,9 +404,7 @@ impl Pass<'_> {
             run_request: self.run_request().map(str::to_owned),
         };
         self.status.run_pending = Some(pending.clone());
-        if !self.write_marker().await? {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
-        }
+        self.write_marker().await?;
         match s.start_run(audience_id, &plan::start_run_request(&self.obj.spec)).await {
             Ok(run) => {
                 tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
@@ -278,33 +419,78 @@ impl Pass<'_> {
                     ),
                 )
                 .await;
-                Ok(Outcome::new(
-                    self.current_health(),
-                    Next::After(self.ctx.timing.run_poll),
-                ))
+                Ok(Outcome::planned(Next::After(self.ctx.timing.run_poll)))
+            }
+            // The answer was lost after sending: the run may exist. Keep the marker; the next
+            // pass looks for it in the audience's runs before starting another.
+            Err(e) if e.kind() == ErrorKind::OutcomeUnknown => {
+                let msg = stable_message(&format!(
+                    "The answer to starting an ingestion run was lost ({}); looking for the run before starting another",
+                    e.message()
+                ));
+                Ok(Outcome::with(
+                    Health::progressing(reasons::RUN_PENDING, msg.clone()),
+                    Next::After(self.ctx.timing.operation_poll),
+                )
+                .note(EventType::Warning, events::AEP_ERROR, msg))
             }
             Err(e) => {
+                // Not processed or refused: no run was started.
+                self.status.run_pending = None;
                 match e.kind() {
-                    // The run may exist: keep the marker; the next pass looks for it first.
-                    ErrorKind::OutcomeUnknown | ErrorKind::Retryable { .. } => {}
-                    _ => self.status.run_pending = None,
+                    ErrorKind::NotFound => {
+                        self.write_status().await?;
+                        self.audience_missing(audience_id).await
+                    }
+                    ErrorKind::NotNow { .. } => self.run_refused(s, audience_id, &e).await,
+                    _ => Ok(self.failure(&e, "starting an ingestion run")),
                 }
-                if e.kind() == ErrorKind::NotFound {
-                    self.write_status().await?;
-                    return self.audience_missing(audience_id).await;
-                }
-                self.report(&e, "starting an ingestion run").await
             }
         }
     }
 
+    /// AEP refused a run for now: say so clearly when it is the per-audience limit (it will not
+    /// lift by waiting), otherwise defer.
+    async fn run_refused(&mut self, s: &Session, audience_id: &str, e: &aep::Error) -> Result<Outcome, Error> {
+        let limit = self.ctx.run_limit;
+        if let Ok(runs) = s.list_runs(audience_id).await {
+            let today = jiff::Timestamp::now().as_second().div_euclid(86_400);
+            let counted = runs
+                .iter()
+                .filter(|r| match limit.window {
+                    RunWindow::Lifetime => true,
+                    RunWindow::Day => r.created_at.is_some_and(|t| t.div_euclid(86_400) == today),
+                })
+                .count();
+            if counted >= limit.max as usize {
+                let window = match limit.window {
+                    RunWindow::Lifetime => "in its lifetime",
+                    RunWindow::Day => "today (UTC)",
+                };
+                let msg = stable_message(&format!(
+                    "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience \
+                     (AEP says: {}). No further run can start: extend the data's TTL instead of re-ingesting, or manage \
+                     a new audience with a new ExternalAudience",
+                    limit.max,
+                    e.message()
+                ));
+                return Ok(Outcome::blocked(
+                    reasons::INGESTION_LIMIT_REACHED,
+                    msg,
+                    events::INGESTION_LIMIT_REACHED,
+                ));
+            }
+        }
+        Ok(self.failure(e, "starting an ingestion run"))
+    }
+
     pub(super) async fn recover_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
         let Some(pending) = self.status.run_pending.clone() else {
-            return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+            return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         };
         let runs = match s.list_runs(audience_id).await {
             Ok(r) => r,
-            Err(e) => return self.report(&e, "listing runs after an interrupted start").await,
+            Err(e) => return Ok(self.failure(&e, "listing runs after an interrupted start")),
         };
         let known: Vec<&str> = self
             .status
@@ -313,8 +499,9 @@ impl Pass<'_> {
             .chain(self.status.run_history.iter())
             .map(|r| r.run_id.as_str())
             .collect();
-        // Allow for clock skew between AEP and us.
-        let since = pending.since.0.as_second() - 300;
+        // Only this object starts runs on an audience it owns: a run it does not know, started
+        // after the marker (allowing for clock skew), is the one whose answer was lost.
+        let since = pending.since.0.as_second() - plan::CLOCK_SKEW_SECS;
         let found = runs
             .into_iter()
             .filter(|r| !known.contains(&r.run_id.as_str()) && r.created_at.is_none_or(|t| t >= since))
@@ -322,12 +509,12 @@ impl Pass<'_> {
         match found {
             Some(run) => {
                 let state = run_state(&run.status);
-                self.record_run(run.run_id.clone(), state, &pending, run.message.clone());
+                self.record_run(run.run_id.clone(), state, &pending, run_message(&run));
                 self.write_status().await?;
                 self.event(
                     EventType::Normal,
                     events::INGESTION_STARTED,
-                    format!("Found ingestion run {} started by an interrupted pass", run.run_id),
+                    format!("Found ingestion run {} whose start answer was lost", run.run_id),
                 )
                 .await;
             }
@@ -336,20 +523,17 @@ impl Pass<'_> {
                 self.write_status().await?;
             }
         }
-        Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+        Ok(Outcome::planned(Next::After(Duration::ZERO)))
     }
 
     pub(super) async fn poll_run(&mut self, s: &Session, audience_id: &str, run_id: &str) -> Result<Outcome, Error> {
         let run = match s.get_run(audience_id, run_id).await {
             Ok(r) => r,
-            Err(e) => return self.report(&e, "reading the ingestion run").await,
+            Err(e) => return Ok(self.failure(&e, "reading the ingestion run")),
         };
         let state = run_state(&run.status);
         if state == RunState::Processing {
-            return Ok(Outcome::new(
-                self.current_health(),
-                Next::After(self.ctx.timing.run_poll),
-            ));
+            return Ok(Outcome::planned(Next::After(self.ctx.timing.run_poll)));
         }
         let message = run_message(&run);
         if let Some(last) = self.status.last_run.as_mut() {
@@ -357,33 +541,23 @@ impl Pass<'_> {
             last.end_time = Some(now());
             last.message = message.clone();
         }
-        let health = self.current_health();
-        self.status.observed_generation = Some(self.generation);
-        self.status.conditions = conditions_for(&health, self.generation, &self.original.conditions, &now());
-        self.write_status().await?;
-        if state == RunState::Success {
+        let out = if state == RunState::Success {
             // AEP was just read and matches: the next drift check is one interval away.
             self.ctx.resynced(self.key());
             tracing::info!(audience_id, run_id, "Ingestion run succeeded");
-            self.event(
+            Outcome::planned(Next::After(Duration::ZERO)).note(
                 EventType::Normal,
                 events::INGESTION_SUCCEEDED,
                 format!("Ingestion run {run_id} succeeded"),
             )
-            .await;
         } else {
             let msg = stable_message(&format!(
                 "Ingestion run {run_id} failed: {}",
-                message.unwrap_or_else(|| "no message from AEP".into())
+                message.unwrap_or_else(|| "AEP gave no reason".into())
             ));
-            self.event(EventType::Warning, events::INGESTION_FAILED, msg).await;
-        }
-        let next = if state == RunState::Failed {
-            Next::Await
-        } else {
-            Next::After(Duration::ZERO)
+            Outcome::planned(Next::Await).note(EventType::Warning, events::INGESTION_FAILED, msg)
         };
-        Ok(Outcome::new(health, next))
+        Ok(out)
     }
 
     // ----- steady state -----------------------------------------------------------------------
@@ -397,16 +571,15 @@ impl Pass<'_> {
     }
 
     pub(super) async fn idle(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
-        let health = self.current_health();
-        if matches!(health, Health::Stalled { .. }) {
-            return Ok(Outcome::new(health, Next::Await));
+        if self.plan().health.is_stalled() {
+            return Ok(Outcome::planned(Next::Await));
         }
         let interval = self.resync_interval();
         if interval.is_zero() {
-            return Ok(Outcome::new(health, Next::Await));
+            return Ok(Outcome::planned(Next::Await));
         }
         if !self.ctx.resync_due(&self.key(), interval) {
-            return Ok(Outcome::new(health, Next::After(interval)));
+            return Ok(Outcome::planned(Next::After(interval)));
         }
         // Drift check: one read, sharing the per-org rate limit.
         match s.get_audience(audience_id).await {
@@ -426,12 +599,22 @@ impl Pass<'_> {
                         format!("Audience {audience_id} drifted in AEP (description or labels); patching it back to the spec"),
                     )
                     .await;
-                    return Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)));
+                    return Ok(Outcome::planned(Next::After(Duration::ZERO)));
                 }
-                Ok(Outcome::new(health, Next::After(interval)))
+                Ok(Outcome::planned(Next::After(interval)))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
-            Err(e) => self.report(&e, "checking the audience for drift").await,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Lookups may lag behind the service: confirm on the audience's own routes.
+                match s.list_runs(audience_id).await {
+                    Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+                    Err(e) => Ok(self.failure(&e, "confirming the audience is gone")),
+                    Ok(_) => {
+                        tracing::debug!(audience_id, "Audience not yet visible to lookups");
+                        Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)))
+                    }
+                }
+            }
+            Err(e) => Ok(self.failure(&e, "checking the audience for drift")),
         }
     }
 
@@ -442,11 +625,11 @@ impl Pass<'_> {
                 let msg = format!(
                     "Audience {audience_id} no longer exists in AEP (deleted outside this operator); delete and re-create this object, or run the operator with --missing-audience-policy=recreate"
                 );
-                self.publish(
-                    Outcome::new(Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()), Next::Await),
-                    Some((EventType::Warning, events::AUDIENCE_MISSING, msg)),
-                )
-                .await
+                Ok(Outcome::blocked(
+                    reasons::AUDIENCE_NOT_FOUND,
+                    msg,
+                    events::AUDIENCE_MISSING,
+                ))
             }
             MissingAudiencePolicy::Recreate => {
                 let gone = self.status.audience_id.take();
@@ -455,12 +638,14 @@ impl Pass<'_> {
                     self.status.lost_audience_ids.truncate(RUN_HISTORY_LIMIT);
                 }
                 self.status.operation_id = None;
+                self.status.lost_operation_id = None;
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = None;
                 self.status.ingested_spec_hash = None;
                 self.status.ingested_run_request = None;
                 self.status.run_pending = None;
                 self.status.adopted = false;
+                self.status.ownership = None;
                 if let Some(prev) = self.status.last_run.take() {
                     self.status.run_history.insert(0, prev);
                     self.status.run_history.truncate(RUN_HISTORY_LIMIT);
@@ -472,13 +657,13 @@ impl Pass<'_> {
                     format!("Audience {audience_id} was deleted in AEP outside this operator; creating it again"),
                 )
                 .await;
-                Ok(Outcome::new(self.current_health(), Next::After(Duration::ZERO)))
+                Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
         }
     }
 }
 
-fn run_state(s: &RunStatus) -> RunState {
+pub(super) fn run_state(s: &RunStatus) -> RunState {
     match s {
         RunStatus::Success => RunState::Success,
         RunStatus::Failed => RunState::Failed,
@@ -494,7 +679,7 @@ fn run_message(run: &aep::Run) -> Option<String> {
             .filter(|d| d.status == RunStatus::Failed)
             .map(|d| match &d.message {
                 Some(m) => format!("{}: {m}", d.stage),
-                None => format!("{} failed", d.stage),
+                None => format!("stage {} failed", d.stage),
             })
             .collect();
         (!failed.is_empty()).then(|| failed.join("; "))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::Shared;
-use super::config::{CredentialSpec, Faults, Settings};
+use super::config::{CredentialSpec, Entitlement, Faults, Settings};
 use super::state::{StateView, Stats, Store, now_ms};
 
 type AppState = Arc<Shared>;
@@ -46,6 +46,9 @@ pub struct CredentialInfo {
     pub client_id: String,
     /// Org.
     pub org_id: String,
+    /// What the credential may do on the AEP routes.
+    #[serde(default)]
+    pub entitlement: Entitlement,
 }
 
 pub(crate) fn router() -> Router<AppState> {
@@ -170,6 +173,7 @@ async fn list_credentials(State(shared): State<AppState>) -> Json<Vec<Credential
             .map(|c| CredentialInfo {
                 client_id: c.client_id.clone(),
                 org_id: c.org_id.clone(),
+                entitlement: c.entitlement,
             })
             .collect(),
     )
@@ -178,7 +182,12 @@ async fn list_credentials(State(shared): State<AppState>) -> Json<Vec<Credential
 async fn add_credentials(State(shared): State<AppState>, Json(spec): Json<CredentialSpec>) -> StatusCode {
     let mut world = shared.lock();
     world.credentials.retain(|c| c.client_id != spec.client_id);
-    tracing::info!(client_id = %spec.client_id, org_id = %spec.org_id, "Credential added");
+    tracing::info!(
+        client_id = %spec.client_id,
+        org_id = %spec.org_id,
+        entitlement = ?spec.entitlement,
+        "Credential added"
+    );
     world.credentials.push(spec);
     StatusCode::CREATED
 }
@@ -331,7 +340,8 @@ impl AdminClient {
         self.call(reqwest::Method::DELETE, &path, None::<&()>).await.map(drop)
     }
 
-    /// `POST /_emulator/credentials`.
+    /// `POST /_emulator/credentials` (replaces a credential with the same client ID, keeping its
+    /// tokens: a changed entitlement applies to them at once).
     pub async fn add_credentials(&self, spec: &CredentialSpec) -> Result<(), AdminError> {
         self.call(reqwest::Method::POST, "/_emulator/credentials", Some(spec))
             .await

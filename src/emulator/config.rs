@@ -1,5 +1,7 @@
-//! Emulator settings that tests and the admin API can change: accepted credentials, timing of the
-//! asynchronous lifecycles, guardrail limits, strictness, and injected faults.
+//! Emulator settings that tests and the admin API can change: accepted credentials (and what they
+//! are entitled to), timing of the asynchronous lifecycles, the AEP behaviours the docs leave open
+//! (duplicate names, `customAudienceId`, when a new audience becomes visible, the run-count
+//! window), guardrail limits, strictness, and injected faults (including lost answers).
 //!
 //! Plain data with serde (snake_case JSON on `/_emulator/config` and `/_emulator/faults`); no
 //! behaviour lives here.
@@ -32,6 +34,22 @@ pub const KNOWN_SCOPES: &[&str] = &[
     "manage_client_secrets",
 ];
 
+/// What a credential is entitled to. IMS issues tokens either way; the AEP routes refuse the calls
+/// of a credential that is not fully entitled, with the catalogue's codes (reference §6.1, §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entitlement {
+    /// Every AEP call is allowed.
+    #[default]
+    Full,
+    /// Not authorised for the external-audience APIs: 401 `100922-401` (service body).
+    NoExternalAudienceApi,
+    /// The integration is not entitled for the org: gateway 403 `403025` "Profile is not valid".
+    InvalidProfile,
+    /// No AEP product profile / region: gateway 403 `403027` "User region is missing".
+    NoRegion,
+}
+
 /// One OAuth server-to-server credential the emulated IMS accepts.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialSpec {
@@ -41,6 +59,9 @@ pub struct CredentialSpec {
     pub client_secret: String,
     /// The org the credential belongs to.
     pub org_id: String,
+    /// What the credential may do on the AEP routes (default: everything).
+    #[serde(default)]
+    pub entitlement: Entitlement,
 }
 
 impl std::fmt::Debug for CredentialSpec {
@@ -49,6 +70,7 @@ impl std::fmt::Debug for CredentialSpec {
             .field("client_id", &self.client_id)
             .field("client_secret", &"[redacted]")
             .field("org_id", &self.org_id)
+            .field("entitlement", &self.entitlement)
             .finish()
     }
 }
@@ -59,6 +81,86 @@ impl Default for CredentialSpec {
             client_id: DEFAULT_CLIENT_ID.to_owned(),
             client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
             org_id: DEFAULT_ORG_ID.to_owned(),
+            entitlement: Entitlement::Full,
+        }
+    }
+}
+
+/// Whether a create may reuse the name of an audience of the same sandbox (reference §3 rule 12
+/// leaves "what counts as duplicate" open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicateNames {
+    /// Same name (exact, case-sensitive) as an existing audience of the sandbox, finished or still
+    /// being created → 409 `100950-409`.
+    #[default]
+    Reject,
+    /// Duplicates are created.
+    Allow,
+}
+
+/// What the service does with a create's `customAudienceId` (undocumented beyond its existence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomAudienceIdModel {
+    /// Stored and echoed (`operationDetails`, PATCH answer, `/ups` `audienceId`); a second create
+    /// with a value already used in the sandbox → 409 `100950-409`.
+    #[default]
+    Unique,
+    /// Dropped at create: never stored, echoed or checked.
+    Ignore,
+}
+
+/// When a new audience becomes visible. Time-based only (a client that lost the create answer
+/// never polls): with `done_at = created_at + operation_delay_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupVisibility {
+    /// Visible to every route from creation.
+    Immediate,
+    /// Visible to every route from `done_at`.
+    #[default]
+    AfterOperation,
+    /// The `/ais` routes see it from `done_at`; the `/ups/audiences` lookups (list, get, delete)
+    /// only from `done_at + lookup_lag_ms`.
+    Lagged,
+}
+
+/// Window of the "ingestions per audience" guardrail (reference §4 does not say which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunWindow {
+    /// Every run the audience ever had counts.
+    #[default]
+    Lifetime,
+    /// Runs of the audience started in the current UTC day count.
+    Day,
+}
+
+/// The visibility rule of [`Settings`], small enough to copy next to a borrowed tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visibility {
+    /// The mode.
+    pub mode: LookupVisibility,
+    /// Extra delay of the `/ups` lookups in [`LookupVisibility::Lagged`] mode, milliseconds.
+    pub lag_ms: u64,
+}
+
+impl Visibility {
+    /// Whether an audience created at `created_at_ms` whose operation is done at `done_at_ms` is
+    /// visible to the `/ais` routes at `now`.
+    pub fn ais(&self, created_at_ms: i64, done_at_ms: i64, now: i64) -> bool {
+        match self.mode {
+            LookupVisibility::Immediate => now >= created_at_ms,
+            LookupVisibility::AfterOperation | LookupVisibility::Lagged => now >= done_at_ms,
+        }
+    }
+
+    /// Whether it is visible to the `/ups/audiences` lookups at `now`.
+    pub fn lookup(&self, created_at_ms: i64, done_at_ms: i64, now: i64) -> bool {
+        match self.mode {
+            LookupVisibility::Lagged => now >= done_at_ms.saturating_add(self.lag_ms.min(i64::MAX as u64) as i64),
+            _ => self.ais(created_at_ms, done_at_ms, now),
         }
     }
 }
@@ -77,9 +179,12 @@ pub struct Settings {
     pub run_delay_ms: u64,
     /// Polls of a run answered `PROCESSING` before it reports its outcome.
     pub run_polls: u32,
-    /// Runs an audience may ever have (guardrail "ingestions per audience").
+    /// Runs an audience may have within [`Settings::runs_per_audience_window`] (guardrail
+    /// "ingestions per audience").
     pub max_runs_per_audience: u32,
-    /// Runs a sandbox may start per UTC day.
+    /// Whether `max_runs_per_audience` counts runs over the audience's lifetime or per UTC day.
+    pub runs_per_audience_window: RunWindow,
+    /// Runs a sandbox may start per UTC day (runs of audiences deleted since still count).
     pub max_runs_per_sandbox_per_day: u32,
     /// Status for "a run is already in progress": 422 (default) or 409.
     pub run_in_progress_status: u16,
@@ -95,6 +200,14 @@ pub struct Settings {
     /// Identity namespaces the org knows: a create naming another one is refused with 400.
     /// Defaults to AEP's standard namespaces; an empty list accepts any.
     pub identity_namespaces: Vec<String>,
+    /// Whether a create may reuse an existing audience's name in the sandbox.
+    pub duplicate_names: DuplicateNames,
+    /// What happens to a create's `customAudienceId`.
+    pub custom_audience_id: CustomAudienceIdModel,
+    /// When a new audience becomes visible to the `/ais` routes and the `/ups` lookups.
+    pub lookup_visibility: LookupVisibility,
+    /// Extra delay of the `/ups` lookups in `lagged` mode, milliseconds.
+    pub lookup_lag_ms: u64,
 }
 
 impl Default for Settings {
@@ -106,6 +219,7 @@ impl Default for Settings {
             run_delay_ms: 0,
             run_polls: 0,
             max_runs_per_audience: 10,
+            runs_per_audience_window: RunWindow::Lifetime,
             max_runs_per_sandbox_per_day: 100,
             run_in_progress_status: 422,
             guardrail_status: 422,
@@ -116,6 +230,10 @@ impl Default for Settings {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            duplicate_names: DuplicateNames::Reject,
+            custom_audience_id: CustomAudienceIdModel::Unique,
+            lookup_visibility: LookupVisibility::AfterOperation,
+            lookup_lag_ms: 0,
         }
     }
 }
@@ -125,6 +243,65 @@ impl Settings {
     pub fn token_lifetime(&self) -> Duration {
         Duration::from_secs(self.token_lifetime_secs)
     }
+
+    /// The visibility rule now in force.
+    pub fn visibility(&self) -> Visibility {
+        Visibility {
+            mode: self.lookup_visibility,
+            lag_ms: self.lookup_lag_ms,
+        }
+    }
+}
+
+/// How a lost answer reaches (or rather does not reach) the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostMode {
+    /// The connection is dropped without a single response byte.
+    #[default]
+    Drop,
+    /// A 500 `100970-500` is answered although the work was done.
+    Error500,
+    /// The answer is held for [`Faults::hang_ms`], then the connection is dropped (the client's
+    /// timeout fires first).
+    Timeout,
+}
+
+/// "Do the work, then lose the answer" for one kind of call. It fires only for calls that would
+/// have succeeded (never for validation errors, 404s or refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LostAnswer {
+    /// Lose the answers of the next N successful calls (deterministic).
+    pub next: u32,
+    /// Lose every answer.
+    pub all: bool,
+    /// Probability (0..1) of losing an answer.
+    pub probability: f64,
+    /// How the answer is lost.
+    pub mode: LostMode,
+}
+
+impl LostAnswer {
+    /// Decides for one successful call; consumes one of `next`.
+    pub(crate) fn fire(&mut self) -> Option<LostMode> {
+        let roll = self.probability > 0.0 && rand::random::<f64>() < self.probability;
+        (take(&mut self.next, self.all) || roll).then_some(self.mode)
+    }
+}
+
+/// Lost answers per non-read call.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LostAnswers {
+    /// `POST /external-audience/`: the audience and its operation exist.
+    pub create: LostAnswer,
+    /// `POST …/{id}/runs`: the run has started.
+    pub start_run: LostAnswer,
+    /// `PATCH …/{id}`: the patch is applied.
+    pub patch: LostAnswer,
+    /// `DELETE …/{id}` (ais and ups): the audience is gone.
+    pub delete: LostAnswer,
 }
 
 /// Injected faults (`GET`/`PUT /_emulator/faults`). They apply to the AEP routes
@@ -146,28 +323,30 @@ pub struct Faults {
     pub unavailable_next: u32,
     /// Latency added to every AEP request, milliseconds.
     pub latency_ms: u64,
+    /// Delay of the answer of every committed create, start-run, PATCH and DELETE, after the work
+    /// is done, milliseconds: widens the window between the work and the caller hearing of it.
+    pub answer_delay_ms: u64,
     /// The next N create operations end `FAILED`.
     pub fail_next_operations: u32,
     /// Every create operation ends `FAILED`.
     pub fail_all_operations: bool,
-    /// Message of failed operations.
-    pub operation_failure_message: String,
+    /// Message of failed operations; none by default (the docs show no failure detail).
+    pub operation_failure_message: Option<String>,
+    /// The next N create operations report `SUCCESS` without an `audienceId` (a protocol
+    /// violation the docs rule out; the audience is created).
+    pub omit_audience_id_next: u32,
     /// The next N runs end `FAILED`.
     pub fail_next_runs: u32,
     /// Every run ends `FAILED`.
     pub fail_all_runs: bool,
-    /// Message of failed runs.
-    pub run_failure_message: String,
+    /// Message of failed runs; none by default (the docs show only the stage statuses).
+    pub run_failure_message: Option<String>,
     /// DELETE answers 422 "in use".
     pub refuse_delete_in_use: bool,
-    /// The next N creates are committed and then the connection is dropped without an answer.
-    pub drop_next_creates: u32,
-    /// Every create is committed and then dropped.
-    pub drop_all_creates: bool,
-    /// The next N start-runs are committed and then the connection is dropped.
-    pub drop_next_runs: u32,
-    /// Every start-run is committed and then dropped.
-    pub drop_all_runs: bool,
+    /// Calls whose work is done and whose answer is then lost.
+    pub lost_answers: LostAnswers,
+    /// How long a [`LostMode::Timeout`] answer is held before the connection is dropped, ms.
+    pub hang_ms: u64,
 }
 
 impl Default for Faults {
@@ -180,17 +359,17 @@ impl Default for Faults {
             unavailable_probability: 0.0,
             unavailable_next: 0,
             latency_ms: 0,
+            answer_delay_ms: 0,
             fail_next_operations: 0,
+            omit_audience_id_next: 0,
             fail_all_operations: false,
-            operation_failure_message: "Audience creation failed (injected fault)".to_owned(),
+            operation_failure_message: None,
             fail_next_runs: 0,
             fail_all_runs: false,
-            run_failure_message: "Ingestion failed (injected fault)".to_owned(),
+            run_failure_message: None,
             refuse_delete_in_use: false,
-            drop_next_creates: 0,
-            drop_all_creates: false,
-            drop_next_runs: 0,
-            drop_all_runs: false,
+            lost_answers: LostAnswers::default(),
+            hang_ms: 30_000,
         }
     }
 }
@@ -205,4 +384,99 @@ pub(crate) fn take(next: &mut u32, all: bool) -> bool {
         return true;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn open_behaviours_use_snake_case_names_and_documented_defaults() {
+        let value = serde_json::to_value(Settings::default()).unwrap();
+        assert_eq!(value["duplicate_names"], "reject");
+        assert_eq!(value["custom_audience_id"], "unique");
+        assert_eq!(value["lookup_visibility"], "after_operation");
+        assert_eq!(value["lookup_lag_ms"], 0);
+        assert_eq!(value["runs_per_audience_window"], "lifetime");
+        let partial: Settings = serde_json::from_value(json!({
+            "duplicate_names": "allow", "custom_audience_id": "ignore",
+            "lookup_visibility": "lagged", "runs_per_audience_window": "day"
+        }))
+        .unwrap();
+        assert_eq!(partial.duplicate_names, DuplicateNames::Allow);
+        assert_eq!(partial.custom_audience_id, CustomAudienceIdModel::Ignore);
+        assert_eq!(partial.lookup_visibility, LookupVisibility::Lagged);
+        assert_eq!(partial.runs_per_audience_window, RunWindow::Day);
+        assert_eq!(partial.max_runs_per_audience, 10, "missing keys default");
+        assert!(serde_json::from_value::<Settings>(json!({"lookup_visibility": "later"})).is_err());
+    }
+
+    #[test]
+    fn faults_default_to_no_messages_and_parse_lost_answers() {
+        let faults = Faults::default();
+        assert_eq!(faults.operation_failure_message, None);
+        assert_eq!(faults.run_failure_message, None);
+        assert_eq!(faults.hang_ms, 30_000);
+        let parsed: Faults = serde_json::from_value(json!({
+            "lost_answers": {"start_run": {"next": 2, "mode": "timeout"}, "delete": {"mode": "error500"}}
+        }))
+        .unwrap();
+        assert_eq!(parsed.lost_answers.start_run.next, 2);
+        assert_eq!(parsed.lost_answers.start_run.mode, LostMode::Timeout);
+        assert_eq!(parsed.lost_answers.delete.mode, LostMode::Error500);
+        assert_eq!(parsed.lost_answers.create, LostAnswer::default());
+        assert_eq!(serde_json::to_value(LostMode::Error500).unwrap(), "error500");
+    }
+
+    #[test]
+    fn credentials_default_to_full_entitlement() {
+        let spec: CredentialSpec =
+            serde_json::from_value(json!({"client_id": "c", "client_secret": "s", "org_id": "o"})).unwrap();
+        assert_eq!(spec.entitlement, Entitlement::Full);
+        let spec: CredentialSpec = serde_json::from_value(
+            json!({"client_id": "c", "client_secret": "s", "org_id": "o", "entitlement": "no_external_audience_api"}),
+        )
+        .unwrap();
+        assert_eq!(spec.entitlement, Entitlement::NoExternalAudienceApi);
+        assert!(!format!("{spec:?}").contains("\"s\""));
+    }
+
+    #[test]
+    fn lost_answer_fires_for_next_n_or_all() {
+        let mut once = LostAnswer {
+            next: 1,
+            mode: LostMode::Error500,
+            ..LostAnswer::default()
+        };
+        assert_eq!(once.fire(), Some(LostMode::Error500));
+        assert_eq!(once.fire(), None);
+        let mut all = LostAnswer {
+            all: true,
+            ..LostAnswer::default()
+        };
+        assert!((0..5).all(|_| all.fire() == Some(LostMode::Drop)));
+        let mut certain = LostAnswer {
+            probability: 1.0,
+            ..LostAnswer::default()
+        };
+        assert_eq!(certain.fire(), Some(LostMode::Drop));
+        assert_eq!(LostAnswer::default().fire(), None);
+    }
+
+    #[test]
+    fn visibility_is_a_function_of_time_only() {
+        let (created, done) = (1_000, 1_400);
+        let rule = |mode, lag_ms| Visibility { mode, lag_ms };
+        let immediate = rule(LookupVisibility::Immediate, 0);
+        assert!(immediate.ais(created, done, created) && immediate.lookup(created, done, created));
+        let after = rule(LookupVisibility::AfterOperation, 600);
+        assert!(!after.ais(created, done, 1_399) && !after.lookup(created, done, 1_399));
+        assert!(after.ais(created, done, 1_400) && after.lookup(created, done, 1_400));
+        let lagged = rule(LookupVisibility::Lagged, 600);
+        assert!(!lagged.ais(created, done, 1_399));
+        assert!(lagged.ais(created, done, 1_400) && !lagged.lookup(created, done, 1_999));
+        assert!(lagged.lookup(created, done, 2_000));
+        assert!(!rule(LookupVisibility::Lagged, u64::MAX).lookup(created, done, i64::MAX - 1));
+    }
 }

@@ -3,8 +3,11 @@
 //! `127.0.0.1:0` with [`Emulator::builder`]; the `aep-emulator` binary runs it standalone.
 //!
 //! It reuses [`crate::aep::types`] for every body, so client and emulator cannot drift. Lifecycles
-//! (operations, runs) are evaluated lazily from deadlines and poll counts; faults and settings can
-//! change at runtime through `/_emulator/*` ([`admin`]). State is in memory, optionally persisted
+//! (operations, runs) and the visibility of new audiences are evaluated lazily from deadlines and
+//! poll counts; the behaviours the docs leave open (duplicate names, `customAudienceId`, lookup
+//! visibility, the per-audience run window) are [`Settings`], and faults (errors, failed
+//! lifecycles, lost answers) are [`Faults`]; both can change at runtime through `/_emulator/*`
+//! ([`admin`]). State is in memory, optionally persisted
 //! to a JSON file with atomic writes. It must never be used as a production dependency of the
 //! controller, and it never logs tokens or secrets.
 
@@ -27,7 +30,10 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 pub use admin::{AdminClient, AdminError, AudienceMutation, CredentialInfo};
-pub use config::{CredentialSpec, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG_ID, Faults, Settings};
+pub use config::{
+    CredentialSpec, CustomAudienceIdModel, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG_ID, DuplicateNames,
+    Entitlement, Faults, LookupVisibility, LostAnswer, LostAnswers, LostMode, RunWindow, Settings, Visibility,
+};
 pub use state::{AudienceView, OperationView, RunView, StateView, Stats};
 
 use conn::{ConnHandle, KillableListener};

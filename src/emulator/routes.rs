@@ -1,9 +1,12 @@
 //! HTTP surface of the emulated service: IMS `/ims/token/v3`, every `/data/core/ais` external-audience
 //! route with the older spellings of reference §2.12, and `/data/core/ups/audiences`; plus the
-//! gateway-style authentication, fault injection and per-route request accounting around them.
+//! gateway-style authentication (with per-credential entitlements), fault injection, lost answers
+//! and per-route and per-operation request accounting around them.
 //!
-//! Handlers hold the world lock only for in-memory work and never across an `.await`. Tokens and
-//! secrets are never logged.
+//! Every error code sent comes from the catalogue of reference §6.1/§6.3; answers the catalogue has
+//! no code for (injected 429/503) carry none. Handlers hold the world lock only for in-memory work
+//! and never across an `.await` (a lost answer in `timeout` mode sleeps after the lock is
+//! released). Tokens and secrets are never logged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +28,11 @@ use crate::aep::types::{
 };
 
 use super::Shared;
-use super::config::{KNOWN_SCOPES, take};
+use super::config::{
+    CustomAudienceIdModel, DuplicateNames, Entitlement, KNOWN_SCOPES, LostAnswer, LostMode, RunWindow, Visibility, take,
+};
 use super::conn::ConnHandle;
-use super::state::{AudienceRec, OperationRec, RunRec, Tenant, TokenRec, World, actor, now_ms};
+use super::state::{AudienceRec, OperationRec, RunRec, Stats, Tenant, TokenRec, World, actor, now_ms, utc_day};
 use super::validate;
 
 type AppState = Arc<Shared>;
@@ -119,19 +124,52 @@ fn not_found(what: &str, id: &str) -> Response {
     )
 }
 
-fn refusal(status: u16, retry_after_secs: u64, detail: String) -> Response {
-    let (status, code, title) = match status {
-        409 => (StatusCode::CONFLICT, "100960-409", "CONFLICT"),
-        429 => (StatusCode::TOO_MANY_REQUESTS, "100960-429", "TOO_MANY_REQUESTS"),
-        _ => (StatusCode::UNPROCESSABLE_ENTITY, "100960-422", "UNPROCESSABLE_ENTITY"),
+/// An error the catalogue has no platform code for (429, 503): `{title, status, detail}` only.
+fn uncoded_error(status: StatusCode, title: &str, detail: impl Into<String>) -> Response {
+    let body = ServiceErrorBody {
+        r#type: None,
+        status: Some(status.as_u16()),
+        title: Some(title.to_owned()),
+        detail: Some(detail.into()),
+        error_code: None,
+        report: None,
     };
-    let mut response = service_error(status, code, title, detail);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    }
+    (status, Json(body)).into_response()
+}
+
+fn with_retry_after(mut response: Response, secs: u64) -> Response {
     response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+fn internal_error() -> Response {
+    service_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "100970-500",
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+    )
+}
+
+/// A start-run refusal (run in progress, guardrail) with the configured status: 409 is the
+/// catalogue's `100950-409`, 429 carries `Retry-After` and no platform code, anything else is 422
+/// `100960-422`.
+fn refusal(status: u16, retry_after_secs: u64, detail: String) -> Response {
+    match status {
+        409 => service_error(StatusCode::CONFLICT, "100950-409", "DUPLICATE_RESOURCE", detail),
+        429 => with_retry_after(
+            uncoded_error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", detail),
+            retry_after_secs,
+        ),
+        _ => service_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "100960-422",
+            "UNPROCESSABLE_ENTITY",
+            detail,
+        ),
+    }
 }
 
 fn gateway_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -161,7 +199,37 @@ fn parse_json(body: &Bytes) -> Result<Value, String> {
 // Layers
 // ---------------------------------------------------------------------------------------------
 
-/// Counts requests per route template and status, and writes one structured log line each.
+/// The bounded operation name of an AEP route (`Stats::received`), `None` for other routes.
+fn operation_name(method: &Method, route: &str) -> Option<&'static str> {
+    let route = route.trim_end_matches('/');
+    let method = method.as_str();
+    if let Some(rest) = route.strip_prefix(UPS) {
+        return match (method, rest) {
+            ("GET", "/audiences") => Some("list_audiences"),
+            ("GET", "/audiences/{id}") => Some("get_audience"),
+            ("DELETE", "/audiences/{id}") => Some("delete_ups_audience"),
+            _ => None,
+        };
+    }
+    let rest = route.strip_prefix(AIS)?;
+    let rest = rest
+        .strip_prefix("/external-audiences")
+        .or_else(|| rest.strip_prefix("/external-audience"))?;
+    Some(match (method, rest) {
+        ("POST", "" | "/submit") => "create_audience",
+        ("GET", "/operations/{operation_id}" | "/task/{operation_id}") => "get_operation",
+        ("POST", "/extend-ttl/{id}") => "extend_ttl",
+        ("PATCH", "/{id}") => "patch_audience",
+        ("DELETE", "/{id}") => "delete_audience",
+        ("POST", "/{id}/runs" | "/{id}/run") => "start_run",
+        ("GET", "/{id}/runs" | "/{id}/run") => "list_runs",
+        ("GET", "/{id}/runs/{run_id}" | "/{id}/run/{run_id}") => "get_run",
+        _ => return None,
+    })
+}
+
+/// Counts requests per operation (on arrival) and per route template and status (on answer), and
+/// writes one structured log line each.
 async fn account(State(shared): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request
@@ -177,7 +245,11 @@ async fn account(State(shared): State<AppState>, request: Request, next: Next) -
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        shared.lock().record_arrival(&org, started);
+        let mut world = shared.lock();
+        world.record_arrival(&org, started);
+        if let Some(op) = operation_name(&method, &route) {
+            *world.stats.received.entry(op.to_owned()).or_insert(0) += 1;
+        }
     }
     let response = next.run(request).await;
     let status = if response.extensions().get::<Dropped>().is_some() {
@@ -224,10 +296,18 @@ async fn authenticate(State(shared): State<AppState>, mut request: Request, next
         .unwrap_or("")
         .trim()
         .to_owned();
-    let (strict, token_rec) = {
+    if !has_issued_shape(&token) {
+        return service_error(StatusCode::BAD_REQUEST, "100911-400", "BAD_REQUEST", "invalid token");
+    }
+    let (strict, token_rec, entitlement) = {
         let world = shared.lock();
         let rec = world.tokens.get(&token).filter(|t| t.expires_at_ms > now_ms()).cloned();
-        (world.settings.strict, rec)
+        let entitlement = rec
+            .as_ref()
+            .and_then(|r| world.credentials.iter().find(|c| c.client_id == r.client_id))
+            .map(|c| c.entitlement)
+            .unwrap_or_default();
+        (world.settings.strict, rec, entitlement)
     };
     let Some(token_rec) = token_rec else {
         return gateway_error(StatusCode::UNAUTHORIZED, "401013", "Oauth token is not valid");
@@ -251,6 +331,23 @@ async fn authenticate(State(shared): State<AppState>, mut request: Request, next
         }
         Some(org) => org,
     };
+    match entitlement {
+        Entitlement::Full => {}
+        Entitlement::NoExternalAudienceApi => {
+            return service_error(
+                StatusCode::UNAUTHORIZED,
+                "100922-401",
+                "UNAUTHORIZED",
+                "the credential is not authorised for the external-audience APIs",
+            );
+        }
+        Entitlement::InvalidProfile => {
+            return gateway_error(StatusCode::FORBIDDEN, "403025", "Profile is not valid");
+        }
+        Entitlement::NoRegion => {
+            return gateway_error(StatusCode::FORBIDDEN, "403027", "User region is missing");
+        }
+    }
     let sandbox = match header("x-sandbox-name") {
         Some(s) => s,
         None if strict => {
@@ -281,7 +378,18 @@ async fn authenticate(State(shared): State<AppState>, mut request: Request, next
     next.run(request).await
 }
 
-/// Latency, 429 and 5xx injection (reference §7.2, issue 3).
+/// Whether `token` has the shape of a token the emulated IMS issues: `emu.<32 hex>.<32 hex>`.
+fn has_issued_shape(token: &str) -> bool {
+    let hex32 = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut parts = token.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some("emu"), Some(a), Some(b), None) if hex32(a) && hex32(b)
+    )
+}
+
+/// Latency, 429 and 5xx injection (reference §7.2, issue 3). 429 and 503 carry no platform code
+/// (the catalogue has none); 500 is `100970-500`.
 async fn inject_faults(State(shared): State<AppState>, request: Request, next: Next) -> Response {
     let latency = shared.lock().faults.latency_ms;
     if latency > 0 {
@@ -307,44 +415,99 @@ async fn inject_faults(State(shared): State<AppState>, request: Request, next: N
     };
     match injected {
         None => next.run(request).await,
-        Some((StatusCode::TOO_MANY_REQUESTS, retry_after)) => {
-            let mut response = service_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "100970-429",
-                "TOO_MANY_REQUESTS",
-                format!("Too many requests; retry after {retry_after} seconds"),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            response
-        }
+        Some((StatusCode::TOO_MANY_REQUESTS, retry_after)) => with_retry_after(
+            uncoded_error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "Too many requests"),
+            retry_after,
+        ),
         Some((StatusCode::SERVICE_UNAVAILABLE, retry_after)) => {
-            let mut response = service_error(
+            let response = uncoded_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "100970-503",
                 "SERVICE_UNAVAILABLE",
                 "Service temporarily unavailable",
             );
             if retry_after > 0 {
+                with_retry_after(response, retry_after)
+            } else {
                 response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            response
         }
-        Some(_) => service_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "100970-500",
-            "INTERNAL_SERVER_ERROR",
-            "Internal server error",
-        ),
+        Some(_) => internal_error(),
     }
 }
 
-fn commit_then_drop(shared: &Shared, conn: &ConnHandle, mut response: Response) -> Response {
+/// A lost answer decided for a call whose work is committed.
+#[derive(Debug, Clone, Copy)]
+struct Lost {
+    mode: LostMode,
+    hang_ms: u64,
+}
+
+/// Fires `lost` for one successful call and counts it.
+fn lose(lost: &mut LostAnswer, hang_ms: u64, stats: &mut Stats) -> Option<Lost> {
+    let mode = lost.fire()?;
+    stats.lost_answers += 1;
+    Some(Lost { mode, hang_ms })
+}
+
+/// What the in-memory part of a mutating call decided.
+struct Outcome {
+    response: Response,
+    /// The answer to lose, if any.
+    lost: Option<Lost>,
+    /// Whether persisted state changed.
+    changed: bool,
+}
+
+impl Outcome {
+    /// The work is done; `response` is the answer unless `lost` says otherwise.
+    fn committed(response: Response, lost: Option<Lost>) -> Self {
+        Outcome {
+            response,
+            lost,
+            changed: true,
+        }
+    }
+}
+
+impl From<Response> for Outcome {
+    /// A refusal (validation error, 404, conflict, guardrail): nothing changed, nothing lost.
+    fn from(response: Response) -> Self {
+        Outcome {
+            response,
+            lost: None,
+            changed: false,
+        }
+    }
+}
+
+/// Signals a state change and sends the answer, after `answer_delay_ms` for committed work, or
+/// loses it (the work is already committed). Called without the world lock.
+async fn finish(shared: &Shared, conn: &ConnHandle, outcome: Outcome) -> Response {
+    let Outcome {
+        mut response,
+        lost,
+        changed,
+    } = outcome;
+    if changed {
+        shared.changed();
+        let delay = shared.lock().faults.answer_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+    let Some(Lost { mode, hang_ms }) = lost else {
+        return response;
+    };
+    match mode {
+        LostMode::Error500 => return internal_error(),
+        LostMode::Drop => shared.lock().stats.connections_dropped += 1,
+        LostMode::Timeout => {
+            // Counted before holding: the client may go away meanwhile, and this future with it.
+            shared.lock().stats.connections_dropped += 1;
+            tokio::time::sleep(Duration::from_millis(hang_ms)).await;
+        }
+    }
     conn.kill();
-    shared.lock().stats.connections_dropped += 1;
     response.extensions_mut().insert(Dropped);
     response
 }
@@ -356,8 +519,14 @@ fn tenant<'w>(world: &'w mut World, caller: &Caller) -> Option<&'w mut Tenant> {
         .get_mut(&format!("{}/{}", caller.org, caller.sandbox))
 }
 
-fn visible_audience<'t>(tenant: Option<&'t mut Tenant>, id: &str, now: i64) -> Option<&'t mut AudienceRec> {
-    tenant?.audiences.get_mut(id).filter(|a| a.visible(now))
+/// The audience if the `/ais` routes can see it now.
+fn visible_audience<'t>(
+    tenant: Option<&'t mut Tenant>,
+    id: &str,
+    visibility: Visibility,
+    now: i64,
+) -> Option<&'t mut AudienceRec> {
+    tenant?.audiences.get_mut(id).filter(|a| a.ais_visible(visibility, now))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,43 +620,57 @@ async fn create(
     ConnectInfo(conn): ConnectInfo<ConnHandle>,
     body: Bytes,
 ) -> Response {
-    let value = match parse_json(&body) {
+    let outcome = create_now(&shared, &caller, &body);
+    finish(&shared, &conn, outcome).await
+}
+
+/// The in-memory part of create: validates, applies the duplicate and `customAudienceId` models,
+/// stores the operation (and the audience, unless the operation is going to fail).
+fn create_now(shared: &Shared, caller: &Caller, body: &Bytes) -> Outcome {
+    let value = match parse_json(body) {
         Ok(v) => v,
-        Err(detail) => return bad_request(detail),
+        Err(detail) => return bad_request(detail).into(),
     };
     let mut world = shared.lock();
     world.stats.create_requests += 1;
-    let definition = match validate::create_request(&value)
+    let mut definition = match validate::create_request(&value)
         .and_then(|d| validate::known_identity_namespaces(&d, &world.settings.identity_namespaces).map(|()| d))
     {
         Ok(d) => d,
         Err(detail) => {
             world.stats.create_rejections += 1;
-            return bad_request(detail);
+            return bad_request(detail).into();
         }
     };
+    let duplicate_names = world.settings.duplicate_names;
+    let custom_ids = world.settings.custom_audience_id;
+    if custom_ids == CustomAudienceIdModel::Ignore {
+        definition.custom_audience_id = None;
+    }
     let now = now_ms();
-    let duplicate = tenant(&mut world, &caller).and_then(|t| {
-        t.audiences
-            .values()
-            .find(|a| {
-                a.definition.name == definition.name
-                    || (definition.custom_audience_id.is_some()
-                        && a.definition.custom_audience_id == definition.custom_audience_id)
-            })
-            .map(|a| a.id.clone())
+    // Audiences still being created count: they exist, only their operation has not finished.
+    let conflict = tenant(&mut world, caller).and_then(|t| {
+        t.audiences.values().find_map(|a| {
+            if duplicate_names == DuplicateNames::Reject && a.definition.name == definition.name {
+                return Some(format!(
+                    "name: an audience named {:?} already exists in this sandbox ({})",
+                    definition.name, a.id
+                ));
+            }
+            match (&definition.custom_audience_id, &a.definition.custom_audience_id) {
+                (Some(wanted), Some(used)) if custom_ids == CustomAudienceIdModel::Unique && wanted == used => {
+                    Some(format!(
+                        "customAudienceId: an audience with customAudienceId {wanted:?} already exists in this sandbox ({})",
+                        a.id
+                    ))
+                }
+                _ => None,
+            }
+        })
     });
-    if let Some(existing) = duplicate {
+    if let Some(detail) = conflict {
         world.stats.create_conflicts += 1;
-        return service_error(
-            StatusCode::CONFLICT,
-            "100950-409",
-            "DUPLICATE_RESOURCE",
-            format!(
-                "name: an audience named {:?} already exists in this sandbox ({existing})",
-                definition.name
-            ),
-        );
+        return service_error(StatusCode::CONFLICT, "100950-409", "DUPLICATE_RESOURCE", detail).into();
     }
     let World {
         faults,
@@ -495,14 +678,19 @@ async fn create(
         stats,
         ..
     } = &mut *world;
-    let failure = take(&mut faults.fail_next_operations, faults.fail_all_operations)
-        .then(|| faults.operation_failure_message.clone());
-    let drop_connection = take(&mut faults.drop_next_creates, faults.drop_all_creates);
-    let ready_at_ms = now.saturating_add(settings.operation_delay_ms as i64);
+    let fails = take(&mut faults.fail_next_operations, faults.fail_all_operations);
+    let failure = if fails {
+        faults.operation_failure_message.clone()
+    } else {
+        None
+    };
+    let omit_audience_id = !fails && take(&mut faults.omit_audience_id_next, false);
+    let lost = lose(&mut faults.lost_answers.create, faults.hang_ms, stats);
+    let ready_at_ms = now.saturating_add(settings.operation_delay_ms.min(i64::MAX as u64) as i64);
     let processing_polls = settings.operation_polls;
     stats.creates += 1;
     let operation_id = uuid::Uuid::new_v4().to_string();
-    let audience_id = failure.is_none().then(|| uuid::Uuid::new_v4().to_string());
+    let audience_id = (!fails).then(|| uuid::Uuid::new_v4().to_string());
     let created_by = actor(&caller.client_id);
     let tenant = world.tenant_mut(&caller.org, &caller.sandbox);
     if let Some(id) = &audience_id {
@@ -534,16 +722,16 @@ async fn create(
             polls: 0,
             created_at_ms: now,
             created_by,
+            omit_audience_id,
         },
     );
     drop(world);
-    shared.changed();
     tracing::info!(
         org = %caller.org,
         sandbox = %caller.sandbox,
         operation_id = %operation_id,
         audience_id = audience_id.as_deref().unwrap_or(""),
-        drop_connection,
+        lost_answer = ?lost.map(|l| l.mode),
         "Accepted create"
     );
     let response = (
@@ -554,10 +742,7 @@ async fn create(
         }),
     )
         .into_response();
-    if drop_connection {
-        return commit_then_drop(&shared, &conn, response);
-    }
-    response
+    Outcome::committed(response, lost)
 }
 
 /// `GET /external-audience(s)/operations/{id}` and the legacy `/task/{id}`.
@@ -584,9 +769,16 @@ async fn start_run(
     Path(audience_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let value = match parse_json(&body) {
+    let outcome = start_run_now(&shared, &caller, &audience_id, &body);
+    finish(&shared, &conn, outcome).await
+}
+
+/// The in-memory part of start-run: visibility, validation, the one-run-at-a-time rule, both
+/// guardrails, then the new run (logged in the sandbox's per-day count).
+fn start_run_now(shared: &Shared, caller: &Caller, audience_id: &str, body: &Bytes) -> Outcome {
+    let value = match parse_json(body) {
         Ok(v) => v,
-        Err(detail) => return bad_request(detail),
+        Err(detail) => return bad_request(detail).into(),
     };
     let mut world = shared.lock();
     world.stats.run_requests += 1;
@@ -596,22 +788,17 @@ async fn start_run(
         store, faults, stats, ..
     } = &mut *world;
     let Some(tenant) = store.tenants.get_mut(&format!("{}/{}", caller.org, caller.sandbox)) else {
-        return not_found("audience", &audience_id);
+        return not_found("audience", audience_id).into();
     };
-    let today = now.div_euclid(86_400_000);
-    let runs_today = tenant
-        .audiences
-        .values()
-        .flat_map(|a| a.runs.iter())
-        .filter(|r| r.created_at_ms.div_euclid(86_400_000) == today)
-        .count();
+    let today = utc_day(now);
+    let sandbox_runs_today = tenant.runs_on(today);
     let sandbox_name = tenant.sandbox.clone();
-    let Some(audience) = visible_audience(Some(tenant), &audience_id, now) else {
-        return not_found("audience", &audience_id);
+    let Some(audience) = visible_audience(Some(&mut *tenant), audience_id, settings.visibility(), now) else {
+        return not_found("audience", audience_id).into();
     };
     let request = match validate::start_run_request(&value) {
         Ok(r) => r,
-        Err(detail) => return bad_request(detail),
+        Err(detail) => return bad_request(detail).into(),
     };
     let running = audience
         .runs
@@ -626,14 +813,19 @@ async fn start_run(
             settings.run_in_progress_status,
             settings.guardrail_retry_after_secs,
             detail,
-        );
+        )
+        .into();
     }
-    let guardrail = if audience.runs.len() >= settings.max_runs_per_audience as usize {
+    let (audience_runs, window) = match settings.runs_per_audience_window {
+        RunWindow::Lifetime => (audience.runs.len(), "per audience"),
+        RunWindow::Day => (audience.runs_today(now), "per audience per day"),
+    };
+    let guardrail = if audience_runs >= settings.max_runs_per_audience as usize {
         Some(format!(
-            "audience {audience_id}: guardrail reached, at most {} ingestion runs per audience",
+            "audience {audience_id}: guardrail reached, at most {} ingestion runs {window}",
             settings.max_runs_per_audience
         ))
-    } else if runs_today >= settings.max_runs_per_sandbox_per_day as usize {
+    } else if sandbox_runs_today >= settings.max_runs_per_sandbox_per_day {
         Some(format!(
             "sandbox {sandbox_name}: guardrail reached, at most {} ingestion runs per sandbox per day",
             settings.max_runs_per_sandbox_per_day
@@ -643,17 +835,23 @@ async fn start_run(
     };
     if let Some(detail) = guardrail {
         stats.guardrail_refusals += 1;
-        return refusal(settings.guardrail_status, settings.guardrail_retry_after_secs, detail);
+        return refusal(settings.guardrail_status, settings.guardrail_retry_after_secs, detail).into();
     }
-    let failure = take(&mut faults.fail_next_runs, faults.fail_all_runs).then(|| faults.run_failure_message.clone());
-    let drop_connection = take(&mut faults.drop_next_runs, faults.drop_all_runs);
+    let fails = take(&mut faults.fail_next_runs, faults.fail_all_runs);
+    let failure = if fails {
+        faults.run_failure_message.clone()
+    } else {
+        None
+    };
+    let lost = lose(&mut faults.lost_answers.start_run, faults.hang_ms, stats);
     let run = RunRec {
         id: uuid::Uuid::new_v4().to_string(),
         data_filter_start_time: request.data_filter_start_time,
         data_filter_end_time: request.data_filter_end_time,
         differential_ingestion: request.differential_ingestion.unwrap_or(true),
+        fails,
         failure,
-        ready_at_ms: now.saturating_add(settings.run_delay_ms as i64),
+        ready_at_ms: now.saturating_add(settings.run_delay_ms.min(i64::MAX as u64) as i64),
         processing_polls: settings.run_polls,
         polls: 0,
         ended: None,
@@ -669,23 +867,19 @@ async fn start_run(
         .filter(|busy| *busy)
         .count() as u64;
     audience.runs.push(run);
+    tenant.log_run(today);
     stats.max_concurrent_runs_per_audience = stats.max_concurrent_runs_per_audience.max(concurrent);
     stats.runs_started += 1;
     drop(world);
-    shared.changed();
     tracing::info!(
         org = %caller.org,
         sandbox = %caller.sandbox,
         audience_id = %audience_id,
         run_id = %wire.run_id,
-        drop_connection,
+        lost_answer = ?lost.map(|l| l.mode),
         "Started run"
     );
-    let response = Json(wire).into_response();
-    if drop_connection {
-        return commit_then_drop(&shared, &conn, response);
-    }
-    response
+    Outcome::committed(Json(wire).into_response(), lost)
 }
 
 /// `GET /external-audience/{id}/runs/{runId}` (also `/run/{runId}`).
@@ -697,7 +891,8 @@ async fn get_run(
     let mut world = shared.lock();
     world.stats.run_polls += 1;
     let now = now_ms();
-    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+    let visibility = world.settings.visibility();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
     };
     let Some(index) = audience.runs.iter().position(|r| r.id == run_id) else {
@@ -708,7 +903,106 @@ async fn get_run(
     Json(wire).into_response()
 }
 
-/// `GET /external-audience/{id}/runs` with `limit`, `sortBy`, `property=status=…` (§7.2.12).
+/// Text attribute of a run that `property` can filter on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunAttr {
+    Name,
+    Status,
+}
+
+/// One `property` filter of the runs list (reference §2.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunFilter {
+    /// `name`/`status` with `=`, `!=`, `=contains`, `!=contains` (case-insensitive).
+    Text {
+        attr: RunAttr,
+        negate: bool,
+        contains: bool,
+        value: String,
+    },
+    /// `createdAt` (or `ingestionTime`) with `>=` (`at_least`) or `<=`, epoch seconds.
+    CreatedAt { at_least: bool, secs: i64 },
+}
+
+const RUN_PROPERTY_GRAMMAR: &str = "property: must be name or status with =, !=, =contains or !=contains \
+     followed by a value (e.g. status=SUCCESS, name=containsChurn), or createdAt with >= or <= followed by \
+     epoch seconds";
+
+/// Parses `<attr><op><value>`: operators are tried longest first; after `=contains`/`!=contains`
+/// one `=` is skipped, so `name=contains=demo` equals `name=containsdemo`.
+fn parse_run_property(raw: &str) -> Result<RunFilter, String> {
+    let split = raw.find(['=', '!', '>', '<']).ok_or(RUN_PROPERTY_GRAMMAR)?;
+    let (attr, rest) = raw.split_at(split);
+    let text = match attr {
+        "name" => Some(RunAttr::Name),
+        "status" => Some(RunAttr::Status),
+        "createdAt" | "ingestionTime" => None,
+        _ => return Err(RUN_PROPERTY_GRAMMAR.to_owned()),
+    };
+    if let Some(attr) = text {
+        let (negate, rest) = match (rest.strip_prefix("!="), rest.strip_prefix('=')) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            _ => return Err(RUN_PROPERTY_GRAMMAR.to_owned()),
+        };
+        let (contains, value) = match rest.strip_prefix("contains") {
+            Some(r) => (true, r.strip_prefix('=').unwrap_or(r)),
+            None => (false, rest),
+        };
+        if value.is_empty() {
+            return Err(RUN_PROPERTY_GRAMMAR.to_owned());
+        }
+        return Ok(RunFilter::Text {
+            attr,
+            negate,
+            contains,
+            value: value.to_lowercase(),
+        });
+    }
+    let (at_least, value) = match (rest.strip_prefix(">="), rest.strip_prefix("<=")) {
+        (Some(v), _) => (true, v),
+        (None, Some(v)) => (false, v),
+        _ => return Err(RUN_PROPERTY_GRAMMAR.to_owned()),
+    };
+    let secs = value
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| RUN_PROPERTY_GRAMMAR.to_owned())?;
+    Ok(RunFilter::CreatedAt { at_least, secs })
+}
+
+impl RunFilter {
+    fn keeps(&self, run: &crate::aep::types::Run) -> bool {
+        match self {
+            RunFilter::Text {
+                attr,
+                negate,
+                contains,
+                value,
+            } => {
+                let actual = match attr {
+                    RunAttr::Status => run.status.as_str().to_lowercase(),
+                    RunAttr::Name => run.audience_name.clone().unwrap_or_default().to_lowercase(),
+                };
+                let hit = if *contains {
+                    actual.contains(value.as_str())
+                } else {
+                    actual == *value
+                };
+                hit != *negate
+            }
+            RunFilter::CreatedAt { at_least, secs } => match run.created_at {
+                Some(at) if *at_least => at >= *secs,
+                Some(at) => at <= *secs,
+                None => false,
+            },
+        }
+    }
+}
+
+/// `GET /external-audience/{id}/runs` with `limit` (1..40, default 20), `sortBy` (`createdAt`,
+/// `ingestionTime`, `name`, `-` for descending; default `-createdAt`) and `property` filters that
+/// combine with AND (reference §2.9, §7.2.12).
 async fn list_runs(
     State(shared): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -716,66 +1010,64 @@ async fn list_runs(
     Query(query): Query<Vec<(String, String)>>,
 ) -> Response {
     let mut limit = 20usize;
-    let mut sort_by = "-createdAt".to_owned();
-    let mut filters: Vec<(String, bool, String)> = Vec::new();
+    let mut descending = true;
+    let mut by_name = false;
+    let mut filters: Vec<RunFilter> = Vec::new();
     for (key, value) in &query {
         match key.as_str() {
-            "limit" => match value.parse::<usize>() {
+            "limit" => match value.trim().parse::<usize>() {
                 Ok(n) if (1..=40).contains(&n) => limit = n,
                 _ => return bad_request("limit: must be an integer between 1 and 40"),
             },
-            "sortBy" => sort_by = value.clone(),
-            "property" => {
-                let parsed = value
-                    .split_once("!=")
-                    .map(|(a, v)| (a, false, v))
-                    .or_else(|| value.split_once('=').map(|(a, v)| (a, true, v)));
-                match parsed {
-                    Some((attr, eq, v)) if matches!(attr, "status" | "name") => {
-                        filters.push((attr.to_owned(), eq, v.trim_start_matches('=').to_owned()))
+            "sortBy" => {
+                let attr = value.trim();
+                descending = attr.starts_with('-');
+                by_name = match attr.trim_start_matches('-') {
+                    "createdAt" | "ingestionTime" => false,
+                    "name" => true,
+                    _ => {
+                        return bad_request("sortBy: must be createdAt or name, prefixed with - for descending");
                     }
-                    _ => return bad_request("property: supported filters are status=… and name=…"),
-                }
+                };
             }
+            "property" => match parse_run_property(value) {
+                Ok(filter) => filters.push(filter),
+                Err(detail) => return bad_request(detail),
+            },
             _ => {}
         }
     }
     let mut world = shared.lock();
     world.stats.run_polls += 1;
     let now = now_ms();
-    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+    let visibility = world.settings.visibility();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
     };
     let statuses: Vec<RunStatus> = audience.runs.iter_mut().map(|r| r.advance(now, true)).collect();
-    let mut runs: Vec<_> = audience
+    // Oldest first, as stored; the sort below is stable.
+    let mut runs: Vec<(i64, crate::aep::types::Run)> = audience
         .runs
         .iter()
         .zip(statuses)
-        .map(|(r, s)| r.to_wire(audience, Some(s)))
-        .map(|mut r| {
-            r.details.clear();
-            r
+        .map(|(r, s)| {
+            let mut wire = r.to_wire(audience, Some(s));
+            wire.details.clear();
+            (r.created_at_ms, wire)
         })
-        .filter(|r| {
-            filters.iter().all(|(attr, eq, v)| {
-                let actual = match attr.as_str() {
-                    "status" => r.status.as_str().to_owned(),
-                    _ => r.audience_name.clone().unwrap_or_default(),
-                };
-                actual.eq_ignore_ascii_case(v) == *eq
-            })
-        })
+        .filter(|(_, r)| filters.iter().all(|f| f.keeps(r)))
         .collect();
-    let descending = sort_by.starts_with('-');
-    match sort_by.trim_start_matches('-') {
-        "name" => runs.sort_by(|a, b| a.audience_name.cmp(&b.audience_name)),
-        _ => runs.sort_by_key(|r| r.created_at),
+    drop(world);
+    if by_name {
+        runs.sort_by(|a, b| a.1.audience_name.cmp(&b.1.audience_name));
+    } else {
+        runs.sort_by_key(|(created, _)| *created);
     }
     if descending {
         runs.reverse();
     }
     let total = runs.len();
-    runs.truncate(limit);
+    let runs: Vec<_> = runs.into_iter().take(limit).map(|(_, r)| r).collect();
     let page = json!({"limit": limit, "count": runs.len(), "totalCount": total});
     Json(RunList { runs, page: Some(page) }).into_response()
 }
@@ -784,21 +1076,32 @@ async fn list_runs(
 async fn patch_audience(
     State(shared): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
     Path(audience_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let value = match parse_json(&body) {
+    let outcome = patch_now(&shared, &caller, &audience_id, &body);
+    finish(&shared, &conn, outcome).await
+}
+
+fn patch_now(shared: &Shared, caller: &Caller, audience_id: &str, body: &Bytes) -> Outcome {
+    let value = match parse_json(body) {
         Ok(v) => v,
-        Err(detail) => return bad_request(detail),
+        Err(detail) => return bad_request(detail).into(),
     };
     let mut world = shared.lock();
     let now = now_ms();
-    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
-        return not_found("audience", &audience_id);
+    let visibility = world.settings.visibility();
+    let World {
+        store, faults, stats, ..
+    } = &mut *world;
+    let tenant = store.tenants.get_mut(&format!("{}/{}", caller.org, caller.sandbox));
+    let Some(audience) = visible_audience(tenant, audience_id, visibility, now) else {
+        return not_found("audience", audience_id).into();
     };
     let patch = match validate::patch_request(&value, &audience.definition) {
         Ok(p) => p,
-        Err(detail) => return bad_request(detail),
+        Err(detail) => return bad_request(detail).into(),
     };
     let d = &mut audience.definition;
     if let Some(description) = patch.description {
@@ -824,26 +1127,41 @@ async fn patch_audience(
     {
         *spec = params;
     }
-    world.stats.patches += 1;
+    stats.patches += 1;
+    let lost = lose(&mut faults.lost_answers.patch, faults.hang_ms, stats);
     drop(world);
-    shared.changed();
-    tracing::info!(audience_id = %audience_id, "Patched audience");
-    Json(body).into_response()
+    tracing::info!(audience_id = %audience_id, lost_answer = ?lost.map(|l| l.mode), "Patched audience");
+    Outcome::committed(Json(body).into_response(), lost)
 }
 
-fn delete_in(shared: &Shared, caller: &Caller, audience_id: &str) -> Response {
+/// Which visibility rule a delete goes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeleteRoute {
+    /// `DELETE /data/core/ais/external-audience/{id}`.
+    Ais,
+    /// `DELETE /data/core/ups/audiences/{id}`.
+    Ups,
+}
+
+fn delete_now(shared: &Shared, caller: &Caller, audience_id: &str, route: DeleteRoute) -> Outcome {
     let mut world = shared.lock();
     let now = now_ms();
-    let in_use = world.faults.refuse_delete_in_use;
+    let visibility = world.settings.visibility();
     let key = format!("{}/{}", caller.org, caller.sandbox);
-    let World { store, stats, .. } = &mut *world;
+    let World {
+        store, faults, stats, ..
+    } = &mut *world;
     let Some(tenant) = store.tenants.get_mut(&key) else {
-        return not_found("audience", audience_id);
+        return not_found("audience", audience_id).into();
     };
-    if visible_audience(Some(tenant), audience_id, now).is_none() {
-        return not_found("audience", audience_id);
+    let visible = tenant.audiences.get(audience_id).is_some_and(|a| match route {
+        DeleteRoute::Ais => a.ais_visible(visibility, now),
+        DeleteRoute::Ups => a.lookup_visible(visibility, now),
+    });
+    if !visible {
+        return not_found("audience", audience_id).into();
     }
-    if in_use {
+    if faults.refuse_delete_in_use {
         stats.delete_refusals += 1;
         return service_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -852,23 +1170,36 @@ fn delete_in(shared: &Shared, caller: &Caller, audience_id: &str) -> Response {
             format!(
                 "audience {audience_id} is used by a downstream activation or another audience and cannot be deleted"
             ),
-        );
+        )
+        .into();
     }
     tenant.audiences.remove(audience_id);
     stats.deletes += 1;
+    let lost = lose(&mut faults.lost_answers.delete, faults.hang_ms, stats);
     drop(world);
-    shared.changed();
-    tracing::info!(audience_id = %audience_id, "Deleted audience");
-    StatusCode::NO_CONTENT.into_response()
+    tracing::info!(audience_id = %audience_id, lost_answer = ?lost.map(|l| l.mode), "Deleted audience");
+    Outcome::committed(StatusCode::NO_CONTENT.into_response(), lost)
+}
+
+async fn delete_in(
+    shared: &Shared,
+    caller: &Caller,
+    conn: &ConnHandle,
+    audience_id: &str,
+    route: DeleteRoute,
+) -> Response {
+    let outcome = delete_now(shared, caller, audience_id, route);
+    finish(shared, conn, outcome).await
 }
 
 /// `DELETE /external-audience/{id}` → 204.
 async fn delete_audience(
     State(shared): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
     Path(audience_id): Path<String>,
 ) -> Response {
-    delete_in(&shared, &caller, &audience_id)
+    delete_in(&shared, &caller, &conn, &audience_id, DeleteRoute::Ais).await
 }
 
 /// `POST /external-audience/extend-ttl/{id}` → 200 `{audienceId, name}`.
@@ -879,7 +1210,8 @@ async fn extend_ttl(
 ) -> Response {
     let mut world = shared.lock();
     let now = now_ms();
-    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, now) else {
+    let visibility = world.settings.visibility();
+    let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
     };
     audience.updated_at_ms = now;
@@ -922,7 +1254,7 @@ const PROPERTY_ATTRS: &[&str] = &[
     "description",
 ];
 
-/// `GET /data/core/ups/audiences` (reference §7.2.9).
+/// `GET /data/core/ups/audiences` (reference §7.2.9). Only audiences visible to lookups.
 async fn list_ups(
     State(shared): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -935,6 +1267,7 @@ async fn list_ups(
     let mut properties: Vec<(String, bool, String)> = Vec::new();
     let mut name: Option<String> = None;
     let mut description: Option<String> = None;
+    let mut entity_type: Option<String> = None;
     for (key, value) in &query {
         match key.as_str() {
             "start" => match value.parse::<usize>() {
@@ -968,17 +1301,19 @@ async fn list_ups(
             }
             "name" => name = Some(value.to_lowercase()),
             "description" => description = Some(value.to_lowercase()),
+            "entityType" => entity_type = Some(value.clone()),
             _ => {}
         }
     }
     let include_inactive = properties.iter().any(|(attr, _, _)| attr == "audienceId");
     let now = now_ms();
+    let visibility = world.settings.visibility();
     let mut records: Vec<UpsAudience> = match tenant(&mut world, &caller) {
         None => Vec::new(),
         Some(t) => t
             .audiences
             .values()
-            .filter(|a| a.visible(now))
+            .filter(|a| a.lookup_visible(visibility, now))
             .map(|a| a.to_ups(t))
             .collect(),
     };
@@ -989,6 +1324,9 @@ async fn list_ups(
             && description
                 .as_ref()
                 .is_none_or(|d| r.description.as_deref().unwrap_or("").to_lowercase().contains(d))
+            && entity_type
+                .as_ref()
+                .is_none_or(|e| r.entity_type.as_deref() == Some(e.as_str()))
             && properties
                 .iter()
                 .all(|(attr, eq, v)| (ups_attr(r, attr).as_deref() == Some(v.as_str())) == *eq)
@@ -1036,10 +1374,11 @@ async fn get_ups(
 ) -> Response {
     let mut world = shared.lock();
     let now = now_ms();
+    let visibility = world.settings.visibility();
     let Some(t) = tenant(&mut world, &caller) else {
         return not_found("audience", &id);
     };
-    match t.audiences.get(&id).filter(|a| a.visible(now)) {
+    match t.audiences.get(&id).filter(|a| a.lookup_visible(visibility, now)) {
         Some(a) => Json(a.to_ups(t)).into_response(),
         None => not_found("audience", &id),
     }
@@ -1049,9 +1388,10 @@ async fn get_ups(
 async fn delete_ups(
     State(shared): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
+    ConnectInfo(conn): ConnectInfo<ConnHandle>,
     Path(id): Path<String>,
 ) -> Response {
-    delete_in(&shared, &caller, &id)
+    delete_in(&shared, &caller, &conn, &id, DeleteRoute::Ups).await
 }
 
 /// Fallback: 404 with a service error body naming the route.
@@ -1063,4 +1403,145 @@ pub(crate) async fn unmatched(method: Method, uri: axum::http::Uri) -> Response 
         "NOT_FOUND",
         format!("no route for {method} {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_aep_route_has_a_bounded_operation_name() {
+        let cases = [
+            ("POST", "/data/core/ais/external-audience", Some("create_audience")),
+            ("POST", "/data/core/ais/external-audience/", Some("create_audience")),
+            (
+                "POST",
+                "/data/core/ais/external-audience/submit",
+                Some("create_audience"),
+            ),
+            (
+                "GET",
+                "/data/core/ais/external-audiences/operations/{operation_id}/",
+                Some("get_operation"),
+            ),
+            (
+                "GET",
+                "/data/core/ais/external-audience/task/{operation_id}",
+                Some("get_operation"),
+            ),
+            ("POST", "/data/core/ais/external-audience/{id}/run", Some("start_run")),
+            ("POST", "/data/core/ais/external-audience/{id}/runs/", Some("start_run")),
+            ("GET", "/data/core/ais/external-audience/{id}/runs", Some("list_runs")),
+            (
+                "GET",
+                "/data/core/ais/external-audience/{id}/run/{run_id}",
+                Some("get_run"),
+            ),
+            (
+                "PATCH",
+                "/data/core/ais/external-audience/{id}/",
+                Some("patch_audience"),
+            ),
+            (
+                "DELETE",
+                "/data/core/ais/external-audience/{id}",
+                Some("delete_audience"),
+            ),
+            (
+                "POST",
+                "/data/core/ais/external-audience/extend-ttl/{id}",
+                Some("extend_ttl"),
+            ),
+            ("GET", "/data/core/ups/audiences/", Some("list_audiences")),
+            ("GET", "/data/core/ups/audiences/{id}", Some("get_audience")),
+            ("DELETE", "/data/core/ups/audiences/{id}/", Some("delete_ups_audience")),
+            ("POST", "/ims/token/v3", None),
+            ("GET", "/_emulator/stats", None),
+            ("PUT", "/data/core/ups/audiences/{id}", None),
+        ];
+        for (method, route, want) in cases {
+            let method: Method = method.parse().unwrap();
+            assert_eq!(operation_name(&method, route), want, "{method} {route}");
+        }
+    }
+
+    #[test]
+    fn run_property_grammar_is_the_documented_one() {
+        let text = |attr, negate, contains, value: &str| RunFilter::Text {
+            attr,
+            negate,
+            contains,
+            value: value.to_owned(),
+        };
+        let cases = [
+            ("status=SUCCESS", text(RunAttr::Status, false, false, "success")),
+            ("status!=FAILED", text(RunAttr::Status, true, false, "failed")),
+            ("name=containsDemo", text(RunAttr::Name, false, true, "demo")),
+            ("name=contains=demo", text(RunAttr::Name, false, true, "demo")),
+            ("name!=containsdemo", text(RunAttr::Name, true, true, "demo")),
+            ("name=demo_audience", text(RunAttr::Name, false, false, "demo_audience")),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse_run_property(raw), Ok(want), "{raw}");
+        }
+        assert_eq!(
+            parse_run_property("createdAt>=1750000000"),
+            Ok(RunFilter::CreatedAt {
+                at_least: true,
+                secs: 1_750_000_000
+            })
+        );
+        assert_eq!(
+            parse_run_property("ingestionTime<=5"),
+            Ok(RunFilter::CreatedAt {
+                at_least: false,
+                secs: 5
+            })
+        );
+        for bad in [
+            "",
+            "status",
+            "status=",
+            "foo=bar",
+            "createdAt=5",
+            "createdAt>=x",
+            "name<=a",
+            "name=contains",
+        ] {
+            let err = parse_run_property(bad).unwrap_err();
+            assert!(err.starts_with("property:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_emulator_shaped_tokens_pass_the_syntax_check() {
+        let good = format!(
+            "emu.{}.{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        assert!(has_issued_shape(&good));
+        assert!(has_issued_shape(&format!("emu.{}.{}", "A".repeat(32), "0".repeat(32))));
+        for bad in [
+            "",
+            "forged",
+            "emu..",
+            &format!("emu.{}", "a".repeat(32)),
+            &format!("emu.{}.{}.x", "a".repeat(32), "a".repeat(32)),
+            &format!("emu.{}.{}", "g".repeat(32), "a".repeat(32)),
+            &format!("EMU.{}.{}", "a".repeat(32), "a".repeat(32)),
+        ] {
+            assert!(!has_issued_shape(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_use_catalogue_codes_only() {
+        let code = |r: &Response| r.status().as_u16();
+        assert_eq!(code(&refusal(409, 1, "x".into())), 409);
+        assert_eq!(code(&refusal(422, 1, "x".into())), 422);
+        let throttled = refusal(429, 7, "x".into());
+        assert_eq!(code(&throttled), 429);
+        assert_eq!(throttled.headers()[header::RETRY_AFTER], "7");
+    }
 }

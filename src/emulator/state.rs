@@ -1,6 +1,6 @@
-//! The emulator's world: audiences, operations and runs per (org, sandbox), issued tokens,
-//! counters, and the admin views of them. Lifecycles are evaluated lazily from stored deadlines,
-//! so no background task mutates state.
+//! The emulator's world: audiences, operations and runs per (org, sandbox), the per-sandbox log of
+//! runs started per UTC day, issued tokens, counters, and the admin views of them. Lifecycles and
+//! visibility are evaluated lazily from stored instants, so no background task mutates state.
 //!
 //! Only plain data and pure transitions live here; HTTP handling is in `routes`, persistence is
 //! in `mod.rs`. Tokens are never persisted.
@@ -10,11 +10,22 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::aep::types::{
-    CreateAudienceRequest, DEFAULT_NAMESPACE, ExternalAudience, ORIGIN_CUSTOM_UPLOAD, Operation, OperationStatus, Run,
-    RunStage, RunStatus, UPS_TYPE_EXTERNAL_SEGMENT, UpsAudience, UpsSandbox,
+    CreateAudienceRequest, DEFAULT_NAMESPACE, ENTITY_TYPE_PROFILE, ExternalAudience, ORIGIN_CUSTOM_UPLOAD, Operation,
+    OperationStatus, Run, RunStage, RunStatus, UPS_TYPE_EXTERNAL_SEGMENT, UpsAudience, UpsSandbox,
 };
 
-use super::config::{CredentialSpec, Faults, Settings};
+use super::config::{CredentialSpec, Faults, Settings, Visibility};
+
+/// Milliseconds per UTC day.
+const DAY_MS: i64 = 86_400_000;
+
+/// Days of the run log kept besides today.
+const RUN_LOG_DAYS: i64 = 7;
+
+/// The UTC day (days since the epoch) of an instant in milliseconds.
+pub(crate) fn utc_day(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
+}
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -46,6 +57,24 @@ pub struct Tenant {
     pub audiences: BTreeMap<String, AudienceRec>,
     /// Create operations by ID.
     pub operations: BTreeMap<String, OperationRec>,
+    /// Runs started per UTC day (days since the epoch): the sandbox's daily guardrail. Never
+    /// decremented, so runs of audiences deleted since still count.
+    #[serde(default)]
+    pub runs_per_day: BTreeMap<i64, u32>,
+}
+
+impl Tenant {
+    /// Runs started in the sandbox on `day`.
+    pub(crate) fn runs_on(&self, day: i64) -> u32 {
+        self.runs_per_day.get(&day).copied().unwrap_or(0)
+    }
+
+    /// Logs a run started on `day` and forgets days long past.
+    pub(crate) fn log_run(&mut self, day: i64) {
+        let count = self.runs_per_day.entry(day).or_insert(0);
+        *count = count.saturating_add(1);
+        self.runs_per_day.retain(|d, _| *d >= day - RUN_LOG_DAYS);
+    }
 }
 
 /// A stored audience.
@@ -53,13 +82,13 @@ pub struct Tenant {
 pub struct AudienceRec {
     /// `/ais` audience ID and `/ups` `id`.
     pub id: String,
-    /// Canonical definition (ttl filled in).
+    /// Canonical definition (ttl filled in; `customAudienceId` only when the model keeps it).
     pub definition: CreateAudienceRequest,
     /// `published`, `inactive`, …
     pub lifecycle_state: String,
     /// Backing dataset.
     pub dataset_id: String,
-    /// Becomes visible at this instant (ms).
+    /// Its create operation is done at this instant (ms); visibility is derived from it.
     pub ready_at_ms: i64,
     /// Created (ms).
     pub created_at_ms: i64,
@@ -82,7 +111,7 @@ pub struct OperationRec {
     pub audience_id: Option<String>,
     /// Echo of the definition.
     pub definition: CreateAudienceRequest,
-    /// Failure message, when it is going to fail.
+    /// Message reported when it fails (none unless configured).
     pub failure: Option<String>,
     /// Outcome may be reported from this instant (ms).
     pub ready_at_ms: i64,
@@ -94,6 +123,9 @@ pub struct OperationRec {
     pub created_at_ms: i64,
     /// Creator.
     pub created_by: String,
+    /// Report `SUCCESS` without the `audienceId` (fault injection).
+    #[serde(default)]
+    pub omit_audience_id: bool,
 }
 
 /// A stored run.
@@ -107,7 +139,10 @@ pub struct RunRec {
     pub data_filter_end_time: Option<i64>,
     /// Request fields.
     pub differential_ingestion: bool,
-    /// Failure message, when it is going to fail.
+    /// Whether it is going to fail.
+    #[serde(default)]
+    pub fails: bool,
+    /// Message reported when it fails (none unless configured).
     pub failure: Option<String>,
     /// Outcome may be reported from this instant (ms).
     pub ready_at_ms: i64,
@@ -130,10 +165,10 @@ impl OperationRec {
         if poll {
             self.polls = self.polls.saturating_add(1);
         }
-        match (done, &self.failure) {
+        match (done, &self.audience_id) {
             (false, _) => OperationStatus::Processing,
-            (true, None) => OperationStatus::Success,
-            (true, Some(_)) => OperationStatus::Failed,
+            (true, Some(_)) => OperationStatus::Success,
+            (true, None) => OperationStatus::Failed,
         }
     }
 
@@ -141,7 +176,11 @@ impl OperationRec {
         let success = status == OperationStatus::Success;
         Operation {
             operation_id: self.id.clone(),
-            audience_id: if success { self.audience_id.clone() } else { None },
+            audience_id: if success && !self.omit_audience_id {
+                self.audience_id.clone()
+            } else {
+                None
+            },
             audience_name: Some(self.definition.name.clone()),
             operation_details: Some(self.definition.clone()),
             message: if status == OperationStatus::Failed {
@@ -171,13 +210,18 @@ impl RunRec {
         if !done {
             return RunStatus::Processing;
         }
-        let status = if self.failure.is_some() {
+        let status = if self.will_fail() {
             RunStatus::Failed
         } else {
             RunStatus::Success
         };
         self.ended = Some(status.as_str().to_owned());
         status
+    }
+
+    /// Whether the run is going to fail (older state files only set a message).
+    pub(crate) fn will_fail(&self) -> bool {
+        self.fails || self.failure.is_some()
     }
 
     /// Whether the run still counts as in progress (no poll consumed).
@@ -230,8 +274,20 @@ impl RunRec {
 }
 
 impl AudienceRec {
-    pub(crate) fn visible(&self, now: i64) -> bool {
-        now >= self.ready_at_ms
+    /// Visible to the `/ais` routes (PATCH, DELETE, runs, extend-ttl) at `now`.
+    pub(crate) fn ais_visible(&self, visibility: Visibility, now: i64) -> bool {
+        visibility.ais(self.created_at_ms, self.ready_at_ms, now)
+    }
+
+    /// Visible to the `/ups/audiences` lookups (list, get, delete) at `now`.
+    pub(crate) fn lookup_visible(&self, visibility: Visibility, now: i64) -> bool {
+        visibility.lookup(self.created_at_ms, self.ready_at_ms, now)
+    }
+
+    /// Runs started in the UTC day of `now`.
+    pub(crate) fn runs_today(&self, now: i64) -> usize {
+        let today = utc_day(now);
+        self.runs.iter().filter(|r| utc_day(r.created_at_ms) == today).count()
     }
 
     pub(crate) fn to_external(&self) -> ExternalAudience {
@@ -247,6 +303,7 @@ impl AudienceRec {
             audience_type: d.audience_type.clone(),
             origin_name: Some(d.origin_name.clone()),
             namespace: Some(d.namespace.clone().unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())),
+            custom_audience_id: d.custom_audience_id.clone(),
             created_by: Some(self.created_by.clone()),
             created_at: Some(self.created_at_ms / 1000),
             updated_by: Some(self.updated_by.clone()),
@@ -275,6 +332,7 @@ impl AudienceRec {
             }),
             is_system: Some(false),
             r#type: Some(UPS_TYPE_EXTERNAL_SEGMENT.to_owned()),
+            entity_type: Some(ENTITY_TYPE_PROFILE.to_owned()),
             origin_name: Some(ORIGIN_CUSTOM_UPLOAD.to_owned()),
             lifecycle_state: Some(self.lifecycle_state.clone()),
             created_by: Some(self.created_by.clone()),
@@ -302,6 +360,11 @@ pub(crate) struct TokenRec {
 pub struct Stats {
     /// `"METHOD /route/{template}"` → status (or `dropped`) → count.
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Every request that reached an AEP route, counted before authentication and faults, by
+    /// operation: `create_audience`, `get_operation`, `start_run`, `get_run`, `list_runs`,
+    /// `patch_audience`, `delete_audience`, `extend_ttl`, `list_audiences`, `get_audience`,
+    /// `delete_ups_audience`.
+    pub received: BTreeMap<String, u64>,
     /// Requests to the IMS token endpoint.
     pub token_requests: u64,
     /// Tokens issued.
@@ -336,8 +399,10 @@ pub struct Stats {
     pub delete_refusals: u64,
     /// Highest number of simultaneously in-progress runs seen on one audience.
     pub max_concurrent_runs_per_audience: u64,
-    /// Connections dropped after committing (commit-then-drop).
+    /// Connections dropped after committing (lost answers in `drop` and `timeout` mode).
     pub connections_dropped: u64,
+    /// Answers lost after the work was done (every mode).
+    pub lost_answers: u64,
     /// Injected 429/500/503 answers.
     pub injected_errors: u64,
     /// Most AEP (`/data/core/…`) requests one org sent within any one-second window: checks the
@@ -346,6 +411,12 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Requests received for one operation (see [`Stats::received`]), e.g. `create_audience`:
+    /// what the client sent, whatever the answer.
+    pub fn received(&self, op: &str) -> u64 {
+        self.received.get(op).copied().unwrap_or(0)
+    }
+
     /// Requests for one route template, all statuses.
     pub fn requests_for(&self, route: &str) -> u64 {
         self.requests
@@ -400,6 +471,8 @@ pub struct AudienceView {
     pub sandbox: String,
     /// Audience ID.
     pub audience_id: String,
+    /// `customAudienceId` as stored (never with the `ignore` model).
+    pub custom_audience_id: Option<String>,
     /// Name.
     pub name: String,
     /// Description.
@@ -412,8 +485,12 @@ pub struct AudienceView {
     pub ttl_in_days: Option<u32>,
     /// Lifecycle state.
     pub lifecycle_state: String,
-    /// Whether create has finished (visible through the API).
+    /// Created (epoch ms).
+    pub created_at_ms: i64,
+    /// Visible to the `/ais` routes (PATCH, DELETE, runs) now.
     pub visible: bool,
+    /// Visible to the `/ups/audiences` lookups now.
+    pub lookup_visible: bool,
     /// Runs, oldest first.
     pub runs: Vec<RunView>,
 }
@@ -493,10 +570,12 @@ impl World {
 
     pub(crate) fn view(&mut self) -> StateView {
         let now = now_ms();
+        let visibility = self.settings.visibility();
         let mut view = StateView::default();
         for tenant in self.store.tenants.values_mut() {
             for audience in tenant.audiences.values_mut() {
-                let visible = audience.visible(now);
+                let visible = audience.ais_visible(visibility, now);
+                let lookup_visible = audience.lookup_visible(visibility, now);
                 let runs = audience
                     .runs
                     .iter_mut()
@@ -510,6 +589,7 @@ impl World {
                     org: tenant.org.clone(),
                     sandbox: tenant.sandbox.clone(),
                     audience_id: audience.id.clone(),
+                    custom_audience_id: audience.definition.custom_audience_id.clone(),
                     name: audience.definition.name.clone(),
                     description: audience.definition.description.clone(),
                     labels: audience.definition.labels.clone(),
@@ -521,7 +601,9 @@ impl World {
                         .collect(),
                     ttl_in_days: audience.definition.ttl_in_days,
                     lifecycle_state: audience.lifecycle_state.clone(),
+                    created_at_ms: audience.created_at_ms,
                     visible,
+                    lookup_visible,
                     runs,
                 });
             }
@@ -541,5 +623,106 @@ impl World {
             (&a.org, &a.sandbox, &a.name, &a.audience_id).cmp(&(&b.org, &b.sandbox, &b.name, &b.audience_id))
         });
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_log_counts_per_day_and_forgets_old_days() {
+        let mut tenant = Tenant::default();
+        tenant.log_run(100);
+        tenant.log_run(100);
+        tenant.log_run(101);
+        assert_eq!(
+            (tenant.runs_on(100), tenant.runs_on(101), tenant.runs_on(99)),
+            (2, 1, 0)
+        );
+        tenant.log_run(100 + RUN_LOG_DAYS + 1);
+        assert_eq!(tenant.runs_on(100), 0, "pruned");
+        assert_eq!(tenant.runs_on(101), 1);
+        assert_eq!(utc_day(-1), -1);
+        assert_eq!(utc_day(DAY_MS), 1);
+    }
+
+    #[test]
+    fn older_state_files_load() {
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "org": "o", "sandbox": "prod", "sandbox_id": "s", "audiences": {}, "operations": {}
+        }))
+        .unwrap();
+        assert!(tenant.runs_per_day.is_empty());
+        let run: RunRec = serde_json::from_value(serde_json::json!({
+            "id": "r", "data_filter_start_time": 1, "data_filter_end_time": null,
+            "differential_ingestion": true, "failure": "old message", "ready_at_ms": 0,
+            "processing_polls": 0, "polls": 0, "ended": null, "created_at_ms": 0, "created_by": "x"
+        }))
+        .unwrap();
+        assert!(run.will_fail(), "an older failing run still fails");
+    }
+
+    #[test]
+    fn failed_lifecycles_without_a_message_say_nothing() {
+        let mut op = OperationRec {
+            id: "o".into(),
+            audience_id: None,
+            definition: CreateAudienceRequest::default(),
+            failure: None,
+            ready_at_ms: 0,
+            processing_polls: 0,
+            polls: 0,
+            created_at_ms: 0,
+            created_by: "x".into(),
+            omit_audience_id: false,
+        };
+        let status = op.advance(1, true);
+        assert_eq!(status, OperationStatus::Failed);
+        assert_eq!(op.to_wire(status).message, None);
+
+        let mut run = RunRec {
+            id: "r".into(),
+            data_filter_start_time: 1,
+            data_filter_end_time: None,
+            differential_ingestion: true,
+            fails: true,
+            failure: None,
+            ready_at_ms: 0,
+            processing_polls: 0,
+            polls: 0,
+            ended: None,
+            created_at_ms: 0,
+            created_by: "x".into(),
+        };
+        let audience = AudienceRec {
+            id: "a".into(),
+            definition: CreateAudienceRequest::default(),
+            lifecycle_state: "published".into(),
+            dataset_id: "d".into(),
+            ready_at_ms: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            created_by: "x".into(),
+            updated_by: "x".into(),
+            runs: Vec::new(),
+        };
+        let status = run.advance(1, true);
+        let wire = run.to_wire(&audience, Some(status));
+        assert_eq!(wire.status, RunStatus::Failed);
+        assert_eq!(wire.message, None);
+        assert!(
+            wire.details
+                .iter()
+                .all(|d| d.status == RunStatus::Failed && d.message.is_none())
+        );
+    }
+
+    #[test]
+    fn received_reads_zero_for_unseen_operations() {
+        let mut stats = Stats::default();
+        stats.received.insert("create_audience".into(), 2);
+        assert_eq!(stats.received("create_audience"), 2);
+        assert_eq!(stats.received("start_run"), 0);
     }
 }

@@ -85,10 +85,38 @@ pub fn fast_flags() -> Vec<String> {
         "--deferred-retry-interval=5s",
         "--credentials-retry-interval=5s",
         "--metrics-addr=127.0.0.1:0",
+        "--create-settle-window=3s",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
+}
+
+/// The operator binary as its ServiceAccount identity, watching `ns`.
+pub fn spawn_operator(ns: &str, extra_flags: &[String], log: &std::path::Path) -> Watched {
+    let mut args = vec![
+        "run".to_owned(),
+        format!("--kubeconfig={}", control_plane().operator_kubeconfig().display()),
+        format!("--namespace={ns}"),
+    ];
+    args.extend(fast_flags());
+    args.extend(extra_flags.iter().cloned());
+    let envs = vec![("RUST_LOG".to_owned(), "info,audience_operator=debug".to_owned())];
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
+    Watched::spawn(&bin, &args, &envs, log).expect("operator starts")
+}
+
+/// A second namespace with its own operator, sharing an [`Env`]'s emulator.
+pub struct Side {
+    pub ns: String,
+    pub operator: Option<Watched>,
+    pub log: PathBuf,
+}
+
+impl Side {
+    pub fn api(&self, client: &Client) -> Api<ExternalAudience> {
+        Api::namespaced(client.clone(), &self.ns)
+    }
 }
 
 pub struct Env {
@@ -140,6 +168,11 @@ impl Env {
 
     /// The credentials Secret for the emulator's default credential.
     pub async fn create_secret(&self, name: &str) {
+        self.create_secret_in(&self.ns, name).await;
+    }
+
+    /// The credentials Secret in another namespace.
+    pub async fn create_secret_in(&self, ns: &str, name: &str) {
         let creds = self.emulator.credentials();
         let base = self.emulator.base_url().to_string();
         let secret: Secret = serde_json::from_value(json!({
@@ -153,30 +186,47 @@ impl Env {
             }
         }))
         .expect("secret json");
-        Api::<Secret>::namespaced(self.client.clone(), &self.ns)
+        Api::<Secret>::namespaced(self.client.clone(), ns)
             .create(&PostParams::default(), &secret)
             .await
             .expect("create secret");
     }
 
-    pub fn start_operator(&mut self) {
-        let mut args = vec![
-            "run".to_owned(),
-            format!("--kubeconfig={}", control_plane().operator_kubeconfig().display()),
-            format!("--namespace={}", self.ns),
-        ];
-        args.extend(fast_flags());
-        args.extend(self.extra_flags.iter().cloned());
-        let envs = vec![("RUST_LOG".to_owned(), "info,audience_operator=debug".to_owned())];
-        let bin = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
-        self.operator = Some(Watched::spawn(&bin, &args, &envs, &self.log).expect("operator starts"));
+    /// Another namespace with its own credentials Secret and its own operator (like a second
+    /// cluster or team), talking to the same emulator.
+    pub async fn start_side(&self, prefix: &str) -> Side {
+        let ns = namespace(&self.client, prefix).await;
+        self.create_secret_in(&ns, "aep-credentials").await;
+        let log = control_plane().dir().join(format!("operator-{ns}.log"));
+        let operator = Some(spawn_operator(&ns, &self.extra_flags, &log));
+        Side { ns, operator, log }
     }
 
-    /// Stops the operator (SIGKILL when `crash`).
-    pub fn stop_operator(&mut self, crash: bool) {
-        if let Some(op) = self.operator.take() {
-            if crash { op.kill() } else { op.stop() }
+    pub fn start_operator(&mut self) {
+        self.operator = Some(spawn_operator(&self.ns, &self.extra_flags, &self.log));
+    }
+
+    /// Stops the operator (SIGKILL when `crash`). Returns whether a SIGKILL landed on a running
+    /// operator (always false for a graceful stop).
+    pub fn stop_operator(&mut self, crash: bool) -> bool {
+        match self.operator.take() {
+            Some(op) if crash => op.kill(),
+            Some(op) => {
+                op.stop();
+                false
+            }
+            None => false,
         }
+    }
+
+    /// Whether the operator process is running now.
+    pub fn operator_alive(&mut self) -> bool {
+        self.operator.as_mut().is_some_and(Watched::is_running)
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn api(&self) -> Api<ExternalAudience> {
@@ -190,9 +240,21 @@ impl Env {
 
     /// The seed example, in this namespace.
     pub fn seed_yaml(&self) -> String {
+        self.seed_yaml_in(&self.ns)
+    }
+
+    /// The seed example, in namespace `ns`.
+    pub fn seed_yaml_in(&self, ns: &str) -> String {
         std::fs::read_to_string(format!("{ROOT}/deploy/samples/loyalty-members.yaml"))
             .expect("sample")
-            .replace("namespace: marketing", &format!("namespace: {}", self.ns))
+            .replace("namespace: marketing", &format!("namespace: {ns}"))
+    }
+
+    /// The seed example renamed: object `name`, AEP audience name `audience_name`.
+    pub fn seed_named(&self, name: &str, audience_name: &str) -> String {
+        self.seed_yaml()
+            .replace("name: loyalty-members", &format!("name: {name}"))
+            .replace("name: Loyalty members", &format!("name: {audience_name}"))
     }
 
     pub async fn get(&self, name: &str) -> ExternalAudience {
@@ -211,33 +273,7 @@ impl Env {
         timeout: Duration,
         check: impl Fn(&ExternalAudience) -> bool,
     ) -> ExternalAudience {
-        let api = self.api();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(obj) = api.get(name).await
-                && check(&obj)
-            {
-                return obj;
-            }
-            if tokio::time::Instant::now() > deadline {
-                let obj = api.get(name).await.ok();
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                panic!(
-                    "timed out after {timeout:?} waiting for {name} to be {what}\nobject status: {:#?}\noperator log tail:\n{}",
-                    obj.and_then(|o| o.status),
-                    tail.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_obj_in(&self.api(), &self.log, name, what, timeout, check).await
     }
 
     /// Waits for Ready=True at the current generation.
@@ -251,6 +287,61 @@ impl Env {
             .await
             .expect("patch spec");
     }
+}
+
+/// Waits until `check` holds for object `name` of `api`, dumping the tail of the operator log at
+/// `log` on timeout.
+pub async fn wait_obj_in(
+    api: &Api<ExternalAudience>,
+    log: &std::path::Path,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&ExternalAudience) -> bool,
+) -> ExternalAudience {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(obj) = api.get(name).await
+            && check(&obj)
+        {
+            return obj;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let obj = api.get(name).await.ok();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {name} to be {what}\nobject status: {:#?}\noperator log tail:\n{}",
+                obj.and_then(|o| o.status),
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until object `name` of `api` is gone.
+pub async fn wait_gone(api: &Api<ExternalAudience>, name: &str, timeout: Duration) {
+    wait_for(&format!("{name} to be gone"), timeout, || async {
+        api.get_opt(name).await.ok().flatten().is_none().then_some(())
+    })
+    .await
+}
+
+/// The reason of condition `type_` (empty when absent).
+pub fn condition_reason(obj: &ExternalAudience, type_: &str) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
 }
 
 /// Ready=True for the object's current generation, with observedGeneration caught up.

@@ -1,0 +1,289 @@
+//! Deletion behind the finalizer: `deletionPolicy: Delete` deletes the audience this object
+//! provably owns, `Orphan` leaves it; then the finalizer is released.
+//!
+//! Rules: decide from a fresh read of the object; never delete an audience without proof of
+//! ownership (an id from this object's create operation, `spec.audienceId`, or this object's
+//! `customAudienceId`); never hang: a create in flight is waited for and its audience deleted, an
+//! operation AEP no longer knows leads to the proof lookup and then to release, an audience that
+//! cannot be attributed is left in AEP with a Warning event naming it. Transient AEP failures
+//! (5xx, 429, lost answers) show as `Reconciling/Retrying`; refusals as `Stalled/DeleteRefused`.
+
+use kube::{
+    Api, ResourceExt,
+    runtime::{controller::Action, events::EventType},
+};
+
+use super::{
+    Error,
+    context::Context,
+    credentials::{self, CredentialsError},
+    reconcile::Pass,
+    steps::Found,
+};
+use crate::{
+    aep::{ErrorKind, OperationStatus, Session},
+    api::{DeletionPolicy, ExternalAudience, OwnershipProof, events, reasons},
+    status::{Health, stable_message},
+};
+
+/// What a pending or unfinished create resolved to.
+enum Resolved {
+    /// This object's audience.
+    Audience(String),
+    /// Nothing of this object's exists (or nothing can be proven to).
+    Nothing,
+}
+
+pub(super) async fn cleanup(
+    cached: &ExternalAudience,
+    ctx: &Context,
+    api: &Api<ExternalAudience>,
+) -> Result<Action, Error> {
+    // Decide from a fresh read: the cache may predate our own last status write (an operation
+    // or audience id recorded a moment ago).
+    let fresh = match api.get_opt(&cached.name_any()).await.map_err(Error::Kube)? {
+        Some(obj) => obj,
+        None => return Ok(Action::await_change()),
+    };
+    let mut pass = Pass::new(&fresh, ctx, api);
+    pass.conditioned = false;
+    pass.cleanup().await
+}
+
+impl Pass<'_> {
+    async fn cleanup(&mut self) -> Result<Action, Error> {
+        let release = Ok(Action::await_change());
+        let st = self.status.clone();
+        let never_sent = st.audience_id.is_none() && st.operation_id.is_none() && st.create_pending_since.is_none();
+        if never_sent {
+            return release;
+        }
+        if self.obj.spec.deletion_policy == DeletionPolicy::Orphan {
+            let note = match &st.audience_id {
+                Some(id) => format!("Left audience {id} in AEP (deletionPolicy: Orphan)"),
+                None => {
+                    "Released the object; an audience being created is left in AEP (deletionPolicy: Orphan)".to_owned()
+                }
+            };
+            self.event(EventType::Normal, events::AUDIENCE_ORPHANED, note).await;
+            return release;
+        }
+        let ns = self.obj.namespace().ok_or(Error::MissingNamespace)?;
+        let secret = self.obj.spec.credentials_secret_ref.name.clone();
+        let creds = match credentials::load(&self.ctx.client, &ns, &secret).await {
+            Ok(c) => c,
+            Err(CredentialsError::Kube { source, .. }) => return Err(Error::Kube(source)),
+            Err(e) => match self.ctx.recall_credentials(&ns, &secret) {
+                Some(c) => c,
+                None => {
+                    // Without credentials nothing can be deleted; holding the finalizer forever
+                    // would block namespace deletion, so release and say so loudly.
+                    self.event(
+                        EventType::Warning,
+                        events::AUDIENCE_ORPHANED,
+                        format!("Cannot delete the audience in AEP: {e}; releasing the object and leaving the audience in AEP"),
+                    )
+                    .await;
+                    return release;
+                }
+            },
+        };
+        let s = self.ctx.aep.session(&creds, &self.obj.spec.sandbox);
+        let audience_id = match st.audience_id.clone() {
+            Some(id) => {
+                if st.ownership.is_none() && !self.cleanup_legacy_owned(&s, &id).await? {
+                    self.event(
+                        EventType::Warning,
+                        events::AUDIENCE_NOT_DELETED,
+                        format!(
+                            "Left audience {id} in AEP: this object recorded it before ownership was tracked, and \
+                             neither its create operation nor spec.audienceId proves it is this object's"
+                        ),
+                    )
+                    .await;
+                    return release;
+                }
+                id
+            }
+            None => match self.cleanup_unfinished_create(&s).await? {
+                Resolved::Audience(id) => id,
+                Resolved::Nothing => return release,
+            },
+        };
+        self.cleanup_audience(&s, &audience_id).await
+    }
+
+    /// Objects recorded by releases before ownership was tracked: prove the audience is theirs.
+    async fn cleanup_legacy_owned(&mut self, s: &Session, audience_id: &str) -> Result<bool, Error> {
+        if self.obj.spec.audience_id.as_deref() == Some(audience_id) {
+            return Ok(true);
+        }
+        let Some(op) = self.status.operation_id.clone() else {
+            return Ok(false);
+        };
+        match s.get_operation(&op).await {
+            Ok(op) => Ok(op.audience_id.as_deref() == Some(audience_id)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self
+                .cleanup_retry(e, "reading the create operation before deleting")
+                .await?),
+        }
+    }
+
+    /// The object has no audience id yet: a create is in flight or its answer was lost. Wait for
+    /// the operation (or the settle window), then resolve the audience by proof.
+    async fn cleanup_unfinished_create(&mut self, s: &Session) -> Result<Resolved, Error> {
+        if let Some(op) = self.status.operation_id.clone() {
+            match s.get_operation(&op).await {
+                Ok(o) => match (o.status, o.audience_id) {
+                    (OperationStatus::Success, Some(id)) => {
+                        // Record it first: even if deletion then fails, the audience is never lost.
+                        self.status.audience_id = Some(id.clone());
+                        self.status.ownership = Some(OwnershipProof::CreateOperation);
+                        self.write_status().await?;
+                        return Ok(Resolved::Audience(id));
+                    }
+                    (OperationStatus::Failed, _) => return Ok(Resolved::Nothing),
+                    (OperationStatus::Success, None) => {}
+                    _ => {
+                        let msg = format!(
+                            "Waiting for create operation {op} to finish, then deleting the audience it creates"
+                        );
+                        self.cleanup_report(Health::progressing(reasons::DELETING, msg)).await?;
+                        return Err(Error::Waiting("create in flight", self.ctx.timing.operation_poll));
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(self
+                        .cleanup_retry(e, "reading the create operation before deleting")
+                        .await?);
+                }
+            }
+        }
+        let cid = self.custom_audience_id()?;
+        match s.find_audiences_by_custom_id(&cid).await {
+            Ok(found) => {
+                if let Some(a) = found.first() {
+                    self.status.audience_id = Some(a.id.clone());
+                    self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+                    self.status.create_pending_since = None;
+                    self.write_status().await?;
+                    return Ok(Resolved::Audience(a.id.clone()));
+                }
+            }
+            Err(e) => {
+                return Err(self
+                    .cleanup_retry(e, "looking for the audience before deleting")
+                    .await?);
+            }
+        }
+        if let Some(since) = self.status.create_pending_since.as_ref().map(|t| t.0) {
+            let age = jiff::Timestamp::now().duration_since(since).unsigned_abs();
+            let settle = self.ctx.timing.create_settle;
+            if age < settle {
+                let msg = format!(
+                    "The answer to this object's create was lost; looking for its audience by customAudienceId for \
+                     another {}s before releasing the object",
+                    (settle - age).as_secs()
+                );
+                self.cleanup_report(Health::progressing(reasons::DELETING, msg)).await?;
+                return Err(Error::Waiting(
+                    "create outcome unknown",
+                    (settle - age).min(self.ctx.timing.operation_poll),
+                ));
+            }
+        }
+        // Nothing proves an audience is ours. Name any that could be, for a human to check.
+        let sent_at = self.status.create_pending_since.as_ref().map(|t| t.0.as_second());
+        let found = match s.find_audiences_by_name(self.audience_name()).await {
+            Ok(found) => Found::classify(found, &cid, sent_at.or(Some(i64::MIN / 2))),
+            Err(e) => {
+                return Err(self
+                    .cleanup_retry(e, "looking for the audience before deleting")
+                    .await?);
+            }
+        };
+        if let Some(ours) = found.ours {
+            self.status.audience_id = Some(ours.id.clone());
+            self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+            self.write_status().await?;
+            return Ok(Resolved::Audience(ours.id));
+        }
+        if !found.unattributable.is_empty() {
+            let ids: Vec<&str> = found.unattributable.iter().map(|a| a.id.as_str()).collect();
+            self.event(
+                EventType::Warning,
+                events::AUDIENCE_NOT_DELETED,
+                format!(
+                    "Released the object without deleting anything in AEP: its create's outcome is unknown, and audience(s) {} \
+                     named {:?} cannot be proven to be its own. Check them and delete in AEP by hand if one was made by this object",
+                    ids.join(", "),
+                    self.audience_name()
+                ),
+            )
+            .await;
+        }
+        Ok(Resolved::Nothing)
+    }
+
+    async fn cleanup_audience(&mut self, s: &Session, audience_id: &str) -> Result<Action, Error> {
+        match s.delete_audience(audience_id).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(self
+                    .cleanup_retry(e, &format!("deleting audience {audience_id}"))
+                    .await?);
+            }
+        }
+        tracing::info!(audience_id, "Deleted audience");
+        self.event(
+            EventType::Normal,
+            events::AUDIENCE_DELETED,
+            format!("Deleted audience {audience_id} in AEP"),
+        )
+        .await;
+        Ok(Action::await_change())
+    }
+
+    /// Reports an AEP failure during deletion and returns the error that keeps the finalizer and
+    /// backs off: transient failures as `Reconciling/Retrying`, refusals as `Stalled`.
+    async fn cleanup_retry(&mut self, e: crate::aep::Error, what: &str) -> Result<Error, Error> {
+        let msg = stable_message(&format!("{what}: {}", e.message()));
+        let (health, event) = match e.kind() {
+            ErrorKind::Retryable { .. } | ErrorKind::OutcomeUnknown => {
+                (Health::progressing(reasons::RETRYING, msg.clone()), events::AEP_ERROR)
+            }
+            ErrorKind::PermissionDenied => (
+                Health::stalled(reasons::PERMISSION_DENIED, msg.clone()),
+                events::AEP_ERROR,
+            ),
+            ErrorKind::Unauthorized => (
+                Health::stalled(reasons::CREDENTIALS_INVALID, msg.clone()),
+                events::CREDENTIALS_ERROR,
+            ),
+            _ => (
+                Health::stalled(
+                    reasons::DELETE_REFUSED,
+                    format!("AEP refused: {msg}. The finalizer stays until AEP accepts the deletion"),
+                ),
+                events::DELETE_REFUSED,
+            ),
+        };
+        if self.cleanup_report(health).await? {
+            self.event(EventType::Warning, event, msg).await;
+        }
+        Ok(Error::Aep(Box::new(e)))
+    }
+
+    /// Writes the deletion's health; true when it changed.
+    async fn cleanup_report(&mut self, health: Health) -> Result<bool, Error> {
+        self.record_health(&health, false);
+        if self.status == self.original {
+            return Ok(false);
+        }
+        self.write_status().await?;
+        Ok(true)
+    }
+}
