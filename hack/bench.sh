@@ -40,8 +40,7 @@ kubectl apply --server-side -f deploy/rbac.yaml >/dev/null
 kubectl create namespace bench >/dev/null
 kubectl -n bench create secret generic aep-credentials \
   --from-literal=clientId=local-client --from-literal=clientSecret=local-secret \
-  --from-literal=orgId=LOCAL0RG@AdobeOrg \
-  --from-literal=platformUrl="http://$addr" --from-literal=imsUrl="http://$addr" >/dev/null
+  --from-literal=orgId=LOCAL0RG@AdobeOrg >/dev/null
 
 python3 - "$n" >"$work/objects.yaml" <<'PY'
 import sys
@@ -58,6 +57,7 @@ kubectl apply --server-side -f "$work/objects.yaml" >/dev/null
 
 start=$(date +%s.%N)
 RUST_LOG=warn "$bin/controller" run --kubeconfig "$OPERATOR_KUBECONFIG" --metrics-addr 127.0.0.1:0 \
+  --aep-platform-url "http://$addr" --aep-ims-url "http://$addr" \
   --concurrency "$concurrency" --aep-requests-per-second "$rps" \
   --operation-poll-interval 200ms --run-poll-interval 200ms >"$work/controller.log" 2>&1 &
 echo $! >"$work/controller.pid"

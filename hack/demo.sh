@@ -60,6 +60,7 @@ kubectl apply --server-side -f deploy/rbac.yaml
 
 log "Starting the operator as system:serviceaccount:audience-operator:audience-operator"
 "$bin/controller" run --kubeconfig "$OPERATOR_KUBECONFIG" --metrics-addr 127.0.0.1:0 \
+  --aep-platform-url "http://$addr" --aep-ims-url "http://$addr" \
   --operation-poll-interval 1s --run-poll-interval 2s >"$work/controller.log" 2>&1 &
 echo $! >"$work/controller.pid"
 
@@ -67,8 +68,7 @@ log "Applying the seed example and its credentials Secret"
 kubectl create namespace marketing
 kubectl -n marketing create secret generic aep-credentials \
   --from-literal=clientId=local-client --from-literal=clientSecret=local-secret \
-  --from-literal=orgId=LOCAL0RG@AdobeOrg \
-  --from-literal=platformUrl="http://$addr" --from-literal=imsUrl="http://$addr"
+  --from-literal=orgId=LOCAL0RG@AdobeOrg
 kubectl apply -f deploy/samples/loyalty-members.yaml
 
 log "Waiting for Ready"

@@ -59,6 +59,16 @@ pub struct RunConfig {
     #[arg(long, env = "AEP_IMS_URL", default_value = crate::aep::client::DEFAULT_IMS_URL)]
     pub aep_ims_url: Url,
 
+    /// Further endpoints a credentials Secret may choose with `imsUrl` / `platformUrl` (besides
+    /// `--aep-platform-url` and `--aep-ims-url`); repeatable. https only, except http to a
+    /// loopback IP address listed here explicitly (the local emulator).
+    #[arg(long = "allowed-endpoint", env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
+    pub allowed_endpoints: Vec<Url>,
+
+    /// PEM file of the CA(s) to trust for AEP and IMS instead of the system's trust roots.
+    #[arg(long, env = "AEP_CA_FILE")]
+    pub aep_ca_file: Option<PathBuf>,
+
     /// Client-side limit of AEP requests per second, per IMS org.
     #[arg(long, env = "AEP_REQUESTS_PER_SECOND", default_value_t = 10)]
     pub aep_requests_per_second: u32,
@@ -78,6 +88,22 @@ pub struct RunConfig {
     /// Retry interval after AEP refuses a run for now (run in progress, daily guardrail).
     #[arg(long, env = "DEFERRED_RETRY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub deferred_retry_interval: Duration,
+
+    /// How long parsed credentials are reused before their Secret is read again (a change of the
+    /// Secret, a refusal by IMS/AEP or, with `--watch-secrets`, a watch event drops them sooner).
+    #[arg(long, env = "CREDENTIALS_CACHE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub credentials_cache_ttl: Duration,
+
+    /// How long a missing credentials Secret is reported as `Reconciling` (it may be on its way,
+    /// e.g. from External Secrets) before it is `Stalled`.
+    #[arg(long, env = "SECRET_GRACE_PERIOD", default_value = "2m", value_parser = parse_duration)]
+    pub secret_grace_period: Duration,
+
+    /// Watch Secrets (metadata only) in the watched namespace(s), so an object heals the moment
+    /// its Secret appears or changes. Needs list/watch on Secrets there (the namespaced overlay
+    /// grants it with Roles); without it, a missing Secret is looked for again on a timer.
+    #[arg(long, env = "WATCH_SECRETS")]
+    pub watch_secrets: bool,
 
     /// Retry interval for missing or refused credentials and permission errors.
     #[arg(long, env = "CREDENTIALS_RETRY_INTERVAL", default_value = "5m", value_parser = parse_duration)]

@@ -1,4 +1,5 @@
-//! Contract tests: the AEP client against the emulator over real HTTP on loopback (no mocks).
+//! Contract tests: the AEP client against the emulator over real HTTP (and HTTPS, with the CA the
+//! emulator generates) on loopback (no mocks).
 //!
 //! Each test starts its own emulator on `127.0.0.1:0`. Waiting uses polling loops with deadlines;
 //! the only timing assertions are the `Retry-After` lower bound, the visibility lower bounds of the
@@ -2199,4 +2200,133 @@ async fn answer_delay_holds_committed_answers_after_the_work() {
         "{:?}",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: the emulator's generated CA is trusted when configured, refused otherwise
+// ---------------------------------------------------------------------------------------------
+
+const UNTRUSTED: &str =
+    "TLS handshake failed: the endpoint's certificate is not trusted (configure the CA with --aep-ca-file)";
+
+/// A CA that signed nothing the emulator serves.
+fn unrelated_ca_pem() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "some-other-ca");
+    params.self_signed(&key).unwrap().pem().into_bytes()
+}
+
+#[tokio::test]
+async fn tls_emulator_is_trusted_with_its_ca() {
+    let emu = start(|b| b.tls()).await;
+    let base = emu.base_url();
+    assert_eq!(base.scheme(), "https");
+    assert_eq!(base.as_str(), format!("https://127.0.0.1:{}/", emu.addr().port()));
+    let ca = emu.ca_pem().expect("a TLS emulator has a CA");
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert_eq!(emu.client_config().ca_pem.as_deref(), Some(ca.as_bytes()));
+    assert_eq!(emu.credentials().ims_url.as_ref(), Some(&base));
+
+    let s = session(&emu, "dev1");
+    let id = create_ready(&s, "Over TLS").await;
+    assert_eq!(s.get_audience(&id).await.unwrap().id, id);
+
+    // The admin API is served over the same TLS listener.
+    let stats = emu.admin().stats().await.unwrap();
+    assert_eq!(stats.tokens_issued, 1);
+    assert_eq!(stats.creates, 1);
+    assert_eq!(stats.received("create_audience"), 1);
+    let by_hand = audience_operator::emulator::AdminClient::new(base.clone())
+        .with_ca_pem(ca.as_bytes())
+        .unwrap();
+    assert_eq!(by_hand.stats().await.unwrap(), emu.stats());
+    // …and refused to an admin client that does not trust the CA.
+    let untrusting = audience_operator::emulator::AdminClient::new(base)
+        .with_ca_pem(&unrelated_ca_pem())
+        .unwrap();
+    let refused = untrusting.stats().await;
+    assert!(
+        matches!(refused, Err(audience_operator::emulator::AdminError::Http(_))),
+        "{refused:?}"
+    );
+    assert!(
+        audience_operator::emulator::AdminClient::new(emu.base_url())
+            .with_ca_pem(b"not a certificate")
+            .is_err()
+    );
+
+    // The hostname form of the address is covered by the certificate too.
+    let mut by_name = emu.client_config();
+    by_name.platform_url.set_host(Some("localhost")).unwrap();
+    by_name.ims_url.set_host(Some("localhost")).unwrap();
+    let mut named_creds = emu.credentials();
+    named_creds.ims_url = Some(by_name.ims_url.clone());
+    named_creds.platform_url = Some(by_name.platform_url.clone());
+    let named = AepClient::new(by_name).unwrap().session(&named_creds, "dev1");
+    assert_eq!(named.get_audience(&id).await.unwrap().id, id);
+}
+
+#[tokio::test]
+async fn tls_emulator_is_refused_without_its_ca() {
+    use audience_operator::aep::error::Call;
+    let emu = start(|b| b.tls()).await;
+    let trust = [("system roots", None), ("another CA", Some(unrelated_ca_pem()))];
+    for (what, ca_pem) in trust {
+        let client = AepClient::new(ClientConfig {
+            ca_pem,
+            max_retries: 0,
+            ..emu.client_config()
+        })
+        .expect("client builds");
+        let s = client.session(&emu.credentials(), "dev1");
+        let err = s.create_audience(&seed_request("Refused")).await.unwrap_err();
+        assert_eq!(err.call(), Call::Token, "{what}: the token call comes first: {err:?}");
+        assert_eq!(err.category(), "tls", "{what}: {err:?}");
+        assert_eq!(err.message(), UNTRUSTED, "{what}");
+        assert_eq!(err.kind(), ErrorKind::Retryable { retry_after: None }, "{what}");
+        assert_eq!(err.status(), None, "{what}");
+        assert_eq!(err.to_string(), format!("ims_token: {UNTRUSTED}"), "{what}");
+    }
+    // The handshake failed before any HTTP request: nothing reached IMS or AEP.
+    let stats = emu.stats();
+    assert_eq!(stats.token_requests, 0, "{stats:?}");
+    assert!(stats.received.values().all(|&n| n == 0), "{:?}", stats.received);
+    assert!(stats.requests.is_empty(), "{:?}", stats.requests);
+    for op in ["create_audience", "get_operation", "list_audiences", "get_audience"] {
+        assert_eq!(stats.received(op), 0, "{op}");
+    }
+    // The emulator still serves a client that trusts it.
+    create_ready(&session(&emu, "dev1"), "Accepted").await;
+    assert_eq!(emu.stats().token_requests, 1);
+
+    // A plain-HTTP emulator has no CA to hand out.
+    let plain = start(|b| b).await;
+    assert_eq!(plain.ca_pem(), None);
+    assert_eq!(plain.client_config().ca_pem, None);
+    assert_eq!(plain.base_url().scheme(), "http");
+}
+
+#[tokio::test]
+async fn commit_then_drop_works_over_tls() {
+    let emu = start(|b| b.tls()).await;
+    let s = session(&emu, "dev1");
+    emu.update_faults(|f| f.lost_answers.create.next = 1);
+    let err = s.create_audience(&seed_request("Dropped over TLS")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
+    assert_eq!(err.status(), None);
+    assert_ne!(err.category(), "tls", "{err:?}");
+
+    let stats = emu.stats();
+    assert_eq!(stats.requests_with_status(CREATE_ROUTE, "dropped"), 1);
+    assert_eq!(stats.received("create_audience"), 1, "not retried");
+    assert_eq!(stats.creates, 1);
+    assert_eq!(stats.connections_dropped, 1);
+    assert_eq!(emu.state().audiences_named("dev1", "Dropped over TLS").count(), 1);
+    // The connection was cut, not the listener: the next call is answered.
+    let id = create_ready(&s, "After the drop").await;
+    assert_eq!(s.get_audience(&id).await.unwrap().id, id);
 }

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::endpoint::EndpointPolicy;
 use super::error::{Call, Error, ErrorKind, parse_retry_after};
 use super::ims::{AccessToken, TokenCache};
 use super::ratelimit::OrgRateLimiter;
@@ -43,6 +44,8 @@ const FIND_PAGE_SIZE: u32 = 50;
 const MAX_PAGES: usize = 1000;
 /// First backoff step for retries.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Default cap of one response body (AEP's largest answers, a page of 50 audiences, are far below).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Client-wide settings. `Default` targets the real Adobe hosts.
 #[derive(Debug, Clone)]
@@ -59,6 +62,14 @@ pub struct ClientConfig {
     pub max_retries: u32,
     /// Cap of one backoff step (a longer `Retry-After` is returned to the caller instead).
     pub max_backoff: Duration,
+    /// Endpoints a credential may choose besides `platform_url` and `ims_url` (the administrator's
+    /// allow-list, see [`super::endpoint`]).
+    pub allowed_endpoints: Vec<Url>,
+    /// PEM trust roots that replace the system's (e.g. the local emulator's CA); `None` trusts the
+    /// system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Hard cap of one response body; a longer answer fails the call.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +81,9 @@ impl Default for ClientConfig {
             requests_per_second: 10,
             max_retries: 4,
             max_backoff: Duration::from_secs(30),
+            allowed_endpoints: Vec::new(),
+            ca_pem: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -169,6 +183,7 @@ type Observer = Arc<dyn Fn(&RequestEvent) + Send + Sync>;
 struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
+    policy: EndpointPolicy,
     tokens: TokenCache,
     limiter: OrgRateLimiter,
     requests: AtomicU64,
@@ -196,24 +211,31 @@ impl AepClient {
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         // Idempotent: a provider installed earlier (by us or the process) stays.
         crate::aep::install_crypto_provider();
-        for (name, url) in [("platform_url", &config.platform_url), ("ims_url", &config.ims_url)] {
-            if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
-                return Err(Error::invalid(
-                    Call::Token,
-                    format!("{name} must be an http(s) base URL"),
-                ));
-            }
-        }
-        let http = reqwest::Client::builder()
+        let endpoints = [&config.platform_url, &config.ims_url]
+            .into_iter()
+            .chain(config.allowed_endpoints.iter());
+        let policy = EndpointPolicy::new(endpoints)
+            .map_err(|(url, e)| Error::invalid(Call::Token, format!("endpoint {url} {e}")))?;
+        // No proxies from the environment, no redirects: requests go only where the policy says.
+        let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("audience-operator/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::from_transport(Call::Token, e))?;
+            .no_proxy();
+        if let Some(pem) = &config.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|_| Error::invalid(Call::Token, "the CA bundle is not valid PEM"))?;
+            if certs.is_empty() {
+                return Err(Error::invalid(Call::Token, "the CA bundle holds no certificate"));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(|e| Error::from_transport(Call::Token, e))?;
         Ok(AepClient {
             inner: Arc::new(Inner {
                 http,
+                policy,
                 limiter: OrgRateLimiter::new(config.requests_per_second),
                 config,
                 tokens: TokenCache::default(),
@@ -239,6 +261,16 @@ impl AepClient {
             }
         };
         AepClient { inner: Arc::new(inner) }
+    }
+
+    /// Forgets every token minted for `creds` (their Secret changed or is gone).
+    pub fn forget_tokens(&self, creds: &Credentials) {
+        self.inner.tokens.forget(creds);
+    }
+
+    /// The endpoint allow-list.
+    pub fn policy(&self) -> &EndpointPolicy {
+        &self.inner.policy
     }
 
     /// A handle for `creds` in `sandbox`.
@@ -277,6 +309,22 @@ impl fmt::Debug for Session {
             .field("sandbox", &self.sandbox)
             .finish()
     }
+}
+
+/// Reads a response body, failing once it grows past `max` bytes (a hostile or broken endpoint
+/// cannot exhaust memory; the client's timeout bounds a slow one).
+pub(crate) async fn read_capped(mut response: reqwest::Response, max: usize, call: Call) -> Result<Bytes, Error> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(Error::too_large(call, max));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| Error::from_transport(call, e))? {
+        if body.len() + chunk.len() > max {
+            return Err(Error::too_large(call, max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// Reads `Retry-After` (seconds or HTTP-date).
@@ -588,9 +636,26 @@ impl Session {
         body: Option<&[u8]>,
     ) -> Result<(u16, Bytes), Error> {
         let inner = &self.client.inner;
+        // Checked before any connection, whatever the caller validated.
+        inner
+            .policy
+            .check_request(url)
+            .map_err(|e| Error::invalid(call, format!("platform endpoint {e}")))?;
+        inner
+            .policy
+            .check(self.ims_url())
+            .map_err(|e| Error::invalid(Call::Token, format!("IMS endpoint {e}")))?;
         let mut refreshed = false;
         loop {
-            let token = inner.tokens.token(&inner.http, self.ims_url(), &self.creds).await?;
+            let token = inner
+                .tokens
+                .token(
+                    &inner.http,
+                    self.ims_url(),
+                    &self.creds,
+                    inner.config.max_response_bytes,
+                )
+                .await?;
             inner.limiter.acquire(&self.creds.org_id).await;
             let (status, headers, bytes) = self.send(call, method, url, body, &token).await?;
             if (200..300).contains(&status) {
@@ -660,7 +725,7 @@ impl Session {
             let response = request.send().await.map_err(|e| Error::from_transport(call, e))?;
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response.bytes().await.map_err(|e| Error::from_transport(call, e))?;
+            let bytes = read_capped(response, inner.config.max_response_bytes, call).await?;
             Ok::<_, Error>((status, headers, bytes))
         }
         .await;

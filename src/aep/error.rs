@@ -184,7 +184,10 @@ impl Error {
     pub(crate) fn from_transport(call: Call, err: reqwest::Error) -> Self {
         let err = err.without_url();
         let maybe_sent = !err.is_connect() && !err.is_builder();
-        let (kind, category, message) = if err.is_timeout() && !err.is_connect() {
+        let (kind, category, message) = if is_untrusted_certificate(&err) {
+            // The handshake failed, so no request was sent.
+            (ErrorKind::Retryable { retry_after: None }, "tls", UNTRUSTED_CERTIFICATE)
+        } else if err.is_timeout() && !err.is_connect() {
             (transport_kind(call, maybe_sent), "timeout", "request timed out")
         } else if err.is_connect() {
             (
@@ -231,6 +234,20 @@ impl Error {
         }
     }
 
+    /// A response body past the client's cap: for a non-idempotent call the work may have
+    /// happened (outcome unknown); other calls are retried with backoff.
+    pub(crate) fn too_large(call: Call, max: usize) -> Self {
+        Error {
+            kind: transport_kind(call, true),
+            call,
+            status: None,
+            code: None,
+            message: format!("the answer is larger than {} KiB", max / 1024),
+            category: "too_large",
+            source: None,
+        }
+    }
+
     /// Error raised before sending (bad input, bad configuration).
     pub(crate) fn invalid(call: Call, message: impl Into<String>) -> Self {
         Error {
@@ -243,6 +260,32 @@ impl Error {
             source: None,
         }
     }
+}
+
+/// Message of a transport error caused by a certificate the client does not trust.
+const UNTRUSTED_CERTIFICATE: &str =
+    "TLS handshake failed: the endpoint's certificate is not trusted (configure the CA with --aep-ca-file)";
+
+/// Does the `source()` chain of `err` hold a rustls certificate verification failure?
+fn is_untrusted_certificate(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    // Bounded: a chain is finite, but a buggy `source()` must not hang the client.
+    for _ in 0..32 {
+        let Some(e) = next else { return false };
+        if matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        ) {
+            return true;
+        }
+        // `io::Error::source()` skips the error it wraps (rustls' errors travel inside one), so
+        // step into the wrapped error itself.
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 fn transport_kind(call: Call, maybe_sent: bool) -> ErrorKind {
@@ -322,7 +365,9 @@ pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> 
         return Some(Duration::from_secs(seconds));
     }
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        // Past `Duration::MAX` (e.g. 20 digits) `from_secs_f64` panics: saturate instead.
+        return (seconds.is_finite() && seconds >= 0.0)
+            .then(|| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX));
     }
     let at = jiff::fmt::rfc2822::DateTimeParser::new().parse_timestamp(value).ok()?;
     let delta = at.as_millisecond() - now.as_millisecond();
@@ -409,6 +454,44 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    /// Found by `fuzz/fuzz_targets/client_responses.rs`: a delay too large for a `Duration`
+    /// panicked in `Duration::from_secs_f64`.
+    #[test]
+    fn retry_after_past_the_duration_range_saturates() {
+        let now: jiff::Timestamp = "2025-06-01T12:00:00Z".parse().unwrap();
+        let max = Some(Duration::MAX);
+        assert_eq!(parse_retry_after("18446744073709551616", now), max);
+        assert_eq!(parse_retry_after(&"5".repeat(67), now), max);
+        assert_eq!(parse_retry_after("1e300", now), max);
+        assert_eq!(parse_retry_after("-0", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("inf", now), None);
+    }
+
+    /// An error wrapping another, the way hyper and reqwest wrap a connector's failure.
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Wrapper(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+    #[test]
+    fn certificate_failures_are_found_anywhere_in_the_chain() {
+        let untrusted = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        // rustls errors reach the connector inside an io::Error, whose source() skips them.
+        let in_io = std::io::Error::new(std::io::ErrorKind::InvalidData, untrusted());
+        assert!(is_untrusted_certificate(&in_io));
+        let deep = Wrapper(Box::new(Wrapper(Box::new(in_io))));
+        assert!(is_untrusted_certificate(&deep));
+        assert!(is_untrusted_certificate(&Wrapper(Box::new(untrusted()))));
+
+        // Other TLS and I/O failures keep their classification.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+        );
+        assert!(!is_untrusted_certificate(&Wrapper(Box::new(alert))));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!is_untrusted_certificate(&Wrapper(Box::new(eof))));
     }
 
     #[test]

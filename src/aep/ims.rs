@@ -99,6 +99,7 @@ impl TokenCache {
         http: &reqwest::Client,
         ims_url: &Url,
         creds: &Credentials,
+        max_body: usize,
     ) -> Result<AccessToken, Error> {
         let slot = self.slot(&creds.fingerprint());
         let mut guard = slot.lock().await;
@@ -107,13 +108,22 @@ impl TokenCache {
         {
             return Ok(cached.token.clone());
         }
-        let (token, lifetime) = self.fetch(http, ims_url, creds).await?;
+        let (token, lifetime) = self.fetch(http, ims_url, creds, max_body).await?;
         let refresh_at = Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime));
         *guard = Some(CachedToken {
             token: token.clone(),
             refresh_at,
         });
         Ok(token)
+    }
+
+    /// Forgets every token of `creds` (its Secret changed or is gone): no token outlives the
+    /// credential it was minted for.
+    pub fn forget(&self, creds: &Credentials) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&creds.fingerprint());
     }
 
     /// Forgets `stale` (after AEP refused it) unless another caller already replaced it, so a burst
@@ -131,6 +141,7 @@ impl TokenCache {
         http: &reqwest::Client,
         ims_url: &Url,
         creds: &Credentials,
+        max_body: usize,
     ) -> Result<(AccessToken, Duration), Error> {
         let url = token_url(ims_url);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -149,10 +160,7 @@ impl TokenCache {
             .map_err(|e| Error::from_transport(Call::Token, e))?;
         let status = response.status().as_u16();
         let retry_after = super::client::retry_after_header(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| Error::from_transport(Call::Token, e))?;
+        let body = super::client::read_capped(response, max_body, Call::Token).await?;
         if !(200..300).contains(&status) {
             let error = Error::from_status(
                 Call::Token,

@@ -10,12 +10,14 @@
 //! blindly retry a non-idempotent call (create, start-run).
 
 pub mod client;
+pub mod endpoint;
 pub mod error;
 pub mod ims;
 pub mod ratelimit;
 pub mod types;
 
 pub use client::{AepClient, ClientConfig, ClientMetrics, Credentials, DEFAULT_SCOPES, Session};
+pub use endpoint::{EndpointError, EndpointPolicy};
 pub use error::{Error, ErrorKind};
 pub use types::*;
 

@@ -878,9 +878,24 @@ pub fn error_message_from_body(body: &[u8]) -> Option<String> {
     ]
     .iter()
     .find_map(|key| match object.get(*key) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(Value::String(s)) => Some(sanitize_message(s)).filter(|m| !m.is_empty()),
         _ => None,
     })
+}
+
+/// Longest error message taken from an answer (it reaches status and events).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+
+/// One line of printable text, at most [`MAX_ERROR_MESSAGE_CHARS`] characters: control characters
+/// become spaces and whitespace runs collapse.
+pub fn sanitize_message(s: &str) -> String {
+    let cleaned: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = out.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 /// Extracts the platform or gateway code (`errorCode`, `error_code`, `error`) from an error body.

@@ -65,7 +65,7 @@ pub struct ExternalAudienceSpec {
 
     /// AEP sandbox the audience lives in (sent as `x-sandbox-name`), e.g. `prod`.
     /// Immutable: an audience cannot move between sandboxes.
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.sandbox is immutable: create a new ExternalAudience instead"))]
     pub sandbox: String,
 
@@ -73,6 +73,8 @@ pub struct ExternalAudienceSpec {
     /// Immutable: create a new ExternalAudience to use another name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.name must not contain control characters"))]
+    #[x_kube(validation = Rule::new(r"self.matches('[^\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.name must not be blank (only whitespace): AEP refuses it"))]
     pub name: Option<String>,
 
     /// Free-text description of the audience. Updatable in place.
@@ -101,7 +103,10 @@ pub struct ExternalAudienceSpec {
     /// Audience-level data usage labels, each `<family>/<label>` such as `core/C1`.
     /// Updatable in place (the whole list is replaced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")))]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))
+    )]
     pub labels: Vec<String>,
 
     /// Audience type. Only `people` is supported by AEP. Immutable.
@@ -129,7 +134,7 @@ pub struct ExternalAudienceSpec {
     /// create operation is in flight (e.g. to resolve `AudienceNameTaken` or
     /// `CreateOutcomeUnknown`). Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"))]
     pub audience_id: Option<String>,
 }
 
@@ -142,27 +147,35 @@ fn default_ttl() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
 /// One column of the audience's CSV file.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AudienceField {
     /// Column name in the source file.
     #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.fields[].name must not contain control characters"))]
+    #[x_kube(validation = Rule::new(r"self.matches('[^\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.fields[].name must not be blank (only whitespace): AEP refuses it"))]
     pub name: String,
     /// Data type of the column.
     #[serde(rename = "type")]
     pub type_: FieldType,
     /// Identity namespace code for identity columns, e.g. `email`, `ECID`, `CRMID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+$"))]
     pub identity_ns: Option<String>,
     /// Field-level data usage labels, each `<family>/<label>` such as `core/C2`. Updatable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")))]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))
+    )]
     pub labels: Vec<String>,
 }
 
@@ -193,7 +206,8 @@ pub enum FieldType {
 pub struct SourceSpec {
     /// Path of the file or folder inside the source. Must not contain whitespace.
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = Rule::new("!self.matches('\\\\s')").message("spec.sourceSpec.path must not contain whitespace"))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.sourceSpec.path must not contain whitespace (any Unicode whitespace, as AEP refuses)"))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.sourceSpec.path must not contain control characters"))]
     pub path: String,
     /// Whether `path` names a `file` or a `folder`.
     #[serde(rename = "type")]
@@ -206,7 +220,7 @@ pub struct SourceSpec {
     pub cloud_type: Option<CloudType>,
     /// Flow Service base connection ID of the storage. Required for S3, GCS and SFTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"))]
     pub base_connection_id: Option<String>,
 }
 
@@ -281,11 +295,11 @@ pub enum DeletionPolicy {
 #[x_kube(validation = Rule::new("!has(self.dataFilterEndTime) || self.dataFilterEndTime >= self.dataFilterStartTime").message("spec.ingestion.dataFilterEndTime must not be before dataFilterStartTime"))]
 pub struct IngestionSpec {
     /// Files newer than this instant (epoch seconds) are ingested.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 253_402_300_799_i64))]
     pub data_filter_start_time: i64,
     /// Files older than this instant (epoch seconds) are ingested. Optional.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 253_402_300_799_i64))]
     pub data_filter_end_time: Option<i64>,
     /// Ingest only the difference since the last run (default `true`) or everything.
     #[serde(default = "default_true")]
@@ -323,6 +337,11 @@ pub struct ExternalAudienceStatus {
     /// ID of the AEP create operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation_id: Option<String>,
+
+    /// The credentials Secret this object last used (it carries the in-use finalizer
+    /// `aep.audience-operator.dev/credentials-in-use` while objects use it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 
     /// ID of the last create operation that FAILED (nothing was created by it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,9 @@
 //! `aep-emulator`: runs the AEP + IMS emulator standalone (local demo, benchmark, manual curl).
 //!
 //! Prints exactly one line, `listening on <addr>`, to stdout once the listener is bound; logs go
-//! to stderr. Stops on Ctrl-C / SIGTERM, writing the state file if one is configured.
+//! to stderr. With `--tls` it serves HTTPS with a CA generated at start, whose PEM `--ca-out`
+//! writes before that line is printed. Stops on Ctrl-C / SIGTERM, writing the state file if one is
+//! configured.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -227,6 +229,16 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_STATE_FILE")]
     state_file: Option<PathBuf>,
 
+    /// Serve HTTPS: a fresh CA is generated at each start, and a server certificate it signs for
+    /// 127.0.0.1 and localhost. Clients must trust that CA (see --ca-out).
+    #[arg(long, env = "AEP_EMULATOR_TLS")]
+    tls: bool,
+
+    /// With --tls: write the CA certificate (PEM) to this file once listening, before the
+    /// `listening on` line is printed (give it to the operator as --aep-ca-file).
+    #[arg(long, env = "AEP_EMULATOR_CA_OUT", requires = "tls")]
+    ca_out: Option<PathBuf>,
+
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, env = "AEP_EMULATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -242,6 +254,19 @@ fn init_tracing(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Writes `pem` to a temporary file beside `path`, then renames it over `path`, so a reader never
+/// sees a partial certificate.
+fn write_ca(path: &std::path::Path, pem: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 async fn shutdown_signal() {
@@ -344,7 +369,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = args.state_file {
         builder = builder.state_file(path);
     }
+    if args.tls {
+        builder = builder.tls();
+    }
     let mut emulator = builder.spawn().await.context("starting the emulator")?;
+    if let Some(path) = &args.ca_out {
+        let pem = emulator
+            .ca_pem()
+            .context("--ca-out needs --tls: there is no CA to write")?;
+        write_ca(path, &pem).with_context(|| format!("writing the CA to {}", path.display()))?;
+        tracing::info!(path = %path.display(), "CA certificate written");
+    }
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", emulator.addr())?;

@@ -8,6 +8,7 @@
 //! cannot be attributed is left in AEP with a Warning event naming it. Transient AEP failures
 //! (5xx, 429, lost answers) show as `Reconciling/Retrying`; refusals as `Stalled/DeleteRefused`.
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, events::EventType},
@@ -47,7 +48,37 @@ pub(super) async fn cleanup(
     };
     let mut pass = Pass::new(&fresh, ctx, api);
     pass.conditioned = false;
-    pass.cleanup().await
+    let action = pass.cleanup().await?;
+    // Released: the Secret keeps its in-use finalizer only while other objects use it, and
+    // nothing is kept about this object.
+    let ns = fresh.namespace().ok_or(Error::MissingNamespace)?;
+    let secret = fresh.spec.credentials_secret_ref.name.clone();
+    match credentials::secret_holders(&ctx.client, &ns, &secret, fresh.metadata.uid.as_deref())
+        .await
+        .map_err(Error::Kube)?
+    {
+        credentials::Holders::None => {
+            credentials::release_secret(&ctx.client, &ns, &secret)
+                .await
+                .map_err(Error::Kube)?;
+            ctx.credentials.invalidate(&ctx.aep, &ns, &secret);
+        }
+        // Others being deleted too: whichever finishes last releases it; a few delayed checks
+        // close the race of two finishing at once.
+        credentials::Holders::Deleting => credentials::spawn_release_check(ctx.client.clone(), ns, secret),
+        credentials::Holders::Live => {}
+    }
+    ctx.forget_object(&pass.key());
+    Ok(action)
+}
+
+/// Whether `namespace` is being deleted (its Secrets can then never come back).
+async fn namespace_terminating(client: &kube::Client, namespace: &str) -> Result<bool, Error> {
+    let ns = Api::<Namespace>::all(client.clone())
+        .get_opt(namespace)
+        .await
+        .map_err(Error::Kube)?;
+    Ok(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
 }
 
 impl Pass<'_> {
@@ -70,23 +101,38 @@ impl Pass<'_> {
         }
         let ns = self.obj.namespace().ok_or(Error::MissingNamespace)?;
         let secret = self.obj.spec.credentials_secret_ref.name.clone();
-        let creds = match credentials::load(&self.ctx.client, &ns, &secret).await {
+        let creds = match self
+            .ctx
+            .credentials
+            .read(&self.ctx.client, &self.ctx.aep, &ns, &secret)
+            .await
+        {
             Ok(c) => c,
             Err(CredentialsError::Kube { source, .. }) => return Err(Error::Kube(source)),
-            Err(e) => match self.ctx.recall_credentials(&ns, &secret) {
-                Some(c) => c,
-                None => {
-                    // Without credentials nothing can be deleted; holding the finalizer forever
-                    // would block namespace deletion, so release and say so loudly.
+            Err(e) => {
+                // The rule: deleting in AEP needs the credentials, and they are not remembered.
+                // Wait for the Secret (the in-use finalizer normally keeps it until now), unless
+                // it can never come back because the namespace is being deleted.
+                if namespace_terminating(&self.ctx.client, &ns).await? {
                     self.event(
                         EventType::Warning,
                         events::AUDIENCE_ORPHANED,
-                        format!("Cannot delete the audience in AEP: {e}; releasing the object and leaving the audience in AEP"),
+                        format!(
+                            "Cannot delete the audience in AEP: {e}, and its namespace is being deleted; releasing the \
+                             object and leaving the audience in AEP"
+                        ),
                     )
                     .await;
                     return release;
                 }
-            },
+                let msg = format!(
+                    "Waiting for the credentials to delete the audience in AEP: {e}. Restore the Secret, or set \
+                     spec.deletionPolicy: Orphan to release the object and leave the audience in AEP"
+                );
+                self.cleanup_report(Health::stalled(reasons::CREDENTIALS_MISSING, msg))
+                    .await?;
+                return Err(Error::Waiting("credentials missing", self.ctx.timing.credentials_retry));
+            }
         };
         let s = self.ctx.aep.session(&creds, &self.obj.spec.sandbox);
         let audience_id = match st.audience_id.clone() {

@@ -8,11 +8,19 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{
+    ResourceExt,
+    runtime::{
+        events::{Event, EventType, Recorder},
+        reflector::Store,
+    },
+};
 use rand::Rng;
 
+use super::credentials::CredentialStore;
 use crate::{
-    aep::{AepClient, Credentials},
+    aep::AepClient,
+    api::ExternalAudience,
     config::{MissingAudiencePolicy, RunWindow},
     metrics::Metrics,
 };
@@ -56,6 +64,9 @@ pub struct Timing {
     pub resync: Duration,
     /// How long a create whose answer was lost is looked for by proof before deciding.
     pub create_settle: Duration,
+    /// How long a missing credentials Secret is reported as `Reconciling` (it may be on its way,
+    /// e.g. from External Secrets) before it is `Stalled`.
+    pub secret_grace: Duration,
 }
 
 impl Default for Timing {
@@ -69,8 +80,18 @@ impl Default for Timing {
             backoff_max: Duration::from_secs(300),
             resync: Duration::from_secs(600),
             create_settle: Duration::from_secs(600),
+            secret_grace: Duration::from_secs(120),
         }
     }
+}
+
+/// Behaviour switches of the controller (from the command line).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    pub missing_audience_policy: MissingAudiencePolicy,
+    pub run_limit: RunLimit,
+    /// How long parsed credentials are reused.
+    pub credentials_ttl: Duration,
 }
 
 /// Everything a reconcile pass needs.
@@ -82,10 +103,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub missing_audience_policy: MissingAudiencePolicy,
     pub run_limit: RunLimit,
+    /// Parsed credentials, short-lived (see [`CredentialStore`]).
+    pub credentials: CredentialStore,
+    /// The controller's cache of ExternalAudiences (who still uses a Secret).
+    pub objects: Store<ExternalAudience>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
-    /// Last successfully read credentials per Secret, so an object can still be cleaned up when
-    /// its Secret is deleted first (e.g. namespace deletion). Held in memory only.
-    credentials: Mutex<HashMap<ObjectKey, Credentials>>,
     /// When each object was last checked for drift.
     resyncs: Mutex<HashMap<ObjectKey, std::time::Instant>>,
 }
@@ -97,8 +119,8 @@ impl Context {
         recorder: Recorder,
         timing: Timing,
         metrics: Arc<Metrics>,
-        missing_audience_policy: MissingAudiencePolicy,
-        run_limit: RunLimit,
+        options: Options,
+        objects: Store<ExternalAudience>,
     ) -> Self {
         Context {
             client,
@@ -106,27 +128,28 @@ impl Context {
             recorder,
             timing,
             metrics,
-            missing_audience_policy,
-            run_limit,
+            missing_audience_policy: options.missing_audience_policy,
+            run_limit: options.run_limit,
+            credentials: CredentialStore::new(options.credentials_ttl),
+            objects,
             failures: Mutex::default(),
-            credentials: Mutex::default(),
             resyncs: Mutex::default(),
         }
     }
 
-    pub fn remember_credentials(&self, namespace: &str, secret: &str, creds: &Credentials) {
-        self.credentials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((namespace.to_owned(), secret.to_owned()), creds.clone());
+    /// Whether an ExternalAudience other than `except_uid` in `namespace` references Secret `name`.
+    pub fn secret_in_use(&self, namespace: &str, name: &str, except_uid: Option<&str>) -> bool {
+        self.objects.state().iter().any(|ea| {
+            ea.namespace().as_deref() == Some(namespace)
+                && ea.spec.credentials_secret_ref.name == name
+                && ea.metadata.uid.as_deref() != except_uid
+        })
     }
 
-    pub fn recall_credentials(&self, namespace: &str, secret: &str) -> Option<Credentials> {
-        self.credentials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(namespace.to_owned(), secret.to_owned()))
-            .cloned()
+    /// Forgets what was kept per object (backoff, drift check time) once it is gone.
+    pub fn forget_object(&self, key: &ObjectKey) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.resyncs.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
     /// Whether the object's drift check is due (never checked since start, or `interval` passed).

@@ -1,14 +1,39 @@
-//! Reads the IMS credential Secret named by `spec.credentialsSecretRef` and turns it into
-//! [`Credentials`]. Errors name the Secret and the missing keys, never a value.
+//! The IMS credential Secrets named by `spec.credentialsSecretRef`: reading, validating, a short-
+//! lived cache, and the Secret's in-use finalizer.
+//!
+//! * Reading: `get` by name (the operator holds no list/watch on Secrets by default), validated
+//!   into [`Credentials`]; errors name the Secret, the key and the rule, never a value. The
+//!   endpoints a Secret may choose (`imsUrl`, `platformUrl`) must be on the administrator's
+//!   allow-list ([`crate::aep::EndpointPolicy`]): a tenant cannot point the operator elsewhere.
+//! * Cache: parsed credentials live at most `ttl` (and until the Secret's resourceVersion changes,
+//!   the Secret disappears, or AEP/IMS refuses them); then they are dropped together with the
+//!   tokens minted for them. With a namespace-scoped Secret watch the cache is invalidated at once.
+//! * In use: a Secret that ExternalAudiences use carries the finalizer [`SECRET_FINALIZER`], so
+//!   deleting it (or its namespace) keeps it readable until the objects using it have cleaned up
+//!   in AEP; the last one to go removes the finalizer.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::Api;
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
 use secrecy::SecretString;
+use serde_json::json;
 use url::Url;
 
-use crate::aep::{Credentials, DEFAULT_SCOPES};
+use crate::{
+    aep::{AepClient, Credentials, DEFAULT_SCOPES, EndpointPolicy},
+    api::{ExternalAudience, FINALIZER},
+};
+
+/// Finalizer on a credentials Secret while ExternalAudiences use it.
+pub const SECRET_FINALIZER: &str = "aep.audience-operator.dev/credentials-in-use";
 
 /// Why the credentials could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -30,37 +55,19 @@ pub enum CredentialsError {
     },
 }
 
-/// Loads and validates the credential Secret.
-pub async fn load(client: &kube::Client, namespace: &str, name: &str) -> Result<Credentials, CredentialsError> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|source| CredentialsError::Kube {
-            namespace: namespace.into(),
-            name: name.into(),
-            source,
-        })?
-        .ok_or_else(|| CredentialsError::Missing {
-            namespace: namespace.into(),
-            name: name.into(),
-        })?;
-    from_secret_data(secret.data.unwrap_or_default()).map_err(|problem| CredentialsError::Invalid {
-        namespace: namespace.into(),
-        name: name.into(),
-        problem,
-    })
-}
-
-/// Pure part of [`load`]: keys `clientId`, `clientSecret`, `orgId` (required), `scopes`,
-/// `imsUrl`, `platformUrl` (optional).
-pub fn from_secret_data(data: BTreeMap<String, ByteString>) -> Result<Credentials, String> {
+/// Pure part of loading: keys `clientId`, `clientSecret`, `orgId` (required), `scopes`, `imsUrl`,
+/// `platformUrl` (optional; each must pass `policy`).
+pub fn from_secret_data(data: &BTreeMap<String, ByteString>, policy: &EndpointPolicy) -> Result<Credentials, String> {
     let text = |key: &str| -> Result<Option<String>, String> {
         match data.get(key) {
             None => Ok(None),
             Some(v) => {
-                let s = String::from_utf8(v.0.clone()).map_err(|_| format!("key {key} is not UTF-8"))?;
-                let s = s.trim().to_owned();
-                Ok((!s.is_empty()).then_some(s))
+                let s = std::str::from_utf8(&v.0).map_err(|_| format!("key {key} is not UTF-8"))?;
+                let s = s.trim();
+                if s.len() > 4096 {
+                    return Err(format!("key {key} is longer than 4096 bytes"));
+                }
+                Ok((!s.is_empty()).then(|| s.to_owned()))
             }
         }
     };
@@ -81,9 +88,12 @@ pub fn from_secret_data(data: BTreeMap<String, ByteString>) -> Result<Credential
         return Err(format!("missing or empty keys: {}", missing.join(", ")));
     }
     let url = |key: &str| -> Result<Option<Url>, String> {
-        text(key)?
-            .map(|s| Url::parse(&s).map_err(|e| format!("key {key} is not a valid URL: {e}")))
-            .transpose()
+        let Some(s) = text(key)? else {
+            return Ok(None);
+        };
+        let url = Url::parse(&s).map_err(|_| format!("key {key} is not a valid URL"))?;
+        policy.check(&url).map_err(|e| format!("key {key}: {e}"))?;
+        Ok(Some(url))
     };
     Ok(Credentials {
         client_id: client_id.unwrap_or_default(),
@@ -93,6 +103,217 @@ pub fn from_secret_data(data: BTreeMap<String, ByteString>) -> Result<Credential
         ims_url: url("imsUrl")?,
         platform_url: url("platformUrl")?,
     })
+}
+
+struct Entry {
+    resource_version: Option<String>,
+    credentials: Credentials,
+    read_at: Instant,
+}
+
+type Key = (String, String);
+
+/// Short-lived cache of parsed credentials, per Secret.
+pub struct CredentialStore {
+    ttl: Duration,
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+impl CredentialStore {
+    pub fn new(ttl: Duration) -> Self {
+        CredentialStore {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Credentials for `namespace/name`: from the cache while fresh, else read from the Secret
+    /// (which then gets the in-use finalizer if it lacks it).
+    pub async fn load(
+        &self,
+        client: &kube::Client,
+        aep: &AepClient,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Credentials, CredentialsError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        if let Some(e) = self.lock().get(&key)
+            && e.read_at.elapsed() < self.ttl
+        {
+            return Ok(e.credentials.clone());
+        }
+        self.read(client, aep, namespace, name).await
+    }
+
+    /// Credentials read from the Secret now, never from the cache: deletion in AEP uses only
+    /// credentials that still exist.
+    pub async fn read(
+        &self,
+        client: &kube::Client,
+        aep: &AepClient,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Credentials, CredentialsError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let api = Api::<Secret>::namespaced(client.clone(), namespace);
+        let kube_err = |source| CredentialsError::Kube {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        };
+        let Some(secret) = api.get_opt(name).await.map_err(kube_err)? else {
+            self.drop_entry(aep, &key);
+            return Err(CredentialsError::Missing {
+                namespace: namespace.into(),
+                name: name.into(),
+            });
+        };
+        let parsed = from_secret_data(secret.data.as_ref().unwrap_or(&BTreeMap::new()), aep.policy());
+        let credentials = match parsed {
+            Ok(c) => c,
+            Err(problem) => {
+                self.drop_entry(aep, &key);
+                return Err(CredentialsError::Invalid {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    problem,
+                });
+            }
+        };
+        if secret.metadata.deletion_timestamp.is_none() && !secret.finalizers().iter().any(|f| f == SECRET_FINALIZER) {
+            // Strategic merge adds our entry to the list (and fails on a Secret that is gone).
+            let patch = json!({"metadata": {"finalizers": [SECRET_FINALIZER]}});
+            api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+                .map_err(kube_err)?;
+        }
+        let rv = secret.resource_version();
+        let mut entries = self.lock();
+        if let Some(old) = entries.get(&key)
+            && old.resource_version != rv
+        {
+            aep.forget_tokens(&old.credentials);
+        }
+        entries.insert(
+            key,
+            Entry {
+                resource_version: rv,
+                credentials: credentials.clone(),
+                read_at: Instant::now(),
+            },
+        );
+        Ok(credentials)
+    }
+
+    /// Drops the cached credentials of `namespace/name` (and their tokens): the next pass reads the
+    /// Secret again. Called when AEP or IMS refuse them, and when a watched Secret changes.
+    pub fn invalidate(&self, aep: &AepClient, namespace: &str, name: &str) {
+        self.drop_entry(aep, &(namespace.to_owned(), name.to_owned()));
+    }
+
+    fn drop_entry(&self, aep: &AepClient, key: &Key) {
+        if let Some(old) = self.lock().remove(key) {
+            aep.forget_tokens(&old.credentials);
+        }
+    }
+
+    /// Number of cached credentials (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+/// Who else still needs a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holders {
+    /// Nobody: release it.
+    None,
+    /// Only objects that are being deleted (they need it for their cleanup).
+    Deleting,
+    /// An object that is not being deleted.
+    Live,
+}
+
+/// The ExternalAudiences of `namespace` (a fresh list, not the cache) that still need Secret
+/// `name`: those referencing it that still carry the cleanup finalizer, except `except_uid`.
+pub async fn secret_holders(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    except_uid: Option<&str>,
+) -> Result<Holders, kube::Error> {
+    let list = Api::<ExternalAudience>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?;
+    let mut holders = Holders::None;
+    for ea in list.items.iter().filter(|ea| {
+        ea.spec.credentials_secret_ref.name == name
+            && ea.metadata.uid.as_deref() != except_uid
+            && (ea.metadata.deletion_timestamp.is_none() || ea.finalizers().iter().any(|f| f == FINALIZER))
+    }) {
+        if ea.metadata.deletion_timestamp.is_none() {
+            return Ok(Holders::Live);
+        }
+        holders = Holders::Deleting;
+    }
+    Ok(holders)
+}
+
+/// Checks a few times, with growing delays, whether the last holder of a Secret is gone, and
+/// releases it then.
+pub fn spawn_release_check(client: kube::Client, namespace: String, name: String) {
+    tokio::spawn(async move {
+        for attempt in 1..=8u64 {
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            match secret_holders(&client, &namespace, &name, None).await {
+                Ok(Holders::None) => {
+                    if let Err(error) = release_secret(&client, &namespace, &name).await {
+                        tracing::warn!(%error, namespace, secret = name, "Could not release the credentials Secret");
+                    }
+                    return;
+                }
+                Ok(Holders::Live) => return,
+                Ok(Holders::Deleting) | Err(_) => {}
+            }
+        }
+    });
+}
+
+/// Removes the in-use finalizer from `namespace/name`. A Secret that is gone,
+/// or carries no such finalizer, needs nothing.
+pub async fn release_secret(client: &kube::Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
+    let api = Api::<Secret>::namespaced(client.clone(), namespace);
+    let Some(secret) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    let finalizers = secret.finalizers();
+    let Some(index) = finalizers.iter().position(|f| f == SECRET_FINALIZER) else {
+        return Ok(());
+    };
+    // Remove exactly our entry, and only if the list did not change meanwhile.
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": SECRET_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    match api
+        .patch_metadata(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Changed meanwhile (or already released): the next release attempt looks again.
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -106,14 +327,26 @@ mod tests {
             .collect()
     }
 
+    fn policy() -> EndpointPolicy {
+        EndpointPolicy::new(&[
+            Url::parse("https://platform.adobe.io").unwrap(),
+            Url::parse("https://ims-na1.adobelogin.com").unwrap(),
+            Url::parse("http://127.0.0.1:9/").unwrap(),
+        ])
+        .unwrap()
+    }
+
     #[test]
     fn reads_required_and_optional_keys() {
-        let c = from_secret_data(data(&[
-            ("clientId", "id"),
-            ("clientSecret", "s3cr3t"),
-            ("orgId", "ORG@AdobeOrg"),
-            ("platformUrl", "http://127.0.0.1:9/"),
-        ]))
+        let c = from_secret_data(
+            &data(&[
+                ("clientId", "id"),
+                ("clientSecret", "s3cr3t"),
+                ("orgId", "ORG@AdobeOrg"),
+                ("platformUrl", "http://127.0.0.1:9/"),
+            ]),
+            &policy(),
+        )
         .expect("credentials");
         assert_eq!(c.client_id, "id");
         assert_eq!(c.scopes, DEFAULT_SCOPES);
@@ -122,15 +355,46 @@ mod tests {
 
     #[test]
     fn names_missing_keys_without_values() {
-        let err = from_secret_data(data(&[("clientSecret", "s3cr3t")])).expect_err("missing keys");
+        let err = from_secret_data(&data(&[("clientSecret", "s3cr3t")]), &policy()).expect_err("missing keys");
         assert_eq!(err, "missing or empty keys: clientId, orgId");
-        let err = from_secret_data(data(&[
-            ("clientId", "a"),
-            ("clientSecret", "s3cr3t"),
-            ("orgId", "o"),
-            ("imsUrl", "::"),
-        ]))
+        let err = from_secret_data(
+            &data(&[
+                ("clientId", "a"),
+                ("clientSecret", "s3cr3t"),
+                ("orgId", "o"),
+                ("imsUrl", "::"),
+            ]),
+            &policy(),
+        )
         .expect_err("bad url");
         assert!(err.contains("imsUrl") && !err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_outside_the_allow_list_are_refused_naming_the_key_and_the_rule() {
+        let base = [("clientId", "a"), ("clientSecret", "s3cr3t"), ("orgId", "o")];
+        for (key, value, rule) in [
+            ("platformUrl", "http://127.0.0.2:9/", "not an allowed endpoint"),
+            ("imsUrl", "https://kubernetes.default.svc", "not an allowed endpoint"),
+            ("platformUrl", "http://internal.example", "must use https"),
+            ("imsUrl", "https://user:pw@ims-na1.adobelogin.com", "without user info"),
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push((key, value));
+            let err = from_secret_data(&data(&pairs), &policy()).expect_err("refused");
+            assert!(err.starts_with(&format!("key {key}: ")) && err.contains(rule), "{err}");
+            assert!(!err.contains("s3cr3t"));
+        }
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let big = "x".repeat(5000);
+        let err = from_secret_data(
+            &data(&[("clientId", &big), ("clientSecret", "s"), ("orgId", "o")]),
+            &policy(),
+        )
+        .expect_err("too long");
+        assert!(err.contains("clientId") && err.contains("4096"), "{err}");
     }
 }

@@ -25,7 +25,8 @@ use kube::{
     },
 };
 
-pub use context::{Context, RunLimit, Timing};
+pub use context::{Context, Options, RunLimit, Timing};
+pub use credentials::CredentialStore;
 
 use crate::{
     aep::{AepClient, ClientConfig},
@@ -53,6 +54,8 @@ pub enum Error {
     Waiting(&'static str, Duration),
     #[error("object has no uid")]
     MissingUid,
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("serialising status: {0}")]
     Serde(#[source] serde_json::Error),
     #[error("finalizer: {0}")]
@@ -64,6 +67,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::MissingNamespace | Error::MissingResourceVersion | Error::MissingUid => "object",
+            Error::Config(_) => "config",
             Error::Stale => "stale",
             Error::Kube(_) => "kube",
             Error::Credentials(_) => "credentials",
@@ -137,11 +141,17 @@ pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), E
 /// Builds the context and runs the controller until a shutdown signal.
 pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Result<(), Error> {
     let observer = metrics.clone();
+    let ca_pem = match &cfg.aep_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?),
+        None => None,
+    };
     let aep = AepClient::new(ClientConfig {
         platform_url: cfg.aep_platform_url.clone(),
         ims_url: cfg.aep_ims_url.clone(),
         request_timeout: cfg.aep_request_timeout,
         requests_per_second: cfg.aep_requests_per_second,
+        allowed_endpoints: cfg.allowed_endpoints.clone(),
+        ca_pem,
         ..ClientConfig::default()
     })
     .map_err(|e| Error::Aep(Box::new(e)))?
@@ -162,53 +172,61 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Resul
         backoff_max: cfg.error_backoff_max,
         resync: cfg.resync_interval,
         create_settle: cfg.create_settle_window,
+        secret_grace: cfg.secret_grace_period,
     };
+    let audiences = match &cfg.namespace {
+        Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
+        None => Api::<ExternalAudience>::all(client.clone()),
+    };
+    // Our own status writes do not trigger passes (every pass that leaves work pending returns
+    // an explicit requeue); spec, annotations, finalizers and deletion do.
+    let (reader, writer) = reflector::store();
     let ctx = Arc::new(Context::new(
         client.clone(),
         aep,
         recorder,
         timing,
         metrics,
-        cfg.missing_audience_policy,
-        RunLimit {
-            max: cfg.max_runs_per_audience,
-            window: cfg.runs_per_audience_window,
+        Options {
+            missing_audience_policy: cfg.missing_audience_policy,
+            run_limit: RunLimit {
+                max: cfg.max_runs_per_audience,
+                window: cfg.runs_per_audience_window,
+            },
+            credentials_ttl: cfg.credentials_cache_ttl,
         },
+        reader.clone(),
     ));
-
-    let (audiences, secrets) = match &cfg.namespace {
-        Some(ns) => (
-            Api::<ExternalAudience>::namespaced(client.clone(), ns),
-            Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-        ),
-        None => (
-            Api::<ExternalAudience>::all(client.clone()),
-            Api::<PartialObjectMeta<Secret>>::all(client),
-        ),
-    };
-    // Our own status writes do not trigger passes (every pass that leaves work pending returns
-    // an explicit requeue); spec, annotations, finalizers and deletion do.
-    let (reader, writer) = reflector::store();
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, PredicateConfig::default());
-    let controller = Controller::for_stream(triggers, reader);
-    let store = controller.store();
-    // Metadata only: the operator never caches Secret data; it reads a Secret when it needs it.
-    let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
-    controller
-        .watches_stream(secret_changes, move |secret| {
+    let mut controller = Controller::for_stream(triggers, reader);
+    if cfg.watch_secrets {
+        // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.
+        let secrets = match &cfg.namespace {
+            Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
+            None => Api::<PartialObjectMeta<Secret>>::all(client),
+        };
+        let store = controller.store();
+        let watch_ctx = ctx.clone();
+        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        controller = controller.watches_stream(secret_changes, move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();
+            if let Some(ns) = &ns {
+                watch_ctx.credentials.invalidate(&watch_ctx.aep, ns, &name);
+            }
             store
                 .state()
                 .into_iter()
                 .filter(|ea| ea.namespace() == ns && ea.spec.credentials_secret_ref.name == name)
                 .map(|ea| ObjectRef::from_obj(&*ea))
                 .collect::<Vec<_>>()
-        })
+        });
+    }
+    controller
         .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)

@@ -173,28 +173,63 @@ async fn apply(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudie
     }
 }
 
+/// A missing or invalid credentials Secret. A missing one is `Reconciling` for a grace period
+/// after the object's creation (it may be on its way, e.g. from External Secrets, and a GitOps
+/// `wait` must not fail at once), then `Stalled`; either way it is looked for again on a timer.
+fn credentials_problem(obj: &ExternalAudience, ctx: &Context, e: &CredentialsError) -> Outcome {
+    let msg = e.to_string();
+    let note = |o: Outcome| o.note(EventType::Warning, events::CREDENTIALS_ERROR, msg.clone());
+    match e {
+        CredentialsError::Missing { .. } => {
+            let age = obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| Timestamp::now().duration_since(t.0).unsigned_abs())
+                .unwrap_or_default();
+            if age < ctx.timing.secret_grace {
+                let retry = Duration::from_secs(5).min(ctx.timing.credentials_retry);
+                note(Outcome::with(
+                    Health::progressing(reasons::CREDENTIALS_MISSING, format!("{msg}; waiting for it")),
+                    Next::After(retry),
+                ))
+            } else {
+                note(Outcome::with(
+                    Health::stalled(reasons::CREDENTIALS_MISSING, msg.clone()),
+                    Next::After(ctx.timing.credentials_retry),
+                ))
+            }
+        }
+        _ => note(Outcome::with(
+            Health::stalled(reasons::CREDENTIALS_INVALID, msg.clone()),
+            Next::After(ctx.timing.credentials_retry),
+        )),
+    }
+}
+
 async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
     let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
     let secret_name = &cached.spec.credentials_secret_ref.name;
-    let creds = match credentials::load(&ctx.client, &ns, secret_name).await {
-        Ok(c) => {
-            ctx.remember_credentials(&ns, secret_name, &c);
-            c
-        }
+    let creds = match ctx.credentials.load(&ctx.client, &ctx.aep, &ns, secret_name).await {
+        Ok(c) => c,
         Err(e @ CredentialsError::Kube { .. }) => return Err(Error::Credentials(Box::new(e))),
         Err(e) => {
-            let reason = match e {
-                CredentialsError::Missing { .. } => reasons::CREDENTIALS_MISSING,
-                _ => reasons::CREDENTIALS_INVALID,
-            };
-            let out = Outcome::with(
-                Health::stalled(reason, e.to_string()),
-                Next::After(ctx.timing.credentials_retry),
-            )
-            .note(EventType::Warning, events::CREDENTIALS_ERROR, e.to_string());
-            return Pass::new(cached, ctx, api).finish(out).await;
+            return Pass::new(cached, ctx, api)
+                .finish(credentials_problem(cached, ctx, &e))
+                .await;
         }
     };
+    // The object moved to another Secret: the old one keeps the in-use finalizer only while
+    // another object uses it.
+    let recorded = cached.status.as_ref().and_then(|s| s.credentials_secret.as_deref());
+    if let Some(old) = recorded
+        && old != secret_name
+        && !ctx.secret_in_use(&ns, old, None)
+    {
+        credentials::release_secret(&ctx.client, &ns, old)
+            .await
+            .map_err(Error::Kube)?;
+    }
     let session = ctx.aep.session(&creds, &cached.spec.sandbox);
     let mut step = Pass::new(cached, ctx, api).plan().step;
     // The cached object can predate our own last status write. Before any step with an AEP side
@@ -209,6 +244,7 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
         }
     }
     let mut pass = Pass::new(obj, ctx, api);
+    pass.status.credentials_secret = Some(secret_name.clone());
     tracing::debug!(?step, "Planned step");
     ctx.metrics.count_step(step.name());
     let out = pass.run(step, &session).await?;
@@ -408,11 +444,19 @@ impl<'a> Pass<'a> {
                 Next::After(t.credentials_retry),
                 events::AEP_ERROR,
             ),
-            ErrorKind::Unauthorized => stalled(
-                reasons::CREDENTIALS_INVALID,
-                Next::After(t.credentials_retry),
-                events::CREDENTIALS_ERROR,
-            ),
+            ErrorKind::Unauthorized => {
+                // Read the Secret again next time: it may have been rotated.
+                if let Some(ns) = self.obj.namespace() {
+                    self.ctx
+                        .credentials
+                        .invalidate(&self.ctx.aep, &ns, &self.obj.spec.credentials_secret_ref.name);
+                }
+                stalled(
+                    reasons::CREDENTIALS_INVALID,
+                    Next::After(t.credentials_retry),
+                    events::CREDENTIALS_ERROR,
+                )
+            }
             ErrorKind::Terminal | ErrorKind::Conflict => {
                 Outcome::blocked(reasons::REJECTED, msg.clone(), events::AEP_ERROR)
             }

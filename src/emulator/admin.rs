@@ -224,6 +224,9 @@ pub enum AdminError {
     /// Transport failure.
     #[error("admin request failed")]
     Http(#[source] reqwest::Error),
+    /// The CA bundle given to [`AdminClient::with_ca_pem`] is unusable.
+    #[error("admin client CA bundle: {0}")]
+    Ca(String),
     /// Unexpected status.
     #[error("admin endpoint {path} answered {status}")]
     Status {
@@ -242,12 +245,37 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for the emulator at `base` (e.g. `http://127.0.0.1:8080/`).
+    /// A client for the emulator at `base` (e.g. `http://127.0.0.1:8080/`), trusting the system
+    /// roots for `https`.
     pub fn new(base: Url) -> Self {
         crate::aep::install_crypto_provider();
         AdminClient {
             base,
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// The same client, trusting only the CA(s) in `pem` (e.g. [`super::RunningEmulator::ca_pem`]
+    /// or the file the binary's `--ca-out` wrote) instead of the system roots.
+    pub fn with_ca_pem(self, pem: &[u8]) -> Result<Self, AdminError> {
+        crate::aep::install_crypto_provider();
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| AdminError::Ca(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(AdminError::Ca("no certificate in the PEM".to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .tls_certs_only(certs)
+            .build()
+            .map_err(|e| AdminError::Ca(e.to_string()))?;
+        Ok(AdminClient { base: self.base, http })
+    }
+
+    /// [`Self::new`], then [`Self::with_ca_pem`] when `ca_pem` is given.
+    pub(crate) fn with_trust(base: Url, ca_pem: Option<&str>) -> Result<Self, AdminError> {
+        let client = AdminClient::new(base);
+        match ca_pem {
+            Some(pem) => client.with_ca_pem(pem.as_bytes()),
+            None => Ok(client),
         }
     }
 

@@ -8,14 +8,16 @@
 //! visibility, the per-audience run window) are [`Settings`], and faults (errors, failed
 //! lifecycles, lost answers) are [`Faults`]; both can change at runtime through `/_emulator/*`
 //! ([`admin`]). State is in memory, optionally persisted
-//! to a JSON file with atomic writes. It must never be used as a production dependency of the
-//! controller, and it never logs tokens or secrets.
+//! to a JSON file with atomic writes. With [`EmulatorBuilder::tls`] it serves HTTPS with a CA
+//! generated at start ([`RunningEmulator::ca_pem`]). It must never be used as a production
+//! dependency of the controller, and it never logs tokens or secrets.
 
 pub mod admin;
 pub mod config;
 pub mod conn;
 mod routes;
 pub mod state;
+mod tls;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -70,6 +72,7 @@ impl Emulator {
             settings: Settings::default(),
             faults: Faults::default(),
             state_file: None,
+            tls: false,
         }
     }
 }
@@ -82,6 +85,7 @@ pub struct EmulatorBuilder {
     settings: Settings,
     faults: Faults,
     state_file: Option<PathBuf>,
+    tls: bool,
 }
 
 impl EmulatorBuilder {
@@ -147,6 +151,15 @@ impl EmulatorBuilder {
         self
     }
 
+    /// Serves HTTPS instead of HTTP: at spawn a fresh CA is generated, and a server certificate it
+    /// signs for `localhost` and `127.0.0.1`. Clients trust it through
+    /// [`RunningEmulator::ca_pem`] ([`RunningEmulator::client_config`] and
+    /// [`RunningEmulator::admin`] do so already).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Binds the listener and starts serving; returns once connections are accepted.
     pub async fn spawn(self) -> io::Result<RunningEmulator> {
         let store = match &self.state_file {
@@ -172,26 +185,43 @@ impl EmulatorBuilder {
         });
         let listener = tokio::net::TcpListener::bind(self.listen).await?;
         let addr = listener.local_addr()?;
+        let pki = if self.tls {
+            Some(tls::generate(addr.ip())?)
+        } else {
+            None
+        };
+        let base_url = Url::parse(&format!("{}://{addr}/", if pki.is_some() { "https" } else { "http" }))
+            .map_err(|e| io::Error::other(format!("the bound address {addr} makes no URL: {e}")))?;
+        let ca_pem = pki.as_ref().map(|pki| pki.ca_pem.clone());
+        let admin = AdminClient::with_trust(base_url.clone(), ca_pem.as_deref())
+            .map_err(|e| io::Error::other(format!("building the admin client: {e}")))?;
+        let listener = match pki {
+            Some(pki) => KillableListener::with_tls(listener, pki.server_config),
+            None => KillableListener::new(listener),
+        };
         let app = routes::service_router(shared.clone())
             .merge(admin::router())
             .fallback(routes::unmatched)
             .with_state(shared.clone());
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let server = axum::serve(
-            KillableListener::new(listener),
-            app.into_make_service_with_connect_info::<ConnHandle>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = shutdown_rx.await;
-        });
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<ConnHandle>())
+            .with_graceful_shutdown(async {
+                let _ = shutdown_rx.await;
+            });
         let server_task = tokio::spawn(async move { server.await });
-        let persister = self
-            .state_file
-            .clone()
-            .map(|path| tokio::spawn(persist_loop(shared.clone(), path)));
-        tracing::info!(%addr, "AEP emulator listening");
+        let persister = self.state_file.clone().map(|path| {
+            let (stop, stopped) = oneshot::channel();
+            Persister {
+                stop,
+                task: tokio::spawn(persist_loop(shared.clone(), path, stopped)),
+            }
+        });
+        tracing::info!(%addr, tls = ca_pem.is_some(), "AEP emulator listening");
         Ok(RunningEmulator {
             addr,
+            base_url,
+            ca_pem,
+            admin,
             shared,
             shutdown: Some(shutdown_tx),
             server: Some(server_task),
@@ -205,10 +235,13 @@ impl EmulatorBuilder {
 /// [`RunningEmulator::shutdown`] for that).
 pub struct RunningEmulator {
     addr: SocketAddr,
+    base_url: Url,
+    ca_pem: Option<String>,
+    admin: AdminClient,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<io::Result<()>>>,
-    persister: Option<JoinHandle<()>>,
+    persister: Option<Persister>,
     state_file: Option<PathBuf>,
 }
 
@@ -216,6 +249,7 @@ impl std::fmt::Debug for RunningEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningEmulator")
             .field("addr", &self.addr)
+            .field("tls", &self.ca_pem.is_some())
             .field("state_file", &self.state_file)
             .finish_non_exhaustive()
     }
@@ -227,15 +261,20 @@ impl RunningEmulator {
         self.addr
     }
 
-    /// `http://<addr>/`: use it as both the AEP platform URL and the IMS URL.
+    /// `http://<addr>/`, or `https://<addr>/` with TLS: use it as both the AEP platform URL and
+    /// the IMS URL.
     pub fn base_url(&self) -> Url {
-        Url::parse(&format!("http://{}/", self.addr))
-            .unwrap_or_else(|e| unreachable!("a socket address is a valid URL authority: {e}"))
+        self.base_url.clone()
     }
 
-    /// A typed admin client for this emulator.
+    /// PEM of the CA that signed the server certificate, when serving TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// A typed admin client for this emulator (trusting its CA when serving TLS).
     pub fn admin(&self) -> AdminClient {
-        AdminClient::new(self.base_url())
+        self.admin.clone()
     }
 
     /// Client credentials for the first accepted credential, with both URLs pointing here.
@@ -247,11 +286,13 @@ impl RunningEmulator {
         creds
     }
 
-    /// A client configuration pointing at this emulator (other values default).
+    /// A client configuration pointing at this emulator, trusting its CA when serving TLS (other
+    /// values default).
     pub fn client_config(&self) -> crate::aep::ClientConfig {
         crate::aep::ClientConfig {
             platform_url: self.base_url(),
             ims_url: self.base_url(),
+            ca_pem: self.ca_pem.clone().map(String::into_bytes),
             ..crate::aep::ClientConfig::default()
         }
     }
@@ -301,8 +342,10 @@ impl RunningEmulator {
         if let Some(task) = self.server.take() {
             task.await.map_err(io::Error::other)??;
         }
-        if let Some(task) = self.persister.take() {
-            task.abort();
+        if let Some(persister) = self.persister.take() {
+            // Let a write in progress finish: its file operations would race the final one.
+            let _ = persister.stop.send(());
+            let _ = persister.task.await;
         }
         if let Some(path) = &self.state_file {
             let snapshot = snapshot(&self.shared)?;
@@ -317,8 +360,8 @@ impl Drop for RunningEmulator {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.persister.take() {
-            task.abort();
+        if let Some(persister) = self.persister.take() {
+            persister.task.abort();
         }
     }
 }
@@ -353,9 +396,19 @@ async fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
-async fn persist_loop(shared: Arc<Shared>, path: PathBuf) {
+/// The task writing the state file on changes, and its stop signal.
+struct Persister {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Writes the state file after each change until `stop` fires; a write once begun is completed.
+async fn persist_loop(shared: Arc<Shared>, path: PathBuf, mut stop: oneshot::Receiver<()>) {
     loop {
-        shared.persist.notified().await;
+        tokio::select! {
+            () = shared.persist.notified() => {}
+            _ = &mut stop => return,
+        }
         let result = match snapshot(&shared) {
             Ok(bytes) => write_atomic(&path, &bytes).await,
             Err(e) => Err(e),

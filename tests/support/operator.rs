@@ -92,12 +92,15 @@ pub fn fast_flags() -> Vec<String> {
     .collect()
 }
 
-/// The operator binary as its ServiceAccount identity, watching `ns`.
-pub fn spawn_operator(ns: &str, extra_flags: &[String], log: &std::path::Path) -> Watched {
+/// The operator binary as its ServiceAccount identity, watching `ns`, with the emulator at `aep`
+/// as its (administrator-chosen) AEP and IMS endpoint.
+pub fn spawn_operator(ns: &str, aep: &url::Url, extra_flags: &[String], log: &std::path::Path) -> Watched {
     let mut args = vec![
         "run".to_owned(),
         format!("--kubeconfig={}", control_plane().operator_kubeconfig().display()),
         format!("--namespace={ns}"),
+        format!("--aep-platform-url={aep}"),
+        format!("--aep-ims-url={aep}"),
     ];
     args.extend(fast_flags());
     args.extend(extra_flags.iter().cloned());
@@ -198,12 +201,17 @@ impl Env {
         let ns = namespace(&self.client, prefix).await;
         self.create_secret_in(&ns, "aep-credentials").await;
         let log = control_plane().dir().join(format!("operator-{ns}.log"));
-        let operator = Some(spawn_operator(&ns, &self.extra_flags, &log));
+        let operator = Some(spawn_operator(&ns, &self.emulator.base_url(), &self.extra_flags, &log));
         Side { ns, operator, log }
     }
 
     pub fn start_operator(&mut self) {
-        self.operator = Some(spawn_operator(&self.ns, &self.extra_flags, &self.log));
+        self.operator = Some(spawn_operator(
+            &self.ns,
+            &self.emulator.base_url(),
+            &self.extra_flags,
+            &self.log,
+        ));
     }
 
     /// Stops the operator (SIGKILL when `crash`). Returns whether a SIGKILL landed on a running
