@@ -56,7 +56,7 @@ echo "emulator at http://$addr"
 log "Installing the CRD and the operator's RBAC"
 kubectl apply --server-side -f crds/externalaudience.yaml
 kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev
-kubectl apply --server-side -f deploy/rbac.yaml
+kubectl apply --server-side -f deploy/base/rbac.yaml
 
 log "Starting the operator as system:serviceaccount:audience-operator:audience-operator"
 "$bin/controller" run --kubeconfig "$OPERATOR_KUBECONFIG" --metrics-addr 127.0.0.1:0 \

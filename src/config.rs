@@ -143,8 +143,33 @@ pub struct RunConfig {
     pub missing_audience_policy: MissingAudiencePolicy,
 
     /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
-    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
+
+    /// Run the controller only while holding a `coordination.k8s.io` Lease (for more than one
+    /// replica, and for rolling updates without two controllers at once).
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Name of the Lease.
+    #[arg(long, env = "LEADER_ELECT_LEASE_NAME", default_value = "audience-operator")]
+    pub leader_elect_lease_name: String,
+
+    /// Namespace of the Lease (the operator's own; the Downward API's POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "audience-operator")]
+    pub leader_elect_namespace: String,
+
+    /// This replica's identity in the Lease (the Downward API's POD_NAME); a random one when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub leader_elect_identity: Option<String>,
+
+    /// How long the Lease lasts without renewal.
+    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+
+    /// Extra time before a Lease that was not renewed is taken over.
+    #[arg(long, env = "LEADER_ELECT_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub leader_elect_grace: Duration,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

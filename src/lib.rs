@@ -12,6 +12,8 @@ pub mod config;
 pub mod controller;
 pub mod emulator;
 pub mod envtest;
+pub mod health;
+pub mod leader;
 pub mod metrics;
 pub mod status;
 pub mod telemetry;

@@ -4,8 +4,22 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use audience_operator::{api, config::RunConfig, controller, metrics::Metrics, telemetry};
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use audience_operator::{
+    api,
+    config::RunConfig,
+    controller,
+    health::Health,
+    leader::{self, LeaderConfig},
+    metrics::Metrics,
+    telemetry,
+};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -49,30 +63,86 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         None => kube::Config::infer().await?,
     };
     let client = kube::Client::try_from(kube_config)?;
-    controller::check_crd(&client, cfg.namespace.as_deref()).await.context(
-        "the ExternalAudience CRD does not answer; install it with `kubectl apply -f crds/externalaudience.yaml`",
-    )?;
+    controller::check_crd(&client, cfg.namespace.as_deref())
+        .await
+        .context("the ExternalAudience CRD does not answer; install it with `kubectl apply -k crds/`")?;
 
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(cfg.leader_elect));
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .with_state(metrics.clone());
+        .route("/readyz", get(readyz))
+        .with_state(AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("binding {}", cfg.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "Serving /metrics and health checks");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = axum::serve(listener, app).into_future();
 
-    tracing::info!("Starting ExternalAudience controller");
-    controller::run(cfg, client, metrics).await?;
-    server.abort();
+    let work = async {
+        if cfg.leader_elect {
+            let leader = LeaderConfig {
+                lease_name: cfg.leader_elect_lease_name.clone(),
+                namespace: cfg.leader_elect_namespace.clone(),
+                identity: cfg
+                    .leader_elect_identity
+                    .clone()
+                    .unwrap_or_else(|| format!("audience-operator-{}", uuid::Uuid::new_v4().simple())),
+                duration: cfg.leader_elect_lease_duration,
+                grace: cfg.leader_elect_grace,
+            };
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let ran = leader::run_as_leader(client.clone(), leader, &health, shutdown, || {
+                tracing::info!("Starting ExternalAudience controller");
+                controller::run(cfg.clone(), client.clone(), metrics.clone(), health.clone())
+            })
+            .await?;
+            match ran {
+                Some(result) => result.map_err(anyhow::Error::from),
+                None => Ok(()),
+            }
+        } else {
+            tracing::info!("Starting ExternalAudience controller");
+            controller::run(cfg.clone(), client.clone(), metrics.clone(), health.clone())
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    // The process lives as long as both the health server and the controller do: a server that
+    // stops (or fails) ends the process instead of leaving probes without an answer.
+    tokio::select! {
+        result = server => {
+            result.context("the /metrics and health server stopped")?;
+            anyhow::bail!("the /metrics and health server stopped");
+        }
+        result = work => result?,
+    }
     tracing::info!("Controller stopped");
     Ok(())
 }
 
-async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.health.ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let metrics = state.metrics;
     (
         [(
             header::CONTENT_TYPE,

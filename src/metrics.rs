@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -27,6 +27,16 @@ pub struct StepLabels {
     pub step: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabels {
+    pub condition: &'static str,
+}
+
 /// All metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
@@ -35,6 +45,10 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub aep_requests: Family<AepLabels, Counter>,
     pub aep_request_duration: Family<AepLabels, Histogram>,
+    /// Ingestion runs by outcome (`started`, `succeeded`, `failed`).
+    pub ingestion_runs: Family<OutcomeLabels, Counter>,
+    /// Objects whose condition is True, by condition type.
+    pub objects: Family<ConditionLabels, Gauge>,
 }
 
 fn duration_buckets() -> impl Iterator<Item = f64> {
@@ -72,8 +86,20 @@ impl Default for Metrics {
         );
         registry.register(
             "aep_request_duration_seconds",
-            "Duration of AEP HTTP requests",
+            "Duration of AEP HTTP requests (operation ims_token is the IMS token exchange)",
             aep_request_duration.clone(),
+        );
+        let ingestion_runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "ingestion_runs",
+            "Ingestion runs started and finished, by outcome",
+            ingestion_runs.clone(),
+        );
+        let objects = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "objects",
+            "ExternalAudiences whose condition is True, by condition type",
+            objects.clone(),
         );
         Metrics {
             registry,
@@ -82,6 +108,8 @@ impl Default for Metrics {
             reconcile_duration,
             aep_requests,
             aep_request_duration,
+            ingestion_runs,
+            objects,
         }
     }
 }
@@ -107,6 +135,18 @@ impl Metrics {
     /// The step an `apply` pass planned.
     pub fn count_step(&self, step: &'static str) {
         self.reconcile_runs.get_or_create(&StepLabels { step }).inc();
+    }
+
+    /// An ingestion run `started`, `succeeded` or `failed`.
+    pub fn count_run(&self, outcome: &'static str) {
+        self.ingestion_runs.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Sets the number of objects per True condition.
+    pub fn set_objects(&self, counts: &[(&'static str, i64)]) {
+        for (condition, n) in counts {
+            self.objects.get_or_create(&ConditionLabels { condition }).set(*n);
+        }
     }
 
     /// Text exposition format.

@@ -102,6 +102,30 @@ pub fn conditions_for(health: &Health, generation: i64, previous: &[Condition], 
     .collect()
 }
 
+/// `conditions` with `Paused=True` for `generation` added (or kept, with its transition time);
+/// everything else is left as it was: a paused object keeps showing its last known state.
+pub fn with_paused(conditions: &[Condition], generation: i64, message: &str, now: &Time) -> Vec<Condition> {
+    let mut out: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != conditions::PAUSED)
+        .cloned()
+        .collect();
+    let since = conditions
+        .iter()
+        .find(|c| c.type_ == conditions::PAUSED && c.status == "True")
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    out.push(Condition {
+        type_: conditions::PAUSED.to_owned(),
+        status: "True".to_owned(),
+        reason: crate::api::reasons::PAUSED.to_owned(),
+        message: message.to_owned(),
+        observed_generation: Some(generation),
+        last_transition_time: since,
+    });
+    out
+}
+
 /// The condition of `type_`, if present.
 pub fn condition<'a>(status: &'a ExternalAudienceStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
@@ -172,6 +196,21 @@ mod tests {
         assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));
         // Stalled stayed False: its time is kept.
         assert_eq!(flipped[2].last_transition_time, first[2].last_transition_time);
+    }
+
+    #[test]
+    fn pausing_adds_one_condition_and_keeps_the_rest() {
+        let before = conditions_for(&Health::ready("ok"), 1, &[], &t("2026-01-01T00:00:00Z"));
+        let paused = with_paused(&before, 2, "paused", &t("2026-01-02T00:00:00Z"));
+        assert_eq!(paused.len(), 4);
+        assert_eq!(&paused[..3], &before[..]);
+        let again = with_paused(&paused, 3, "paused", &t("2026-01-03T00:00:00Z"));
+        assert_eq!(again[3].last_transition_time, t("2026-01-02T00:00:00Z"));
+        // Unpausing: the next conditions_for drops it.
+        assert_eq!(
+            conditions_for(&Health::ready("ok"), 3, &again, &t("2026-01-04T00:00:00Z")).len(),
+            3
+        );
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub struct RequestEvent {
     pub duration: Duration,
 }
 
-type Observer = Arc<dyn Fn(&RequestEvent) + Send + Sync>;
+pub(crate) type Observer = Arc<dyn Fn(&RequestEvent) + Send + Sync>;
 
 struct Inner {
     http: reqwest::Client,
@@ -654,6 +654,7 @@ impl Session {
                     self.ims_url(),
                     &self.creds,
                     inner.config.max_response_bytes,
+                    inner.observer.as_ref(),
                 )
                 .await?;
             inner.limiter.acquire(&self.creds.org_id).await;

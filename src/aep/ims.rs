@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::Credentials;
+use super::client::{Credentials, Observer, RequestEvent};
 use super::error::{Call, Error};
 use super::types::{ImsTokenResponse, error_code_from_body, error_message_from_body};
 
@@ -100,6 +100,7 @@ impl TokenCache {
         ims_url: &Url,
         creds: &Credentials,
         max_body: usize,
+        observer: Option<&Observer>,
     ) -> Result<AccessToken, Error> {
         let slot = self.slot(&creds.fingerprint());
         let mut guard = slot.lock().await;
@@ -108,7 +109,21 @@ impl TokenCache {
         {
             return Ok(cached.token.clone());
         }
-        let (token, lifetime) = self.fetch(http, ims_url, creds, max_body).await?;
+        let started = std::time::Instant::now();
+        let fetched = self.fetch(http, ims_url, creds, max_body).await;
+        if let Some(observe) = observer {
+            let (status, outcome) = match &fetched {
+                Ok(_) => (Some(200), "ok"),
+                Err(e) => (e.status(), e.category()),
+            };
+            observe(&RequestEvent {
+                operation: Call::Token.as_str(),
+                status,
+                outcome,
+                duration: started.elapsed(),
+            });
+        }
+        let (token, lifetime) = fetched?;
         let refresh_at = Instant::now() + lifetime.saturating_sub(refresh_margin(lifetime));
         *guard = Some(CachedToken {
             token: token.clone(),

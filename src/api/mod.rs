@@ -19,6 +19,10 @@ pub const MANAGER: &str = "aep.audience-operator.dev/externalaudience-controller
 pub const RUN_REQUESTED_AT: &str = "aep.audience-operator.dev/run-requested-at";
 /// Annotation overriding the drift resync interval of one object (`10m`, `90s`, `0` = off).
 pub const RESYNC_INTERVAL: &str = "aep.audience-operator.dev/resync-interval";
+/// Annotation that pauses an object: while it is `"true"` the controller makes no AEP call for
+/// the object (status shows `Paused=True`); deletion with `deletionPolicy: Delete` waits for the
+/// pause to be lifted.
+pub const PAUSED: &str = "aep.audience-operator.dev/paused";
 /// Annotation that lets a create whose outcome could not be proven be sent again. Its value must
 /// equal the pending create's `status.createPendingSince`, so a stale annotation never authorises
 /// a later create.
@@ -37,6 +41,7 @@ pub const RUN_HISTORY_LIMIT: usize = 5;
 /// and every spec change is followed by exactly one new ingestion run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "An Adobe Experience Platform external audience, managed declaratively: the controller creates it in AEP, ingests its CSV file, keeps AEP in line with the spec (PATCH what AEP can update, then one ingestion run per change) and cleans up on delete.",
     group = "aep.audience-operator.dev",
     version = "v1alpha1",
     kind = "ExternalAudience",
@@ -73,7 +78,7 @@ pub struct ExternalAudienceSpec {
     /// Immutable: create a new ExternalAudience to use another name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.name must not contain control characters"))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}-\\x{9F}]')").message("spec.name must not contain control characters"))]
     #[x_kube(validation = Rule::new(r"self.matches('[^\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.name must not be blank (only whitespace): AEP refuses it"))]
     pub name: Option<String>,
 
@@ -160,7 +165,7 @@ pub struct SecretRef {
 pub struct AudienceField {
     /// Column name in the source file.
     #[schemars(length(min = 1, max = 256))]
-    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.fields[].name must not contain control characters"))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}-\\x{9F}]')").message("spec.fields[].name must not contain control characters"))]
     #[x_kube(validation = Rule::new(r"self.matches('[^\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.fields[].name must not be blank (only whitespace): AEP refuses it"))]
     pub name: String,
     /// Data type of the column.
@@ -207,7 +212,7 @@ pub struct SourceSpec {
     /// Path of the file or folder inside the source. Must not contain whitespace.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new(r"!self.matches('[\\s\\x{0B}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}]')").message("spec.sourceSpec.path must not contain whitespace (any Unicode whitespace, as AEP refuses)"))]
-    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}]')").message("spec.sourceSpec.path must not contain control characters"))]
+    #[x_kube(validation = Rule::new(r"!self.matches('[\\x{00}-\\x{1F}\\x{7F}-\\x{9F}]')").message("spec.sourceSpec.path must not contain control characters"))]
     pub path: String,
     /// Whether `path` names a `file` or a `folder`.
     #[serde(rename = "type")]
@@ -494,6 +499,8 @@ pub mod conditions {
     pub const RECONCILING: &str = "Reconciling";
     /// The controller cannot progress without a change (AEP refused, run failed, bad input).
     pub const STALLED: &str = "Stalled";
+    /// Reconciliation is paused by the `aep.audience-operator.dev/paused` annotation.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Condition reasons (stable, PascalCase).
@@ -528,6 +535,8 @@ pub mod reasons {
     pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
     /// Stalled: the audience named by `spec.audienceId` is not an external audience.
     pub const NOT_EXTERNAL: &str = "NotAnExternalAudience";
+    /// Paused by annotation.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// Event reasons (stable, PascalCase).
@@ -555,6 +564,8 @@ pub mod events {
     pub const AUDIENCE_NOT_DELETED: &str = "AudienceNotDeleted";
     pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
     pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
+    pub const PAUSED: &str = "Paused";
+    pub const DELETION_PAUSED: &str = "DeletionPaused";
 }
 
 /// The CRD, with the status default that keeps kstatus from reading a fresh object as done.

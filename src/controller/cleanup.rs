@@ -73,12 +73,14 @@ pub(super) async fn cleanup(
 }
 
 /// Whether `namespace` is being deleted (its Secrets can then never come back).
+/// Without permission to read namespaces (the namespaced install has no ClusterRole) the answer is
+/// "no": the object then waits for its Secret, which the in-use finalizer normally keeps.
 async fn namespace_terminating(client: &kube::Client, namespace: &str) -> Result<bool, Error> {
-    let ns = Api::<Namespace>::all(client.clone())
-        .get_opt(namespace)
-        .await
-        .map_err(Error::Kube)?;
-    Ok(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+    match Api::<Namespace>::all(client.clone()).get_opt(namespace).await {
+        Ok(ns) => Ok(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some())),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
+        Err(e) => Err(Error::Kube(e)),
+    }
 }
 
 impl Pass<'_> {
@@ -88,6 +90,19 @@ impl Pass<'_> {
         let never_sent = st.audience_id.is_none() && st.operation_id.is_none() && st.create_pending_since.is_none();
         if never_sent {
             return release;
+        }
+        if self.obj.spec.deletion_policy == DeletionPolicy::Delete && super::reconcile::paused(self.obj) {
+            // Paused means no AEP call, deletion included: wait for the pause to be lifted.
+            let msg = "Deletion waits: the object is paused (aep.audience-operator.dev/paused), so the audience is not \
+                       deleted in AEP; remove the annotation, or set spec.deletionPolicy: Orphan to release it";
+            self.status.conditions =
+                crate::status::with_paused(&self.status.conditions, self.generation, msg, &super::reconcile::now());
+            if self.status != self.original {
+                self.write_status().await?;
+                self.event(EventType::Normal, events::DELETION_PAUSED, msg.to_owned())
+                    .await;
+            }
+            return Err(Error::Waiting("paused", self.ctx.timing.credentials_retry));
         }
         if self.obj.spec.deletion_policy == DeletionPolicy::Orphan {
             let note = match &st.audience_id {

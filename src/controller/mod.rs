@@ -30,8 +30,9 @@ pub use credentials::CredentialStore;
 
 use crate::{
     aep::{AepClient, ClientConfig},
-    api::{ExternalAudience, MANAGER},
+    api::{ExternalAudience, MANAGER, conditions},
     config::RunConfig,
+    health::Health,
     metrics::Metrics,
 };
 
@@ -139,7 +140,7 @@ pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), E
 }
 
 /// Builds the context and runs the controller until a shutdown signal.
-pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Result<(), Error> {
+pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<(), Error> {
     let observer = metrics.clone();
     let ca_pem = match &cfg.aep_ca_file {
         Some(path) => Some(std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?),
@@ -202,6 +203,39 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>) -> Resul
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, PredicateConfig::default());
+    let synced = reader.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            health.set_synced();
+        }
+    });
+    // Objects by condition, for dashboards: counted from the cache, never labelled by object.
+    let counted = reader.clone();
+    let gauges = ctx.metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            let mut counts = [
+                (conditions::READY, 0),
+                (conditions::RECONCILING, 0),
+                (conditions::STALLED, 0),
+                (conditions::PAUSED, 0),
+            ];
+            for ea in counted.state() {
+                for c in ea
+                    .status
+                    .iter()
+                    .flat_map(|s| s.conditions.iter())
+                    .filter(|c| c.status == "True")
+                {
+                    if let Some(entry) = counts.iter_mut().find(|(t, _)| *t == c.type_) {
+                        entry.1 += 1;
+                    }
+                }
+            }
+            gauges.set_objects(&counts);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
     let mut controller = Controller::for_stream(triggers, reader);
     if cfg.watch_secrets {
         // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.

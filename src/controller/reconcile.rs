@@ -39,10 +39,10 @@ use super::{
 use crate::{
     aep::{self, ErrorKind, Session},
     api::{
-        Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, RETRY_CREATE, RUN_REQUESTED_AT,
+        Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, PAUSED, RETRY_CREATE, RUN_REQUESTED_AT,
         custom_audience_id, events, reasons,
     },
-    status::{Health, conditions_for, stable_message},
+    status::{Health, conditions_for, stable_message, with_paused},
 };
 
 /// When to come back after a pass.
@@ -164,7 +164,28 @@ pub(super) fn now() -> Time {
     Time(Timestamp::now())
 }
 
+/// Whether the object carries the pause annotation.
+pub(super) fn paused(obj: &ExternalAudience) -> bool {
+    obj.annotations()
+        .get(PAUSED)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+const PAUSED_MESSAGE: &str =
+    "Reconciliation is paused by the aep.audience-operator.dev/paused annotation: no AEP call is made for this object";
+
 async fn apply(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
+    if paused(cached) {
+        let mut pass = Pass::new(cached, ctx, api);
+        pass.status.conditions = with_paused(&pass.status.conditions, pass.generation, PAUSED_MESSAGE, &now());
+        if pass.status != pass.original {
+            pass.conditioned = false;
+            pass.write_status().await?;
+            pass.event(EventType::Normal, events::PAUSED, PAUSED_MESSAGE.to_owned())
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
     match apply_once(cached, ctx, api).await {
         // Our base was stale or someone changed the object meanwhile: re-plan from a fresh
         // copy soon, without growing the error backoff.
@@ -420,6 +441,11 @@ impl<'a> Pass<'a> {
     /// Maps an AEP error to an outcome. `what` says which call failed.
     pub(super) fn failure(&self, e: &aep::Error, what: &str) -> Outcome {
         tracing::warn!(call = e.call().as_str(), kind = e.kind().as_str(), status = ?e.status(), "AEP call failed");
+        self.ctx
+            .metrics
+            .reconcile_failures
+            .get_or_create(&crate::metrics::CategoryLabels { category: e.category() })
+            .inc();
         let msg = stable_message(&format!("{what}: {}", e.message()));
         let t = &self.ctx.timing;
         let progressing = |reason, next, event| {

@@ -408,6 +408,7 @@ impl Pass<'_> {
         match s.start_run(audience_id, &plan::start_run_request(&self.obj.spec)).await {
             Ok(run) => {
                 tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
+                self.ctx.metrics.count_run("started");
                 self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
                 self.write_status().await?;
                 self.event(
@@ -541,6 +542,11 @@ impl Pass<'_> {
             last.end_time = Some(now());
             last.message = message.clone();
         }
+        self.ctx.metrics.count_run(if state == RunState::Success {
+            "succeeded"
+        } else {
+            "failed"
+        });
         let out = if state == RunState::Success {
             // AEP was just read and matches: the next drift check is one interval away.
             self.ctx.resynced(self.key());

@@ -53,15 +53,41 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Installs the CRD and `deploy/rbac.yaml` once per test binary, as a user would.
+/// The kinds of `deploy/` that tests install: the CRD and exactly the RBAC the kustomize base
+/// renders (the Deployment needs a kubelet, which the local control plane has not).
+const INSTALLED_KINDS: &[&str] = &[
+    "CustomResourceDefinition",
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// `kubectl kustomize <dir>` filtered to [`INSTALLED_KINDS`], as one multi-document YAML.
+pub fn rendered_install(dir: &str) -> String {
+    let (ok, out) = kubectl(&["kustomize", &format!("{ROOT}/{dir}")], None);
+    assert!(ok, "kubectl kustomize {dir}: {out}");
+    out.split("\n---\n")
+        .filter(|doc| {
+            doc.lines()
+                .find_map(|l| l.strip_prefix("kind: "))
+                .is_some_and(|k| INSTALLED_KINDS.contains(&k.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Installs the CRD and the RBAC that `deploy/` renders, once per test binary, as a user would.
 pub fn install_crd_and_rbac() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        for file in ["crds/externalaudience.yaml", "deploy/rbac.yaml"] {
-            let path = format!("{ROOT}/{file}");
-            let (ok, out) = kubectl(&["apply", "--server-side", "-f", &path], None);
-            assert!(ok, "kubectl apply {file}: {out}");
-        }
+        let (ok, out) = kubectl(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&rendered_install("deploy")),
+        );
+        assert!(ok, "kubectl apply (deploy/ rendered): {out}");
         let (ok, out) = kubectl(
             &[
                 "wait",
