@@ -157,6 +157,20 @@ impl Error {
         self.category
     }
 
+    /// An error of a given kind, as callers' tests need to simulate every answer (not produced by
+    /// the client itself).
+    pub fn synthetic(call: Call, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            call,
+            status: None,
+            code: None,
+            message: message.into(),
+            category: "synthetic",
+            source: None,
+        }
+    }
+
     /// Error for a non-success HTTP answer.
     pub(crate) fn from_status(
         call: Call,

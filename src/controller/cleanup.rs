@@ -19,10 +19,11 @@ use super::{
     context::Context,
     credentials::{self, CredentialsError},
     reconcile::Pass,
+    seams::AepApi,
     steps::Found,
 };
 use crate::{
-    aep::{ErrorKind, OperationStatus, Session},
+    aep::{ErrorKind, OperationStatus},
     api::{DeletionPolicy, ExternalAudience, OwnershipProof, events, reasons},
     status::{Health, stable_message},
 };
@@ -175,7 +176,7 @@ impl Pass<'_> {
     }
 
     /// Objects recorded by releases before ownership was tracked: prove the audience is theirs.
-    async fn cleanup_legacy_owned(&mut self, s: &Session, audience_id: &str) -> Result<bool, Error> {
+    async fn cleanup_legacy_owned(&mut self, s: &impl AepApi, audience_id: &str) -> Result<bool, Error> {
         if self.obj.spec.audience_id.as_deref() == Some(audience_id) {
             return Ok(true);
         }
@@ -193,7 +194,7 @@ impl Pass<'_> {
 
     /// The object has no audience id yet: a create is in flight or its answer was lost. Wait for
     /// the operation (or the settle window), then resolve the audience by proof.
-    async fn cleanup_unfinished_create(&mut self, s: &Session) -> Result<Resolved, Error> {
+    async fn cleanup_unfinished_create(&mut self, s: &impl AepApi) -> Result<Resolved, Error> {
         if let Some(op) = self.status.operation_id.clone() {
             match s.get_operation(&op).await {
                 Ok(o) => match (o.status, o.audience_id) {
@@ -288,7 +289,7 @@ impl Pass<'_> {
         Ok(Resolved::Nothing)
     }
 
-    async fn cleanup_audience(&mut self, s: &Session, audience_id: &str) -> Result<Action, Error> {
+    async fn cleanup_audience(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Action, Error> {
         match s.delete_audience(audience_id).await {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}

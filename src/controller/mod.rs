@@ -8,6 +8,9 @@ pub mod context;
 pub mod credentials;
 pub mod plan;
 pub mod reconcile;
+pub mod seams;
+#[cfg(test)]
+mod step_tests;
 mod steps;
 
 use std::{sync::Arc, time::Duration};

@@ -21,7 +21,6 @@ use jiff::Timestamp;
 use k8s_openapi::{api::core::v1::ObjectReference, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::EventType,
@@ -35,9 +34,10 @@ use super::{
     context::Context,
     credentials::{self, CredentialsError},
     plan::{self, Facts, Plan, Step},
+    seams::{AepApi, StatusApi},
 };
 use crate::{
-    aep::{self, ErrorKind, Session},
+    aep::{self, ErrorKind},
     api::{
         Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, PAUSED, RETRY_CREATE, RUN_REQUESTED_AT,
         custom_audience_id, events, reasons,
@@ -145,7 +145,7 @@ pub fn error_policy(obj: Arc<ExternalAudience>, error: &Error, ctx: Arc<Context>
 
 pub(super) struct Pass<'a> {
     pub(super) ctx: &'a Context,
-    pub(super) api: &'a Api<ExternalAudience>,
+    pub(super) api: &'a dyn StatusApi,
     pub(super) obj: &'a ExternalAudience,
     pub(super) name: String,
     pub(super) generation: i64,
@@ -273,7 +273,7 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
 }
 
 impl<'a> Pass<'a> {
-    pub(super) fn new(obj: &'a ExternalAudience, ctx: &'a Context, api: &'a Api<ExternalAudience>) -> Self {
+    pub(super) fn new(obj: &'a ExternalAudience, ctx: &'a Context, api: &'a dyn StatusApi) -> Self {
         let status = obj.status.clone().unwrap_or_default();
         Pass {
             ctx,
@@ -387,15 +387,7 @@ impl<'a> Pass<'a> {
         }
         ops.push(json!({"op": "add", "path": "/status", "value": self.status}));
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(Error::Serde)?;
-        let params = PatchParams {
-            field_manager: Some(MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        let updated = match self
-            .api
-            .patch_status(&self.name, &params, &Patch::Json::<()>(patch))
-            .await
-        {
+        let updated = match self.api.patch_status(&self.name, MANAGER, patch).await {
             Ok(u) => u,
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 tracing::debug!("Status write conflicted; re-planning from a fresh copy");
@@ -418,7 +410,7 @@ impl<'a> Pass<'a> {
         self.write_status().await
     }
 
-    async fn run(&mut self, step: Step, s: &Session) -> Result<Outcome, Error> {
+    pub(super) async fn run(&mut self, step: Step, s: &impl AepApi) -> Result<Outcome, Error> {
         if !matches!(step, Step::Wait) {
             // Whatever blocked an earlier generation (or was confirmed away) no longer holds.
             self.status.blocked = None;

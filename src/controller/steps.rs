@@ -19,9 +19,10 @@ use super::{
     Error,
     plan::{self, Attribution, attribute},
     reconcile::{Next, Outcome, Pass, now},
+    seams::AepApi,
 };
 use crate::{
-    aep::{self, ErrorKind, OperationStatus, RunStatus, Session, UpsAudience},
+    aep::{self, ErrorKind, OperationStatus, RunStatus, UpsAudience},
     api::{IngestionRun, OwnershipProof, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState, events, reasons},
     config::{MissingAudiencePolicy, RunWindow},
     status::{Health, stable_message},
@@ -70,7 +71,7 @@ impl Pass<'_> {
         Outcome::blocked(reasons::NAME_TAKEN, stable_message(&msg), events::NAME_TAKEN)
     }
 
-    pub(super) async fn create(&mut self, s: &Session) -> Result<Outcome, Error> {
+    pub(super) async fn create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
         let cid = self.custom_audience_id()?;
         let name = self.audience_name().to_owned();
         let found = match s.find_audiences_by_name(&name).await {
@@ -87,7 +88,7 @@ impl Pass<'_> {
     }
 
     /// Marker first (conditioned on the object not having changed), then the POST.
-    async fn send_create(&mut self, s: &Session, cid: String) -> Result<Outcome, Error> {
+    async fn send_create(&mut self, s: &impl AepApi, cid: String) -> Result<Outcome, Error> {
         self.status.create_pending_since = Some(now());
         self.status.custom_audience_id = Some(cid.clone());
         self.write_marker().await?;
@@ -163,7 +164,7 @@ impl Pass<'_> {
     /// A create was sent but its answer was lost (or its operation is unknown): find the audience
     /// by proof. Nothing is sent again until its absence is proven (no audience with the name after
     /// the settle window); an audience nobody can attribute stops for a human.
-    pub(super) async fn recover_create(&mut self, s: &Session) -> Result<Outcome, Error> {
+    pub(super) async fn recover_create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
         let cid = self.custom_audience_id()?;
         let marker_at = self
             .status
@@ -242,7 +243,7 @@ impl Pass<'_> {
         self.send_create(s, cid).await
     }
 
-    pub(super) async fn poll_operation(&mut self, s: &Session, operation_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn poll_operation(&mut self, s: &impl AepApi, operation_id: &str) -> Result<Outcome, Error> {
         let op = match s.get_operation(operation_id).await {
             Ok(op) => op,
             Err(e) if e.kind() == ErrorKind::NotFound => return self.operation_lost(operation_id).await,
@@ -304,7 +305,7 @@ impl Pass<'_> {
         Ok(Outcome::planned(Next::After(Duration::ZERO)))
     }
 
-    pub(super) async fn adopt(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn adopt(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         match s.get_audience(audience_id).await {
             Ok(a) if !a.is_external() => Ok(Outcome::blocked(
                 reasons::NOT_EXTERNAL,
@@ -348,7 +349,7 @@ impl Pass<'_> {
         }
     }
 
-    pub(super) async fn update(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn update(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         match s
             .patch_audience(audience_id, &plan::patch_request(&self.obj.spec))
             .await
@@ -396,7 +397,7 @@ impl Pass<'_> {
         self.status.run_pending = None;
     }
 
-    pub(super) async fn start_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn start_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         let pending = RunPending {
             since: now(),
             generation: self.generation,
@@ -452,7 +453,7 @@ impl Pass<'_> {
 
     /// AEP refused a run for now: say so clearly when it is the per-audience limit (it will not
     /// lift by waiting), otherwise defer.
-    async fn run_refused(&mut self, s: &Session, audience_id: &str, e: &aep::Error) -> Result<Outcome, Error> {
+    async fn run_refused(&mut self, s: &impl AepApi, audience_id: &str, e: &aep::Error) -> Result<Outcome, Error> {
         let limit = self.ctx.run_limit;
         if let Ok(runs) = s.list_runs(audience_id).await {
             let today = jiff::Timestamp::now().as_second().div_euclid(86_400);
@@ -485,7 +486,7 @@ impl Pass<'_> {
         Ok(self.failure(e, "starting an ingestion run"))
     }
 
-    pub(super) async fn recover_run(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn recover_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         let Some(pending) = self.status.run_pending.clone() else {
             return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         };
@@ -527,7 +528,12 @@ impl Pass<'_> {
         Ok(Outcome::planned(Next::After(Duration::ZERO)))
     }
 
-    pub(super) async fn poll_run(&mut self, s: &Session, audience_id: &str, run_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn poll_run(
+        &mut self,
+        s: &impl AepApi,
+        audience_id: &str,
+        run_id: &str,
+    ) -> Result<Outcome, Error> {
         let run = match s.get_run(audience_id, run_id).await {
             Ok(r) => r,
             Err(e) => return Ok(self.failure(&e, "reading the ingestion run")),
@@ -576,7 +582,7 @@ impl Pass<'_> {
             .unwrap_or(self.ctx.timing.resync)
     }
 
-    pub(super) async fn idle(&mut self, s: &Session, audience_id: &str) -> Result<Outcome, Error> {
+    pub(super) async fn idle(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         if self.plan().health.is_stalled() {
             return Ok(Outcome::planned(Next::Await));
         }

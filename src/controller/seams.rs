@@ -1,0 +1,107 @@
+//! The two seams of a reconcile pass, so that each step can be tested without a network: the AEP
+//! calls a step may make ([`AepApi`], implemented by the real [`Session`]) and the one status
+//! write ([`StatusApi`], implemented by `Api<ExternalAudience>`). Only these; everything else a
+//! step does is pure.
+
+use futures::future::BoxFuture;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+
+use crate::{
+    aep::{
+        CreateAudienceRequest, CreateAudienceResponse, Error, ExternalAudience as AepAudience, Operation,
+        PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
+    },
+    api::ExternalAudience,
+};
+
+/// The AEP calls of the steps (reference §2).
+pub trait AepApi: Send + Sync {
+    fn find_audiences_by_name(&self, name: &str) -> impl Future<Output = Result<Vec<UpsAudience>, Error>> + Send;
+    fn find_audiences_by_custom_id(&self, id: &str) -> impl Future<Output = Result<Vec<UpsAudience>, Error>> + Send;
+    fn create_audience(
+        &self,
+        req: &CreateAudienceRequest,
+    ) -> impl Future<Output = Result<CreateAudienceResponse, Error>> + Send;
+    fn get_operation(&self, operation_id: &str) -> impl Future<Output = Result<Operation, Error>> + Send;
+    fn get_audience(&self, audience_id: &str) -> impl Future<Output = Result<UpsAudience, Error>> + Send;
+    fn patch_audience(
+        &self,
+        audience_id: &str,
+        req: &PatchAudienceRequest,
+    ) -> impl Future<Output = Result<AepAudience, Error>> + Send;
+    fn start_run(&self, audience_id: &str, req: &StartRunRequest) -> impl Future<Output = Result<Run, Error>> + Send;
+    fn get_run(&self, audience_id: &str, run_id: &str) -> impl Future<Output = Result<Run, Error>> + Send;
+    fn list_runs(&self, audience_id: &str) -> impl Future<Output = Result<Vec<Run>, Error>> + Send;
+    fn delete_audience(&self, audience_id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl AepApi for Session {
+    fn find_audiences_by_name(&self, name: &str) -> impl Future<Output = Result<Vec<UpsAudience>, Error>> + Send {
+        Session::find_audiences_by_name(self, name)
+    }
+    fn find_audiences_by_custom_id(&self, id: &str) -> impl Future<Output = Result<Vec<UpsAudience>, Error>> + Send {
+        Session::find_audiences_by_custom_id(self, id)
+    }
+    fn create_audience(
+        &self,
+        req: &CreateAudienceRequest,
+    ) -> impl Future<Output = Result<CreateAudienceResponse, Error>> + Send {
+        Session::create_audience(self, req)
+    }
+    fn get_operation(&self, operation_id: &str) -> impl Future<Output = Result<Operation, Error>> + Send {
+        Session::get_operation(self, operation_id)
+    }
+    fn get_audience(&self, audience_id: &str) -> impl Future<Output = Result<UpsAudience, Error>> + Send {
+        Session::get_audience(self, audience_id)
+    }
+    fn patch_audience(
+        &self,
+        audience_id: &str,
+        req: &PatchAudienceRequest,
+    ) -> impl Future<Output = Result<AepAudience, Error>> + Send {
+        Session::patch_audience(self, audience_id, req)
+    }
+    fn start_run(&self, audience_id: &str, req: &StartRunRequest) -> impl Future<Output = Result<Run, Error>> + Send {
+        Session::start_run(self, audience_id, req)
+    }
+    fn get_run(&self, audience_id: &str, run_id: &str) -> impl Future<Output = Result<Run, Error>> + Send {
+        Session::get_run(self, audience_id, run_id)
+    }
+    fn list_runs(&self, audience_id: &str) -> impl Future<Output = Result<Vec<Run>, Error>> + Send {
+        Session::list_runs(self, audience_id)
+    }
+    fn delete_audience(&self, audience_id: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        Session::delete_audience(self, audience_id)
+    }
+}
+
+/// The status subresource of one kind of object.
+pub trait StatusApi: Send + Sync {
+    /// Applies a JSON patch to `/status` of object `name` as field manager `manager`.
+    fn patch_status<'a>(
+        &'a self,
+        name: &'a str,
+        manager: &'a str,
+        patch: json_patch::Patch,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>>;
+}
+
+impl StatusApi for Api<ExternalAudience> {
+    fn patch_status<'a>(
+        &'a self,
+        name: &'a str,
+        manager: &'a str,
+        patch: json_patch::Patch,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+        Box::pin(async move {
+            let params = PatchParams {
+                field_manager: Some(manager.to_owned()),
+                ..PatchParams::default()
+            };
+            Api::patch_status(self, name, &params, &Patch::Json::<()>(patch)).await
+        })
+    }
+}

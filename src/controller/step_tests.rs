@@ -1,0 +1,698 @@
+//! The step-level tier: every step × every [`ErrorKind`] (and the answers the reference lists),
+//! with an in-memory AEP ([`FakeAep`], scripted answers, calls recorded) and an in-memory status
+//! subresource ([`FakeStatus`], resourceVersion preconditions enforced). No network, no control
+//! plane: the whole table runs in well under a second.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use futures::future::BoxFuture;
+use kube::{
+    ResourceExt,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector,
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, Options, RunLimit, Timing,
+    plan::{self, Step},
+    reconcile::{Next, Pass},
+    seams::{AepApi, StatusApi},
+};
+use crate::{
+    aep::{
+        AepClient, ClientConfig, CreateAudienceRequest, CreateAudienceResponse, Error as AepError,
+        ExternalAudience as AepAudience, Operation, OperationStatus, PatchAudienceRequest, Run, RunStatus,
+        StartRunRequest, UpsAudience,
+        error::{Call, ErrorKind},
+    },
+    api::{ExternalAudience, ExternalAudienceStatus, IngestionRun, RunPending, RunState, reasons},
+    metrics::Metrics,
+};
+
+type Answer<T> = Mutex<VecDeque<Result<T, AepError>>>;
+
+/// Scripted AEP: each call pops the next answer of its queue; a call without one fails the test.
+#[derive(Default)]
+struct FakeAep {
+    find_by_name: Answer<Vec<UpsAudience>>,
+    find_by_custom_id: Answer<Vec<UpsAudience>>,
+    create: Answer<CreateAudienceResponse>,
+    operation: Answer<Operation>,
+    audience: Answer<UpsAudience>,
+    patch: Answer<AepAudience>,
+    start_run: Answer<Run>,
+    run: Answer<Run>,
+    runs: Answer<Vec<Run>>,
+    delete: Answer<()>,
+    calls: Mutex<Vec<&'static str>>,
+}
+
+fn pop<T>(name: &'static str, calls: &Mutex<Vec<&'static str>>, q: &Answer<T>) -> Result<T, AepError> {
+    calls.lock().expect("calls").push(name);
+    q.lock()
+        .expect("queue")
+        .pop_front()
+        .unwrap_or_else(|| panic!("unexpected AEP call {name}"))
+}
+
+impl FakeAep {
+    fn mutating_calls(&self) -> usize {
+        self.calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|c| matches!(**c, "create" | "patch" | "start_run" | "delete"))
+            .count()
+    }
+}
+
+impl AepApi for FakeAep {
+    async fn find_audiences_by_name(&self, _: &str) -> Result<Vec<UpsAudience>, AepError> {
+        pop("find_by_name", &self.calls, &self.find_by_name)
+    }
+    async fn find_audiences_by_custom_id(&self, _: &str) -> Result<Vec<UpsAudience>, AepError> {
+        pop("find_by_custom_id", &self.calls, &self.find_by_custom_id)
+    }
+    async fn create_audience(&self, _: &CreateAudienceRequest) -> Result<CreateAudienceResponse, AepError> {
+        pop("create", &self.calls, &self.create)
+    }
+    async fn get_operation(&self, _: &str) -> Result<Operation, AepError> {
+        pop("operation", &self.calls, &self.operation)
+    }
+    async fn get_audience(&self, _: &str) -> Result<UpsAudience, AepError> {
+        pop("audience", &self.calls, &self.audience)
+    }
+    async fn patch_audience(&self, _: &str, _: &PatchAudienceRequest) -> Result<AepAudience, AepError> {
+        pop("patch", &self.calls, &self.patch)
+    }
+    async fn start_run(&self, _: &str, _: &StartRunRequest) -> Result<Run, AepError> {
+        pop("start_run", &self.calls, &self.start_run)
+    }
+    async fn get_run(&self, _: &str, _: &str) -> Result<Run, AepError> {
+        pop("run", &self.calls, &self.run)
+    }
+    async fn list_runs(&self, _: &str) -> Result<Vec<Run>, AepError> {
+        pop("runs", &self.calls, &self.runs)
+    }
+    async fn delete_audience(&self, _: &str) -> Result<(), AepError> {
+        pop("delete", &self.calls, &self.delete)
+    }
+}
+
+/// The status subresource of one object, with resourceVersion preconditions.
+struct FakeStatus {
+    obj: Mutex<ExternalAudience>,
+    writes: Mutex<usize>,
+}
+
+impl StatusApi for FakeStatus {
+    fn patch_status<'a>(
+        &'a self,
+        _name: &'a str,
+        _manager: &'a str,
+        patch: json_patch::Patch,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+        Box::pin(async move {
+            let mut obj = self.obj.lock().expect("obj");
+            let current = obj.resource_version().unwrap_or_default();
+            let mut value = serde_json::to_value(&*obj).map_err(kube::Error::SerdeError)?;
+            for op in &patch.0 {
+                if let json_patch::PatchOperation::Replace(r) = op
+                    && r.path.as_str() == "/metadata/resourceVersion"
+                    && r.value.as_str() != Some(current.as_str())
+                {
+                    return Err(kube::Error::Api(Box::new(
+                        kube::core::Status::failure("conflict", "Conflict").with_code(409),
+                    )));
+                }
+            }
+            json_patch::patch(&mut value, &patch).map_err(|e| kube::Error::Service(e.into()))?;
+            let mut updated: ExternalAudience = serde_json::from_value(value).map_err(kube::Error::SerdeError)?;
+            let next = current.parse::<u64>().unwrap_or(1) + 1;
+            updated.metadata.resource_version = Some(next.to_string());
+            *obj = updated.clone();
+            *self.writes.lock().expect("writes") += 1;
+            Ok(updated)
+        })
+    }
+}
+
+fn object(status: ExternalAudienceStatus) -> ExternalAudience {
+    let mut obj: ExternalAudience = serde_json::from_value(json!({
+        "apiVersion": "aep.audience-operator.dev/v1alpha1",
+        "kind": "ExternalAudience",
+        "metadata": {"name": "loyalty", "namespace": "ns", "uid": "u-1", "generation": 1, "resourceVersion": "1"},
+        "spec": {
+            "credentialsSecretRef": {"name": "aep"},
+            "sandbox": "prod",
+            "fields": [{"name": "ppid", "type": "string", "identityNs": "email"}],
+            "sourceSpec": {"path": "a/b.csv", "type": "file"},
+            "ingestion": {"dataFilterStartTime": 764245635}
+        }
+    }))
+    .expect("object");
+    obj.status = Some(status);
+    obj
+}
+
+fn context() -> Context {
+    let (service, handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    // No apiserver: event publishing fails fast and is only logged.
+    drop(handle);
+    let client = kube::Client::new(service, "default");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test".into(),
+            instance: None,
+        },
+    );
+    let (reader, _writer) = reflector::store();
+    Context::new(
+        client,
+        AepClient::new(ClientConfig::default()).expect("client"),
+        recorder,
+        Timing::default(),
+        Arc::new(Metrics::default()),
+        Options {
+            run_limit: RunLimit::default(),
+            ..Options::default()
+        },
+        reader,
+    )
+}
+
+/// Runs one step on `status` against `aep`; returns the written status and what the pass chose.
+async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> (ExternalAudienceStatus, Next, usize) {
+    let ctx = context();
+    let obj = object(status);
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+    };
+    let mut pass = Pass::new(&obj, &ctx, &store);
+    let out = pass.run(step, aep).await.expect("step");
+    let next = out.next;
+    pass.finish(out).await.expect("finish");
+    let written = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
+    let writes = *store.writes.lock().expect("writes");
+    (written, next, writes)
+}
+
+fn err(call: Call, kind: ErrorKind) -> AepError {
+    AepError::synthetic(call, kind, format!("{kind} from AEP"))
+}
+
+const KINDS: [ErrorKind; 8] = [
+    ErrorKind::Retryable { retry_after: None },
+    ErrorKind::NotNow { retry_after: None },
+    ErrorKind::Terminal,
+    ErrorKind::PermissionDenied,
+    ErrorKind::NotFound,
+    ErrorKind::Conflict,
+    ErrorKind::OutcomeUnknown,
+    ErrorKind::Unauthorized,
+];
+
+fn reason(st: &ExternalAudienceStatus, type_: &str) -> Option<String> {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.clone())
+}
+
+fn spec_for_hashes() -> ExternalAudience {
+    object(ExternalAudienceStatus::default())
+}
+
+fn created() -> ExternalAudienceStatus {
+    let obj = spec_for_hashes();
+    ExternalAudienceStatus {
+        audience_id: Some("aud".into()),
+        applied_spec_hash: Some(plan::updatable_hash(&obj.spec)),
+        ..Default::default()
+    }
+}
+
+fn ready() -> ExternalAudienceStatus {
+    let obj = spec_for_hashes();
+    ExternalAudienceStatus {
+        ingested_spec_hash: Some(plan::ingest_hash(&obj.spec, "loyalty")),
+        last_run: Some(IngestionRun {
+            run_id: "r1".into(),
+            generation: 1,
+            status: RunState::Processing,
+            start_time: None,
+            end_time: None,
+            message: None,
+        }),
+        ..created()
+    }
+}
+
+/// What every error of `kind` must lead to, whatever the step (step-specific cases are checked
+/// separately below).
+fn assert_common(step: &str, kind: ErrorKind, st: &ExternalAudienceStatus, next: Next) {
+    let ctx = format!("{step} × {kind}");
+    match kind {
+        ErrorKind::Retryable { .. } => {
+            assert_eq!(reason(st, "Reconciling").as_deref(), Some(reasons::RETRYING), "{ctx}");
+            assert!(matches!(next, Next::Backoff(_)), "{ctx}: backs off");
+        }
+        ErrorKind::PermissionDenied => {
+            assert_eq!(
+                reason(st, "Stalled").as_deref(),
+                Some(reasons::PERMISSION_DENIED),
+                "{ctx}"
+            );
+            assert!(
+                st.blocked.is_none() && matches!(next, Next::After(_)),
+                "{ctx}: re-checked later"
+            );
+        }
+        ErrorKind::Unauthorized => {
+            assert_eq!(
+                reason(st, "Stalled").as_deref(),
+                Some(reasons::CREDENTIALS_INVALID),
+                "{ctx}"
+            );
+            assert!(matches!(next, Next::After(_)), "{ctx}");
+        }
+        ErrorKind::Terminal => {
+            assert_eq!(reason(st, "Stalled").as_deref(), Some(reasons::REJECTED), "{ctx}");
+            assert!(
+                st.blocked.is_some() && matches!(next, Next::Await),
+                "{ctx}: waits for a change"
+            );
+        }
+        _ => {}
+    }
+    assert!(
+        reason(st, "Reconciling").is_none() || reason(st, "Stalled").is_none(),
+        "{ctx}: never Reconciling and Stalled together"
+    );
+    assert_eq!(st.observed_generation, Some(1), "{ctx}");
+}
+
+#[tokio::test]
+async fn create_step_under_every_error_kind() {
+    for kind in KINDS {
+        // The lookup finds nothing; the POST fails with `kind`.
+        let aep = FakeAep::default();
+        aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+        aep.create
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::CreateAudience, kind)));
+        let (st, next, _) = run_step(Default::default(), Step::Create, &aep).await;
+        assert_eq!(aep.mutating_calls(), 1, "{kind}: exactly one create");
+        assert_eq!(
+            st.custom_audience_id.as_deref(),
+            Some("k8s-u-1"),
+            "{kind}: the marker names the object"
+        );
+        match kind {
+            ErrorKind::OutcomeUnknown => {
+                assert!(
+                    st.create_pending_since.is_some(),
+                    "the marker stays: the create may have happened"
+                );
+                assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::CONFIRMING_CREATE));
+            }
+            ErrorKind::Conflict => {
+                assert!(st.create_pending_since.is_none());
+                assert_eq!(
+                    reason(&st, "Stalled").as_deref(),
+                    Some(reasons::NAME_TAKEN),
+                    "a 409 is not ours"
+                );
+            }
+            _ => assert!(st.create_pending_since.is_none(), "{kind}: nothing was created"),
+        }
+        assert_common("create", kind, &st, next);
+    }
+}
+
+#[tokio::test]
+async fn create_step_never_adopts_a_name_it_cannot_prove() {
+    let aep = FakeAep::default();
+    let foreign = UpsAudience {
+        id: "other".into(),
+        audience_id: Some("other".into()),
+        name: "loyalty".into(),
+        origin_name: Some("CUSTOM_UPLOAD".into()),
+        ..Default::default()
+    };
+    aep.find_by_name.lock().expect("q").push_back(Ok(vec![foreign.clone()]));
+    let (st, _, _) = run_step(Default::default(), Step::Create, &aep).await;
+    assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::NAME_TAKEN));
+    assert!(st.audience_id.is_none() && aep.mutating_calls() == 0);
+    // The same name carrying this object's customAudienceId is its own.
+    let aep = FakeAep::default();
+    let ours = UpsAudience {
+        audience_id: Some("k8s-u-1".into()),
+        ..foreign
+    };
+    aep.find_by_name.lock().expect("q").push_back(Ok(vec![ours]));
+    let (st, _, _) = run_step(Default::default(), Step::Create, &aep).await;
+    assert_eq!(st.audience_id.as_deref(), Some("other"));
+    assert_eq!(aep.mutating_calls(), 0);
+}
+
+#[tokio::test]
+async fn recover_create_under_every_error_kind_sends_nothing() {
+    for kind in KINDS {
+        let aep = FakeAep::default();
+        aep.find_by_custom_id
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::FindAudiences, kind)));
+        let status = ExternalAudienceStatus {
+            create_pending_since: Some(super::reconcile::now()),
+            custom_audience_id: Some("k8s-u-1".into()),
+            ..Default::default()
+        };
+        let (st, next, _) = run_step(status, Step::RecoverCreate, &aep).await;
+        assert_eq!(
+            aep.mutating_calls(),
+            0,
+            "{kind}: a lookup failure never leads to a create"
+        );
+        assert!(st.create_pending_since.is_some(), "{kind}: the marker stays");
+        assert_common("recover_create", kind, &st, next);
+    }
+}
+
+#[tokio::test]
+async fn poll_operation_under_every_error_kind_and_answer() {
+    let pending = || ExternalAudienceStatus {
+        operation_id: Some("op".into()),
+        ..Default::default()
+    };
+    for kind in KINDS {
+        let aep = FakeAep::default();
+        aep.operation
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::GetOperation, kind)));
+        let (st, next, _) = run_step(
+            pending(),
+            Step::PollOperation {
+                operation_id: "op".into(),
+            },
+            &aep,
+        )
+        .await;
+        if kind == ErrorKind::NotFound {
+            assert_eq!(
+                st.lost_operation_id.as_deref(),
+                Some("op"),
+                "an unknown operation leads to the proof lookup"
+            );
+            assert!(st.operation_id.is_none() && st.create_pending_since.is_some());
+        } else {
+            assert_eq!(st.operation_id.as_deref(), Some("op"), "{kind}: the operation is kept");
+        }
+        assert_common("poll_operation", kind, &st, next);
+    }
+    // The answers the reference lists.
+    let op = |status: OperationStatus, id: Option<&str>| Operation {
+        operation_id: "op".into(),
+        status,
+        audience_id: id.map(str::to_owned),
+        audience_name: None,
+        operation_details: None,
+        message: None,
+        created_by: None,
+        created_at: None,
+        updated_by: None,
+        updated_at: None,
+    };
+    for (answer, check) in [
+        (op(OperationStatus::Processing, None), "pending"),
+        (op(OperationStatus::Success, Some("aud")), "created"),
+        (op(OperationStatus::Success, None), "no id"),
+        (op(OperationStatus::Failed, None), "failed"),
+        (op(OperationStatus::Other("WEIRD".into()), None), "pending"),
+    ] {
+        let aep = FakeAep::default();
+        aep.operation.lock().expect("q").push_back(Ok(answer));
+        let (st, _, _) = run_step(
+            pending(),
+            Step::PollOperation {
+                operation_id: "op".into(),
+            },
+            &aep,
+        )
+        .await;
+        match check {
+            "pending" => assert_eq!(
+                reason(&st, "Reconciling").as_deref(),
+                Some(reasons::WAITING_FOR_OPERATION)
+            ),
+            "created" => assert_eq!(st.audience_id.as_deref(), Some("aud")),
+            "no id" => assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::UNEXPECTED_RESPONSE)),
+            _ => {
+                assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::OPERATION_FAILED));
+                assert_eq!(st.failed_operation_id.as_deref(), Some("op"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn update_and_adopt_under_every_error_kind() {
+    for kind in KINDS {
+        let aep = FakeAep::default();
+        aep.patch
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::PatchAudience, kind)));
+        let status = ExternalAudienceStatus {
+            applied_spec_hash: None,
+            ..created()
+        };
+        let (st, next, _) = run_step(
+            status,
+            Step::Update {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+        assert_eq!(aep.mutating_calls(), 1, "{kind}");
+        if kind == ErrorKind::NotFound {
+            assert!(
+                st.audience_id.is_none() && st.lost_audience_ids == ["aud"],
+                "gone behind our back"
+            );
+        } else {
+            assert!(st.applied_spec_hash.is_none(), "{kind}: not applied");
+        }
+        assert_common("update", kind, &st, next);
+
+        let aep = FakeAep::default();
+        aep.audience
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::GetAudience, kind)));
+        let (st, next, _) = run_step(
+            Default::default(),
+            Step::Adopt {
+                audience_id: "x".into(),
+            },
+            &aep,
+        )
+        .await;
+        assert!(st.audience_id.is_none(), "{kind}: nothing adopted");
+        if kind == ErrorKind::NotFound {
+            assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::AUDIENCE_NOT_FOUND));
+            assert!(st.blocked.is_none(), "re-checked on a long interval");
+        }
+        assert_common("adopt", kind, &st, next);
+    }
+}
+
+#[tokio::test]
+async fn start_run_under_every_error_kind() {
+    for kind in KINDS {
+        let aep = FakeAep::default();
+        aep.start_run
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::StartRun, kind)));
+        if matches!(kind, ErrorKind::NotNow { .. }) {
+            aep.runs.lock().expect("q").push_back(Ok(Vec::new()));
+        }
+        let (st, next, writes) = run_step(
+            created(),
+            Step::StartRun {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+        assert_eq!(aep.mutating_calls(), 1, "{kind}: one start");
+        assert!(writes >= 1, "{kind}: the marker was written before the call");
+        match kind {
+            ErrorKind::OutcomeUnknown => assert!(st.run_pending.is_some(), "the run may exist: marker kept"),
+            ErrorKind::NotNow { .. } => {
+                assert!(st.run_pending.is_none());
+                assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
+            }
+            ErrorKind::NotFound => assert!(st.audience_id.is_none(), "gone behind our back"),
+            _ => assert!(st.run_pending.is_none(), "{kind}: no run started"),
+        }
+        assert_common("start_run", kind, &st, next);
+    }
+}
+
+#[tokio::test]
+async fn start_run_refused_at_the_per_audience_limit_stalls_instead_of_deferring() {
+    let aep = FakeAep::default();
+    aep.start_run
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::StartRun, ErrorKind::NotNow { retry_after: None })));
+    let run = |i: i64| Run {
+        run_id: format!("r{i}"),
+        audience_id: "aud".into(),
+        audience_name: None,
+        status: RunStatus::Success,
+        details: Vec::new(),
+        differential_ingestion: None,
+        data_filter_start_time: None,
+        data_filter_end_time: None,
+        created_at: Some(i),
+        created_by: None,
+        message: None,
+    };
+    aep.runs.lock().expect("q").push_back(Ok((0..10).map(run).collect()));
+    let (st, next, _) = run_step(
+        created(),
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(
+        reason(&st, "Stalled").as_deref(),
+        Some(reasons::INGESTION_LIMIT_REACHED)
+    );
+    assert!(matches!(next, Next::Await));
+}
+
+#[tokio::test]
+async fn poll_run_recover_run_and_idle_under_every_error_kind() {
+    for kind in KINDS {
+        let aep = FakeAep::default();
+        aep.run.lock().expect("q").push_back(Err(err(Call::GetRun, kind)));
+        let (st, next, _) = run_step(
+            ready(),
+            Step::PollRun {
+                audience_id: "aud".into(),
+                run_id: "r1".into(),
+            },
+            &aep,
+        )
+        .await;
+        assert_eq!(aep.mutating_calls(), 0, "{kind}: polling sends nothing");
+        assert_eq!(
+            st.last_run.as_ref().map(|r| r.status),
+            Some(RunState::Processing),
+            "{kind}"
+        );
+        assert_common("poll_run", kind, &st, next);
+
+        let aep = FakeAep::default();
+        aep.runs.lock().expect("q").push_back(Err(err(Call::ListRuns, kind)));
+        let pending = ExternalAudienceStatus {
+            run_pending: Some(RunPending {
+                since: super::reconcile::now(),
+                generation: 1,
+                spec_hash: "h".into(),
+                run_request: None,
+            }),
+            ..created()
+        };
+        let (st, next, _) = run_step(
+            pending,
+            Step::RecoverRun {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+        assert_eq!(aep.mutating_calls(), 0, "{kind}: no second start while unsure");
+        assert!(st.run_pending.is_some(), "{kind}: marker kept");
+        assert_common("recover_run", kind, &st, next);
+
+        let aep = FakeAep::default();
+        aep.audience
+            .lock()
+            .expect("q")
+            .push_back(Err(err(Call::GetAudience, kind)));
+        if kind == ErrorKind::NotFound {
+            // Lookups may lag: the audience's own route confirms it is gone.
+            aep.runs
+                .lock()
+                .expect("q")
+                .push_back(Err(err(Call::ListRuns, ErrorKind::NotFound)));
+        }
+        let done = ExternalAudienceStatus {
+            last_run: ready().last_run.map(|r| IngestionRun {
+                status: RunState::Success,
+                ..r
+            }),
+            ..ready()
+        };
+        let (st, next, _) = run_step(
+            done,
+            Step::Idle {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+        if kind == ErrorKind::NotFound {
+            assert!(st.audience_id.is_none(), "confirmed gone: re-created next");
+        }
+        assert_common("idle", kind, &st, next);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_base_never_sends_the_mutating_call() {
+    // The object changed since it was read: the marker write conflicts, nothing is sent.
+    let ctx = context();
+    let obj = object(created());
+    let newer = {
+        let mut o = obj.clone();
+        o.metadata.resource_version = Some("7".into());
+        o
+    };
+    let store = FakeStatus {
+        obj: Mutex::new(newer),
+        writes: Mutex::new(0),
+    };
+    let aep = FakeAep::default();
+    let mut pass = Pass::new(&obj, &ctx, &store);
+    let result = pass
+        .run(
+            Step::StartRun {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+    assert!(matches!(result, Err(Error::Stale)), "stale base");
+    assert_eq!(aep.mutating_calls(), 0);
+}
