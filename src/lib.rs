@@ -15,5 +15,6 @@ pub mod envtest;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -11,14 +11,7 @@ use audience_operator::{
     health::Health,
     leader::{self, LeaderConfig},
     metrics::Metrics,
-    telemetry,
-};
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::get,
+    server, telemetry,
 };
 use clap::{Parser, Subcommand};
 
@@ -69,19 +62,11 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(cfg.leader_elect));
-    let app = Router::new()
-        .route("/metrics", get(serve_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-        });
     let listener = tokio::net::TcpListener::bind(cfg.metrics_addr)
         .await
         .with_context(|| format!("binding {}", cfg.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "Serving /metrics and health checks");
-    let server = axum::serve(listener, app).into_future();
+    let server = server::serve(listener, metrics.clone(), health.clone());
 
     let work = async {
         if cfg.leader_elect {
@@ -125,29 +110,4 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     }
     tracing::info!("Controller stopped");
     Ok(())
-}
-
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-}
-
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.health.ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let metrics = state.metrics;
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
 }
