@@ -9,7 +9,7 @@ all: build
 
 ## Build every binary (controller, crdgen, aep-emulator, envtest).
 build:
-	$(CARGO) build --locked --bins
+	$(CARGO) build --locked --workspace --bins
 
 ## Build (once, cached by version) the local control-plane binaries from pinned Go modules.
 envtest:
@@ -18,11 +18,11 @@ envtest:
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
 test: envtest
-	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --no-fail-fast --all-targets -- --test-threads=6
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --workspace --no-fail-fast --all-targets -- --test-threads=6
 
 ## Only the fast tiers (no control plane).
 test-unit:
-	$(CARGO) test --locked --lib --test aep_contract
+	$(CARGO) test --locked --workspace --lib --test aep_contract
 
 ## The operator's main job end to end on the local defaults (KEEP=1 leaves it running).
 demo: envtest
@@ -38,7 +38,7 @@ crds:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -11,7 +11,7 @@ rps=${RPS:-200}
 concurrency=${CONCURRENCY:-32}
 work=${BENCH_DIR:-/tmp/audience-operator-bench}
 
-cargo build --locked --release --bins -q
+cargo build --locked --workspace --release --bins -q
 bin="$root/target/release"
 
 cleanup() {

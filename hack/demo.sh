@@ -13,7 +13,7 @@ keep=${KEEP:-0}
 log() { printf '\n==> %s\n' "$*"; }
 
 log "Building the operator, the emulator and the control-plane launcher"
-cargo build --locked --bins -q
+cargo build --locked --workspace --bins -q
 bin="$root/target/debug"
 
 cleanup() {

@@ -18,11 +18,8 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use audience_operator::{
-    api::ExternalAudience,
-    controller::plan,
-    emulator::{Settings, validate},
-};
+use aep_emulator::{Settings, validate};
+use audience_operator::{api::ExternalAudience, controller::plan};
 use kube::{
     Api, Resource,
     api::{ApiResource, DynamicObject, PostParams},

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use audience_operator::emulator::config::Faults;
+use aep_emulator::config::Faults;
 use support::operator::{Env, condition_is, condition_message, is_ready, is_ready_with_current_run, kubectl};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -207,8 +207,7 @@ async fn missing_secret_is_reported_and_creating_it_heals_the_object() {
 
 /// Counts AEP requests over a window, to prove there is no hot loop.
 async fn requests_over(env: &Env, window: Duration) -> u64 {
-    let total =
-        |s: &audience_operator::emulator::state::Stats| s.requests.values().flat_map(|m| m.values()).sum::<u64>();
+    let total = |s: &aep_emulator::state::Stats| s.requests.values().flat_map(|m| m.values()).sum::<u64>();
     let before = total(&env.emulator.stats());
     tokio::time::sleep(window).await;
     total(&env.emulator.stats()) - before

@@ -9,13 +9,13 @@ mod support;
 
 use std::time::Duration;
 
+use aep_emulator::{
+    AudienceView, EmulatorBuilder,
+    config::{CustomAudienceIdModel, DuplicateNames, Faults, LookupVisibility, LostAnswer, LostMode},
+};
 use audience_operator::{
     aep::AepClient,
     api::{ExternalAudience, OwnershipProof, RETRY_CREATE, custom_audience_id},
-    emulator::{
-        AudienceView, EmulatorBuilder,
-        config::{CustomAudienceIdModel, DuplicateNames, Faults, LookupVisibility, LostAnswer, LostMode},
-    },
 };
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -259,7 +259,7 @@ async fn lost_create(i: usize, model: Model, mode: LostMode) {
                 .run_timing(Duration::from_millis(200), 0)
                 .faults(Faults {
                     hang_ms: 3_000,
-                    lost_answers: audience_operator::emulator::config::LostAnswers {
+                    lost_answers: aep_emulator::config::LostAnswers {
                         create: lose_next(mode),
                         ..Default::default()
                     },
@@ -331,7 +331,7 @@ async fn a_lost_create_that_made_nothing_is_sent_again_only_once_absence_is_prov
         .operation_timing(Duration::from_millis(300), 0)
         .faults(Faults {
             fail_next_operations: 1,
-            lost_answers: audience_operator::emulator::config::LostAnswers {
+            lost_answers: aep_emulator::config::LostAnswers {
                 create: lose_next(LostMode::Error500),
                 ..Default::default()
             },
@@ -360,7 +360,7 @@ async fn retry_create_annotation_with_the_pending_token_lets_the_operator_create
         }
         .apply(b)
         .faults(Faults {
-            lost_answers: audience_operator::emulator::config::LostAnswers {
+            lost_answers: aep_emulator::config::LostAnswers {
                 create: lose_next(LostMode::Drop),
                 ..Default::default()
             },
@@ -432,7 +432,7 @@ async fn lost_others(i: usize, model: Model, mode: LostMode) {
                 .run_timing(Duration::from_millis(500), 0)
                 .faults(Faults {
                     hang_ms: 3_000,
-                    lost_answers: audience_operator::emulator::config::LostAnswers {
+                    lost_answers: aep_emulator::config::LostAnswers {
                         start_run: lose_next(mode),
                         ..Default::default()
                     },
@@ -558,7 +558,7 @@ async fn deleting_with_an_unknown_operation_deletes_only_what_carries_the_object
     })
     .await;
     let obj = object_with_status(&mut env, json!({"operationId": "00000000-0000-0000-0000-000000000000"})).await;
-    let seed: ExternalAudience = serde_yaml::from_str(&env.seed_yaml()).expect("seed");
+    let seed: ExternalAudience = serde_yaml_ng::from_str(&env.seed_yaml()).expect("seed");
     let session = AepClient::new(env.emulator.client_config())
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
@@ -687,7 +687,7 @@ async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrad
     let mut env = Env::start("upgrade", |b| b.zero_latency()).await;
     env.stop_operator(false);
     let fixture: serde_json::Value =
-        serde_yaml::from_str(include_str!("fixtures/status-78473e7.yaml")).expect("fixture");
+        serde_yaml_ng::from_str(include_str!("fixtures/status-78473e7.yaml")).expect("fixture");
     let spec: ExternalAudience = serde_json::from_value(fixture.clone()).expect("fixture object");
     // The audience and its run exist in AEP, made the way that release made them.
     let session = AepClient::new(env.emulator.client_config())

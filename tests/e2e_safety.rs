@@ -5,14 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use audience_operator::{
-    aep::AepClient,
-    api::RunState,
-    emulator::{
-        AudienceMutation, CredentialSpec,
-        config::{DuplicateNames, Faults},
-    },
+use aep_emulator::{
+    AudienceMutation, CredentialSpec,
+    config::{DuplicateNames, Faults},
 };
+use audience_operator::{aep::AepClient, api::RunState};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
@@ -32,7 +29,7 @@ async fn name_owned_by_nobody_stalls_with_a_hint_and_spec_audience_id_adopts_it(
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
     // Same definition as the seed example, but another description (the adoption PATCHes it).
-    let seed: audience_operator::api::ExternalAudience = serde_yaml::from_str(&env.seed_yaml()).expect("seed yaml");
+    let seed: audience_operator::api::ExternalAudience = serde_yaml_ng::from_str(&env.seed_yaml()).expect("seed yaml");
     let mut req = audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", None);
     req.description = Some("made by hand".into());
     let op = session.create_audience(&req).await.expect("create");

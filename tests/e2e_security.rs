@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use audience_operator::emulator::{CredentialSpec, Entitlement};
+use aep_emulator::{CredentialSpec, Entitlement};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,

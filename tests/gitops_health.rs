@@ -231,8 +231,8 @@ async fn every_state_gets_the_kstatus_and_argo_cd_verdict_users_expect() {
 async fn the_argocd_cm_patch_embeds_health_lua_and_installs_with_kubectl_patch() {
     let lua = std::fs::read_to_string(format!("{ROOT}/deploy/argocd/health.lua")).expect("health.lua");
     let patch_path = format!("{ROOT}/deploy/argocd/argocd-cm-patch.yaml");
-    let patch: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&patch_path).expect("patch")).expect("patch yaml");
+    let patch: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&patch_path).expect("patch")).expect("patch yaml");
     assert_eq!(
         (
             patch["kind"].as_str(),
@@ -303,7 +303,7 @@ fn the_monitoring_overlay_scrapes_the_operators_metrics_port() {
         "kubectl kustomize: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_slice(&out.stdout)
+    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
         .map(|d| serde::Deserialize::deserialize(d).expect("yaml document"))
         .collect();
     let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"].as_str() == Some(kind));

@@ -566,6 +566,7 @@ pub mod events {
     pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
     pub const PAUSED: &str = "Paused";
     pub const DELETION_PAUSED: &str = "DeletionPaused";
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
 }
 
 /// The CRD, with the status default that keeps kstatus from reading a fresh object as done.
@@ -590,8 +591,8 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
 }
 
 /// The CRD as YAML, as committed in `crds/externalaudience.yaml`.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd())
+pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
+    serde_yaml_ng::to_string(&crd())
 }
 
 #[cfg(test)]

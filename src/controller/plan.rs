@@ -1106,7 +1106,7 @@ mod tests {
     #[test]
     fn a_status_written_by_the_release_before_versioned_hashes_owes_nothing() {
         let obj: crate::api::ExternalAudience =
-            serde_yaml::from_str(include_str!("../../tests/fixtures/status-78473e7.yaml")).expect("fixture");
+            serde_yaml_ng::from_str(include_str!("../../tests/fixtures/status-78473e7.yaml")).expect("fixture");
         let status = obj.status.clone().expect("status");
         let name = obj.spec.audience_name("loyalty-members");
         assert_eq!(

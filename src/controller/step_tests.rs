@@ -696,3 +696,51 @@ async fn a_stale_base_never_sends_the_mutating_call() {
     assert!(matches!(result, Err(Error::Stale)), "stale base");
     assert_eq!(aep.mutating_calls(), 0);
 }
+
+#[tokio::test]
+async fn a_malformed_resync_annotation_is_reported_not_ignored() {
+    let ctx = context();
+    let mut obj = object(ExternalAudienceStatus {
+        last_run: ready().last_run.map(|r| IngestionRun {
+            status: RunState::Success,
+            ..r
+        }),
+        ..ready()
+    });
+    obj.metadata.annotations = Some(
+        [(crate::api::RESYNC_INTERVAL.to_owned(), "every ten minutes".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+    };
+    let aep = FakeAep::default();
+    let mut pass = Pass::new(&obj, &ctx, &store);
+    let out = pass
+        .run(
+            Step::Idle {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await
+        .expect("idle");
+    assert!(
+        out.event
+            .as_ref()
+            .is_some_and(|(_, reason, _)| *reason == crate::api::events::INVALID_ANNOTATION)
+    );
+    pass.finish(out).await.expect("finish");
+    let st = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert!(
+        ready.status == "True" && ready.message.contains("is ignored"),
+        "{ready:?}"
+    );
+    assert!(
+        aep.calls.lock().expect("calls").is_empty(),
+        "no drift check with an unknown interval"
+    );
+}

@@ -574,19 +574,34 @@ impl Pass<'_> {
 
     // ----- steady state -----------------------------------------------------------------------
 
-    pub(super) fn resync_interval(&self) -> Duration {
-        self.obj
-            .annotations()
-            .get(RESYNC_INTERVAL)
-            .and_then(|v| crate::config::parse_duration(v).ok())
-            .unwrap_or(self.ctx.timing.resync)
+    /// The drift interval: the annotation's, else the flag's; a malformed annotation is reported
+    /// (`Err` with the message), never silently ignored.
+    pub(super) fn resync_interval(&self) -> Result<Duration, String> {
+        match self.obj.annotations().get(RESYNC_INTERVAL) {
+            None => Ok(self.ctx.timing.resync),
+            Some(v) => crate::config::parse_duration(v).map_err(|e| {
+                format!("annotation {RESYNC_INTERVAL} is ignored: {e}; using the default resync interval")
+            }),
+        }
     }
 
     pub(super) async fn idle(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        if self.plan().health.is_stalled() {
+        let planned = self.plan().health;
+        if planned.is_stalled() {
             return Ok(Outcome::planned(Next::Await));
         }
-        let interval = self.resync_interval();
+        let interval = match self.resync_interval() {
+            Ok(d) => d,
+            Err(problem) => {
+                // Ready, but say what was ignored (condition message and a Warning event).
+                let health = Health::ready(format!("{}; {problem}", planned.message()));
+                return Ok(Outcome::with(health, Next::After(self.ctx.timing.resync)).note(
+                    EventType::Warning,
+                    events::INVALID_ANNOTATION,
+                    problem,
+                ));
+            }
+        };
         if interval.is_zero() {
             return Ok(Outcome::planned(Next::Await));
         }

@@ -4,7 +4,7 @@
 
 use std::{future::Future, time::Duration};
 
-use audience_operator::envtest::ControlPlane;
+use envtest::ControlPlane;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, api::PostParams};
 

@@ -5,11 +5,9 @@
 
 use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
-use audience_operator::{
-    api::{ExternalAudience, ExternalAudienceStatus},
-    emulator::{Emulator, RunningEmulator},
-    envtest::Watched,
-};
+use aep_emulator::{Emulator, RunningEmulator};
+use audience_operator::api::{ExternalAudience, ExternalAudienceStatus};
+use envtest::Watched;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
@@ -130,7 +128,10 @@ pub fn spawn_operator(ns: &str, aep: &url::Url, extra_flags: &[String], log: &st
     ];
     args.extend(fast_flags());
     args.extend(extra_flags.iter().cloned());
-    let envs = vec![("RUST_LOG".to_owned(), "info,audience_operator=debug".to_owned())];
+    let envs = vec![(
+        "RUST_LOG".to_owned(),
+        "info,audience_operator=debug,aep=debug".to_owned(),
+    )];
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_controller"));
     Watched::spawn(&bin, &args, &envs, log).expect("operator starts")
 }
@@ -161,14 +162,14 @@ impl Env {
     /// A namespace, an emulator configured by `configure`, the credentials Secret, the operator.
     pub async fn start(
         prefix: &str,
-        configure: impl FnOnce(audience_operator::emulator::EmulatorBuilder) -> audience_operator::emulator::EmulatorBuilder,
+        configure: impl FnOnce(aep_emulator::EmulatorBuilder) -> aep_emulator::EmulatorBuilder,
     ) -> Env {
         Self::start_with(prefix, configure, Vec::new(), true).await
     }
 
     pub async fn start_with(
         prefix: &str,
-        configure: impl FnOnce(audience_operator::emulator::EmulatorBuilder) -> audience_operator::emulator::EmulatorBuilder,
+        configure: impl FnOnce(aep_emulator::EmulatorBuilder) -> aep_emulator::EmulatorBuilder,
         extra_flags: Vec<String>,
         with_secret: bool,
     ) -> Env {

@@ -49,7 +49,7 @@ pub(crate) fn generate(bound: IpAddr) -> io::Result<Pki> {
     let serving_cert = serving.signed_by(&serving_key, &issuer).map_err(pki_error)?;
 
     // The process-wide ring provider, as every client of the crate uses.
-    crate::aep::install_crypto_provider();
+    aep::install_crypto_provider();
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(

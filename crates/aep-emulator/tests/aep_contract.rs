@@ -7,12 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use audience_operator::aep::{
+use aep::{
     AepClient, ClientConfig, CreateAudienceRequest, Credentials, ErrorKind, Field, FieldLabels, FieldType,
     OperationStatus, PatchAudienceRequest, RunStatus, Session, SourceParams, SourcePathType, SourceSpec,
     StartRunRequest,
 };
-use audience_operator::emulator::{
+use aep_emulator::{
     CredentialSpec, CustomAudienceIdModel, DuplicateNames, Emulator, EmulatorBuilder, Entitlement, Faults,
     LookupVisibility, LostAnswer, LostMode, RunWindow, RunningEmulator, Settings,
 };
@@ -130,7 +130,7 @@ struct Raw {
 
 impl Raw {
     async fn new(emu: &RunningEmulator) -> Raw {
-        audience_operator::aep::install_crypto_provider();
+        aep::install_crypto_provider();
         let http = reqwest::Client::new();
         let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
         let creds = emu.credentials();
@@ -140,7 +140,7 @@ impl Raw {
                 ("grant_type", "client_credentials"),
                 ("client_id", creds.client_id.as_str()),
                 ("client_secret", "local-secret"),
-                ("scope", audience_operator::aep::DEFAULT_SCOPES),
+                ("scope", aep::DEFAULT_SCOPES),
             ])
             .send()
             .await
@@ -866,7 +866,7 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
 
     let emu = start(|b| b).await;
     let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/aep-emulator.md"))
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/aep-emulator.md"))
         .expect("docs/aep-emulator.md exists");
 
     // 1. Token (docs: "Get an access token").
@@ -1046,7 +1046,7 @@ async fn failures_injected_into_operations_and_runs_are_reported() {
     admin
         .mutate_audience(
             &id,
-            &audience_operator::emulator::AudienceMutation {
+            &aep_emulator::AudienceMutation {
                 description: Some("changed behind your back".into()),
                 ..Default::default()
             },
@@ -1475,7 +1475,7 @@ async fn lost_delete_answers_leave_the_audience_deleted() {
 async fn lost_answers_fire_only_for_calls_that_succeed() {
     let emu = start(|b| {
         b.faults(Faults {
-            lost_answers: audience_operator::emulator::LostAnswers {
+            lost_answers: aep_emulator::LostAnswers {
                 create: LostAnswer {
                     all: true,
                     mode: LostMode::Error500,
@@ -2240,21 +2240,18 @@ async fn tls_emulator_is_trusted_with_its_ca() {
     assert_eq!(stats.tokens_issued, 1);
     assert_eq!(stats.creates, 1);
     assert_eq!(stats.received("create_audience"), 1);
-    let by_hand = audience_operator::emulator::AdminClient::new(base.clone())
+    let by_hand = aep_emulator::AdminClient::new(base.clone())
         .with_ca_pem(ca.as_bytes())
         .unwrap();
     assert_eq!(by_hand.stats().await.unwrap(), emu.stats());
     // …and refused to an admin client that does not trust the CA.
-    let untrusting = audience_operator::emulator::AdminClient::new(base)
+    let untrusting = aep_emulator::AdminClient::new(base)
         .with_ca_pem(&unrelated_ca_pem())
         .unwrap();
     let refused = untrusting.stats().await;
+    assert!(matches!(refused, Err(aep_emulator::AdminError::Http(_))), "{refused:?}");
     assert!(
-        matches!(refused, Err(audience_operator::emulator::AdminError::Http(_))),
-        "{refused:?}"
-    );
-    assert!(
-        audience_operator::emulator::AdminClient::new(emu.base_url())
+        aep_emulator::AdminClient::new(emu.base_url())
             .with_ca_pem(b"not a certificate")
             .is_err()
     );
@@ -2272,7 +2269,7 @@ async fn tls_emulator_is_trusted_with_its_ca() {
 
 #[tokio::test]
 async fn tls_emulator_is_refused_without_its_ca() {
-    use audience_operator::aep::error::Call;
+    use aep::error::Call;
     let emu = start(|b| b.tls()).await;
     let trust = [("system roots", None), ("another CA", Some(unrelated_ca_pem()))];
     for (what, ca_pem) in trust {

@@ -248,7 +248,7 @@ impl AdminClient {
     /// A client for the emulator at `base` (e.g. `http://127.0.0.1:8080/`), trusting the system
     /// roots for `https`.
     pub fn new(base: Url) -> Self {
-        crate::aep::install_crypto_provider();
+        aep::install_crypto_provider();
         AdminClient {
             base,
             http: reqwest::Client::new(),
@@ -258,7 +258,7 @@ impl AdminClient {
     /// The same client, trusting only the CA(s) in `pem` (e.g. [`super::RunningEmulator::ca_pem`]
     /// or the file the binary's `--ca-out` wrote) instead of the system roots.
     pub fn with_ca_pem(self, pem: &[u8]) -> Result<Self, AdminError> {
-        crate::aep::install_crypto_provider();
+        aep::install_crypto_provider();
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| AdminError::Ca(e.to_string()))?;
         if certs.is_empty() {
             return Err(AdminError::Ca("no certificate in the PEM".to_owned()));

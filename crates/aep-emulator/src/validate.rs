@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::aep::types::{
+use aep::types::{
     AUDIENCE_TYPE_PEOPLE, CLOUD_TYPES, CLOUD_TYPES_NEEDING_CONNECTION, CreateAudienceRequest, Encryption, Field,
     FieldLabels, FieldType, MAX_FIELDS, ORIGIN_CUSTOM_UPLOAD, PatchAudienceRequest, SOURCE_TYPE_CLOUD_STORAGE,
     SourceParams, SourcePathType, SourceSpec, StartRunRequest, TTL_DEFAULT_DAYS, TTL_MAX_DAYS, TTL_MIN_DAYS,

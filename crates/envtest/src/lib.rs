@@ -817,8 +817,9 @@ fn insecure_http_client() -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::Binaries(format!("http client: {e}")))
 }
 
+/// Installs the process-wide rustls crypto provider (ring); a provider already installed stays.
 fn install_crypto_provider() {
-    crate::aep::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn is_port_clash(e: &Error) -> bool {
@@ -896,6 +897,7 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, user: &str, token: &st
         "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": user, "namespace": "default"}}],
         "current-context": "envtest",
     });
-    let yaml = serde_yaml::to_string(&doc).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    // JSON is YAML: kubectl and kube-rs read it as a kubeconfig.
+    let yaml = serde_json::to_string_pretty(&doc).map_err(|e| Error::Kubeconfig(e.to_string()))?;
     write_file(path, &yaml)
 }

@@ -210,7 +210,7 @@ impl AepClient {
     /// Builds the client (rustls with the ring provider, HTTP/1.1 and HTTP/2).
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
         // Idempotent: a provider installed earlier (by us or the process) stays.
-        crate::aep::install_crypto_provider();
+        crate::install_crypto_provider();
         let endpoints = [&config.platform_url, &config.ims_url]
             .into_iter()
             .chain(config.allowed_endpoints.iter());

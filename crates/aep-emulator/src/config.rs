@@ -226,7 +226,7 @@ impl Default for Settings {
             guardrail_retry_after_secs: 3600,
             strict: false,
             ups_default_limit: 20,
-            identity_namespaces: crate::emulator::validate::STANDARD_NAMESPACES
+            identity_namespaces: crate::validate::STANDARD_NAMESPACES
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),

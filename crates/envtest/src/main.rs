@@ -7,8 +7,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::Context;
-use audience_operator::envtest::{self, ControlPlane};
 use clap::{Parser, Subcommand};
+use envtest::{self, ControlPlane};
 
 #[derive(Parser)]
 #[command(about = "Run the local etcd + kube-apiserver + kube-controller-manager control plane")]

@@ -2,7 +2,7 @@
 //! the IMS token endpoint (reference §7.2) — the project's Pebble. Tests start it in-process on
 //! `127.0.0.1:0` with [`Emulator::builder`]; the `aep-emulator` binary runs it standalone.
 //!
-//! It reuses [`crate::aep::types`] for every body, so client and emulator cannot drift. Lifecycles
+//! It reuses [`aep::types`] for every body, so client and emulator cannot drift. Lifecycles
 //! (operations, runs) and the visibility of new audiences are evaluated lazily from deadlines and
 //! poll counts; the behaviours the docs leave open (duplicate names, `customAudienceId`, lookup
 //! visibility, the per-audience run window) are [`Settings`], and faults (errors, failed
@@ -278,9 +278,9 @@ impl RunningEmulator {
     }
 
     /// Client credentials for the first accepted credential, with both URLs pointing here.
-    pub fn credentials(&self) -> crate::aep::Credentials {
+    pub fn credentials(&self) -> aep::Credentials {
         let spec = self.shared.lock().credentials.first().cloned().unwrap_or_default();
-        let mut creds = crate::aep::Credentials::new(spec.client_id, spec.client_secret, spec.org_id);
+        let mut creds = aep::Credentials::new(spec.client_id, spec.client_secret, spec.org_id);
         creds.ims_url = Some(self.base_url());
         creds.platform_url = Some(self.base_url());
         creds
@@ -288,12 +288,12 @@ impl RunningEmulator {
 
     /// A client configuration pointing at this emulator, trusting its CA when serving TLS (other
     /// values default).
-    pub fn client_config(&self) -> crate::aep::ClientConfig {
-        crate::aep::ClientConfig {
+    pub fn client_config(&self) -> aep::ClientConfig {
+        aep::ClientConfig {
             platform_url: self.base_url(),
             ims_url: self.base_url(),
             ca_pem: self.ca_pem.clone().map(String::into_bytes),
-            ..crate::aep::ClientConfig::default()
+            ..aep::ClientConfig::default()
         }
     }
 

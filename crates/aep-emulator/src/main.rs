@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-use audience_operator::emulator::{
+use aep_emulator::{
     CredentialSpec, CustomAudienceIdModel, DuplicateNames, Emulator, Entitlement, Faults, LookupVisibility, LostAnswer,
     LostMode, RunWindow, Settings,
 };
+use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use serde::de::DeserializeOwned;

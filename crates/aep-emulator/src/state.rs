@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::aep::types::{
+use aep::types::{
     CreateAudienceRequest, DEFAULT_NAMESPACE, ENTITY_TYPE_PROFILE, ExternalAudience, ORIGIN_CUSTOM_UPLOAD, Operation,
     OperationStatus, Run, RunStage, RunStatus, UPS_TYPE_EXTERNAL_SEGMENT, UpsAudience, UpsSandbox,
 };

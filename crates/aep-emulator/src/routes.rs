@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde_json::{Value, json};
 
-use crate::aep::types::{
+use aep::types::{
     CreateAudienceResponse, ExtendTtlResponse, GatewayErrorBody, ImsErrorBody, ImsTokenResponse, Link, RunList,
     RunStatus, ServiceErrorBody, UpsAudience, UpsAudienceList, UpsLinks, UpsPage,
 };
@@ -972,7 +972,7 @@ fn parse_run_property(raw: &str) -> Result<RunFilter, String> {
 }
 
 impl RunFilter {
-    fn keeps(&self, run: &crate::aep::types::Run) -> bool {
+    fn keeps(&self, run: &aep::types::Run) -> bool {
         match self {
             RunFilter::Text {
                 attr,
@@ -1046,7 +1046,7 @@ async fn list_runs(
     };
     let statuses: Vec<RunStatus> = audience.runs.iter_mut().map(|r| r.advance(now, true)).collect();
     // Oldest first, as stored; the sort below is stable.
-    let mut runs: Vec<(i64, crate::aep::types::Run)> = audience
+    let mut runs: Vec<(i64, aep::types::Run)> = audience
         .runs
         .iter()
         .zip(statuses)
