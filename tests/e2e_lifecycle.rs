@@ -199,8 +199,32 @@ async fn missing_secret_is_reported_and_creating_it_heals_the_object() {
         "{}",
         condition_message(&obj, "Ready")
     );
+    // Within the grace period a missing Secret is on its way (External Secrets, Sealed Secrets):
+    // Reconciling, not Stalled, so a Flux `wait` does not fail at once.
+    assert!(condition_is(&obj, "Reconciling", "True") && !condition_is(&obj, "Stalled", "True"));
     assert_eq!(env.emulator.stats().create_requests, 0);
     // Creating the Secret alone (no touch of the object) heals it through the Secret watch.
+    env.create_secret("aep-credentials").await;
+    env.wait_ready("loyalty-members", READY_TIMEOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_still_missing_after_the_grace_period_is_stalled() {
+    let env = Env::start_with(
+        "nosecret-late",
+        |b| b.zero_latency(),
+        vec!["--secret-grace-period=2s".into()],
+        false,
+    )
+    .await;
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    let obj = env
+        .wait_obj("loyalty-members", "Stalled on the missing Secret", READY_TIMEOUT, |o| {
+            condition_is(o, "Stalled", "True")
+        })
+        .await;
+    assert!(condition_message(&obj, "Stalled").starts_with("CredentialsMissing"));
+    // It still heals on its own once the Secret appears (looked for on a timer).
     env.create_secret("aep-credentials").await;
     env.wait_ready("loyalty-members", READY_TIMEOUT).await;
 }
