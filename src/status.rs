@@ -136,8 +136,10 @@ pub fn is_true_for(status: &ExternalAudienceStatus, type_: &str, generation: i64
     condition(status, type_).is_some_and(|c| c.status == "True" && c.observed_generation == Some(generation))
 }
 
-/// Keeps messages stable and bounded: AEP request ids and timestamps would make every write
-/// different, and condition messages are limited to 32 KiB by the API.
+/// One line, at most 1 KiB: condition messages are limited by the API, and a message that changed
+/// on every pass would make every pass write. Stability comes from what is put in: only AEP's own
+/// error fields (`aep::types::error_message_from_body`, which never takes request ids, timestamps
+/// or raw bodies) and the operator's own text.
 pub fn stable_message(message: &str) -> String {
     const MAX: usize = 1024;
     let mut out: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
