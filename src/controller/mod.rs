@@ -21,8 +21,9 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PartialObjectMeta},
     runtime::{
-        Controller, PredicateConfig, WatchStreamExt,
+        Controller, Predicate, PredicateConfig, WatchStreamExt,
         events::{Recorder, Reporter},
+        predicates,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -114,20 +115,18 @@ impl Error {
     }
 }
 
-/// What a pass must react to: the spec (generation), annotations (run requests, resync
-/// interval), finalizers and deletion — not status.
-pub fn trigger_hash(obj: &ExternalAudience) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    obj.metadata.generation.hash(&mut h);
-    obj.metadata.annotations.hash(&mut h);
-    obj.metadata.finalizers.hash(&mut h);
-    obj.metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second())
-        .hash(&mut h);
-    Some(h.finish())
+/// Whether the object is being deleted (kube ships no predicate for it).
+fn deletion(obj: &ExternalAudience) -> Option<u64> {
+    Some(u64::from(obj.metadata.deletion_timestamp.is_some()))
+}
+
+/// What a pass must react to: the spec (generation), annotations (run requests, pause, resync
+/// interval, retry-create), finalizers and deletion — not status.
+pub fn triggers() -> impl Predicate<ExternalAudience> + Clone {
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(predicates::finalizers)
+        .combine(deletion)
 }
 
 /// Fails with a hint when the CRD is not installed (the controller never installs it).
@@ -205,7 +204,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(trigger_hash, PredicateConfig::default());
+        .predicate_filter(triggers(), PredicateConfig::default());
     let synced = reader.clone();
     tokio::spawn(async move {
         if synced.wait_until_ready().await.is_ok() {

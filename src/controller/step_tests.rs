@@ -744,3 +744,30 @@ async fn a_malformed_resync_annotation_is_reported_not_ignored() {
         "no drift check with an unknown interval"
     );
 }
+
+#[test]
+fn passes_are_triggered_by_spec_annotations_finalizers_and_deletion_not_status() {
+    use kube::runtime::Predicate;
+    let p = super::triggers();
+    let base = object(created());
+    let h = |o: &ExternalAudience| p.hash_property(o);
+    let mut status_only = base.clone();
+    status_only.status = Some(ready());
+    assert_eq!(h(&base), h(&status_only), "our own status writes trigger nothing");
+    let mut changed = base.clone();
+    changed.metadata.generation = Some(2);
+    assert_ne!(h(&base), h(&changed), "spec");
+    let mut annotated = base.clone();
+    annotated.metadata.annotations = Some(
+        [(crate::api::PAUSED.to_owned(), "true".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    assert_ne!(h(&base), h(&annotated), "annotations");
+    let mut finalized = base.clone();
+    finalized.metadata.finalizers = Some(vec![crate::api::FINALIZER.to_owned()]);
+    assert_ne!(h(&base), h(&finalized), "finalizers");
+    let mut deleted = base.clone();
+    deleted.metadata.deletion_timestamp = Some(super::reconcile::now());
+    assert_ne!(h(&base), h(&deleted), "deletion");
+}
