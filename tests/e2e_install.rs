@@ -118,6 +118,13 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
 
     assert!(env.apply_yaml(&env.seed_yaml()).0);
     env.wait_ready("loyalty-members", TIMEOUT).await;
+    // The leader is ready once its cache has synced.
+    let addr_a = metrics_addr(&log_of(&log_a)).expect("a's metrics address");
+    support::wait_for("the leader's /readyz", TIMEOUT, || async {
+        let r = reqwest::get(format!("http://{addr_a}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
     let follower = log_of(&log_b);
     assert!(
         !follower.contains("Planned step") && !follower.contains("AEP request"),
@@ -224,6 +231,14 @@ async fn metrics_after_the_seed_flow_count_the_work_with_bounded_labels() {
     let obj = env.wait_ready("loyalty-members", TIMEOUT).await;
     let audience_id = obj.status.and_then(|s| s.audience_id).expect("audience id");
     let addr = metrics_addr(&env.log_text()).expect("metrics address");
+    // Without leader election, ready means the cache has synced; live means serving.
+    support::wait_for("/readyz", TIMEOUT, || async {
+        let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let live = reqwest::get(format!("http://{addr}/healthz")).await.expect("healthz");
+    assert_eq!(live.status(), 200);
     // The objects gauge is refreshed every 10 s; the counters at once.
     let text = support::wait_for("objects gauge", Duration::from_secs(30), || async {
         let text = reqwest::get(format!("http://{addr}/metrics"))

@@ -203,14 +203,15 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        // Ready once the cache holds its first full list (the store's own ready signal wakes only
+        // one waiter, which the Controller takes).
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                health.set_synced();
+            }
+        })
         .applied_objects()
         .predicate_filter(triggers(), PredicateConfig::default());
-    let synced = reader.clone();
-    tokio::spawn(async move {
-        if synced.wait_until_ready().await.is_ok() {
-            health.set_synced();
-        }
-    });
     // Objects by condition, for dashboards: counted from the cache, never labelled by object.
     let counted = reader.clone();
     let gauges = ctx.metrics.clone();
