@@ -49,7 +49,8 @@ test-unit:
 demo: envtest
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/demo.sh
 
-## Convergence time and memory of the operator for N objects (N=1000 by default).
+## The operator side by side with the kube-apiserver floor, steady state, realistic AEP latency and
+## a sequential peer script (hack/bench.sh, crates/bench; N=1000 by default). Not part of `make test`.
 bench: envtest
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/bench.sh
 

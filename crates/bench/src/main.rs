@@ -1,0 +1,815 @@
+//! `make bench`'s driver: on a running control plane and AEP emulator, measures side by side
+//!
+//! 1. `limit`: the same kube-apiserver work with no operator logic: create N ExternalAudiences and
+//!    do, with a plain concurrent client, the writes the operator makes per object
+//!    ([`WRITES_PER_OBJECT`]): its wall time is the floor;
+//! 2. `operator`: the release operator as its own process on N fresh objects (zero-latency
+//!    emulator, a rate limit that does not bind; optionally again at the default limit);
+//! 3. `steady`: with N Ready and nothing changing, requests per minute and CPU over a window;
+//! 4. `realistic`: the emulator at realistic latency and the operator at its default poll
+//!    intervals, one audience alone and then N;
+//!
+//! and prints one table, writes `<out-dir>/<UTC timestamp>.json` and an SVG chart of objects
+//! Ready over time (operator vs limit).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+const FINALIZER: &str = "externalaudiences.aep.audience-operator.dev/cleanup";
+/// Writes the operator makes per object on the happy path (see `src/controller/steps.rs`):
+/// the finalizer (metadata patch), then six status writes: create marker, operation id,
+/// audience id, run marker, run id, run result (Ready).
+const WRITES_PER_OBJECT: usize = 7;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmark the operator against the kube-apiserver floor (see hack/bench.sh)")]
+struct Args {
+    /// Admin kubeconfig (creates objects, scrapes the kube-apiserver's /metrics).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// Kubeconfig the operator runs with.
+    #[arg(long, env = "OPERATOR_KUBECONFIG")]
+    operator_kubeconfig: PathBuf,
+    /// Base URL of the AEP emulator.
+    #[arg(long)]
+    emulator_url: String,
+    /// The operator binary.
+    #[arg(long, default_value = "target/release/controller")]
+    controller: PathBuf,
+    /// The seed object, renamed per object.
+    #[arg(long, default_value = "deploy/samples/loyalty-members.yaml")]
+    sample: PathBuf,
+    /// Objects per scenario; several run one after another (`--n 100 --n 1000`).
+    #[arg(long, default_value = "1000")]
+    n: Vec<usize>,
+    /// Concurrent requests of the bench's own client (creates and the limit's writes).
+    #[arg(long, default_value_t = 32)]
+    client_concurrency: usize,
+    /// Operator `--concurrency`.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Operator `--aep-requests-per-second` for the non-binding runs.
+    #[arg(long, default_value_t = 1000)]
+    rps: u32,
+    /// Also run the operator at its default rate limit (10 requests/s).
+    #[arg(long)]
+    default_rps: bool,
+    /// Steady-state window after the first operator run, seconds (0: skip).
+    #[arg(long, default_value_t = 60)]
+    steady_secs: u64,
+    /// Objects for the realistic-latency run (0: skip).
+    #[arg(long, default_value_t = 0)]
+    realistic_n: usize,
+    /// Emulator operation delay in the realistic run, ms.
+    #[arg(long, default_value_t = 2000)]
+    realistic_operation_delay_ms: u64,
+    /// Emulator run delay in the realistic run, ms.
+    #[arg(long, default_value_t = 10000)]
+    realistic_run_delay_ms: u64,
+    /// Give up on a scenario after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+    /// Where the JSON result and the chart go.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// Directory for operator logs.
+    #[arg(long, default_value = "/tmp/audience-operator-bench")]
+    work_dir: PathBuf,
+    /// Result of `hack/bench/peer.py --json` to include in the table and the JSON.
+    #[arg(long)]
+    peer_json: Option<PathBuf>,
+    /// Run the operator under `nice -n 19` (a shared machine).
+    #[arg(long)]
+    nice: bool,
+}
+
+/// One scenario's measurements.
+#[derive(Debug, Default, Clone)]
+struct Run {
+    name: String,
+    n: usize,
+    wall_secs: f64,
+    p50_secs: f64,
+    p99_secs: f64,
+    /// Seconds from the start at which each object was done/Ready, sorted.
+    ready_at: Vec<f64>,
+    aep_per_object: BTreeMap<String, f64>,
+    kube_per_object: BTreeMap<String, f64>,
+    peak_rss_mib: Option<f64>,
+    cpu_secs: Option<f64>,
+    extra: serde_json::Map<String, Value>,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        let mut v = json!({
+            "name": self.name,
+            "n": self.n,
+            "wall_secs": self.wall_secs,
+            "p50_secs": self.p50_secs,
+            "p99_secs": self.p99_secs,
+            "aep_requests_per_object": self.aep_per_object,
+            "kube_requests_per_object": self.kube_per_object,
+            "peak_rss_mib": self.peak_rss_mib,
+            "cpu_secs": self.cpu_secs,
+            "ready_at_secs": self.ready_at.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        });
+        if let Value::Object(m) = &mut v {
+            m.extend(self.extra.clone());
+        }
+        v
+    }
+}
+
+struct Bench {
+    args: Args,
+    client: kube::Client,
+    http: reqwest::Client,
+    ar: ApiResource,
+    sample: Value,
+    /// Suffix of this invocation's namespaces (several runs may share one cluster).
+    tag: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let kc = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let client = kube::Client::try_from(cfg)?;
+    let sample: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(&args.sample).with_context(|| format!("reading {}", args.sample.display()))?,
+    )?;
+    let gvk = GroupVersionKind::gvk("aep.audience-operator.dev", "v1alpha1", "ExternalAudience");
+    let bench = Bench {
+        ar: ApiResource::from_gvk_with_plural(&gvk, "externalaudiences"),
+        http: reqwest::Client::new(),
+        client,
+        sample,
+        args: args.clone(),
+        tag: jiff::Timestamp::now().strftime("%H%M%S").to_string(),
+    };
+    std::fs::create_dir_all(&args.work_dir)?;
+    std::fs::create_dir_all(&args.out_dir)?;
+    let started = jiff::Timestamp::now();
+
+    let mut runs = Vec::new();
+    let mut first_operator = true;
+    for &n in &args.n {
+        runs.push(bench.limit(n).await?);
+        let (run, op) = bench.operator(&format!("operator-{n}"), n, args.rps, None).await?;
+        runs.push(run);
+        if first_operator && args.steady_secs > 0 {
+            runs.push(bench.steady(n, op).await?);
+        } else {
+            op.stop().await;
+        }
+        first_operator = false;
+        if args.default_rps {
+            let (run, op) = bench.operator(&format!("operator-{n}-rps10"), n, 10, None).await?;
+            op.stop().await;
+            runs.push(run);
+        }
+    }
+    if args.realistic_n > 0 {
+        let saved = bench.emulator_get("/_emulator/config").await?;
+        let mut slow = saved.clone();
+        slow["operation_delay_ms"] = json!(args.realistic_operation_delay_ms);
+        slow["run_delay_ms"] = json!(args.realistic_run_delay_ms);
+        bench.emulator_put("/_emulator/config", &slow).await?;
+        let poll = Some(("5s", "15s"));
+        let (one, op) = bench.operator("realistic-1", 1, args.rps, poll).await?;
+        op.stop().await;
+        let (many, op) = bench
+            .operator(
+                &format!("realistic-{}", args.realistic_n),
+                args.realistic_n,
+                args.rps,
+                poll,
+            )
+            .await?;
+        op.stop().await;
+        bench.emulator_put("/_emulator/config", &saved).await?;
+        runs.push(one);
+        runs.push(many);
+    }
+
+    let peer: Option<Value> = match &args.peer_json {
+        Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+        None => None,
+    };
+    print_table(&runs, &args);
+    if let Some(p) = &peer {
+        println!(
+            "peer (sequential aepp-style script, realistic latency): {} audiences timed, {}s per audience; \
+             N={} EXTRAPOLATED, not run: {}s",
+            p["k"], p["secs_per_audience"], p["n"], p["extrapolated_secs_for_n"]
+        );
+    }
+    let stamp = started.strftime("%Y%m%dT%H%M%SZ").to_string();
+    let result = json!({
+        "started": started.to_string(),
+        "writes_per_object_in_limit": WRITES_PER_OBJECT,
+        "machine": machine(),
+        "args": {
+            "n": args.n, "client_concurrency": args.client_concurrency, "concurrency": args.concurrency,
+            "rps": args.rps, "steady_secs": args.steady_secs, "realistic_n": args.realistic_n,
+            "realistic_operation_delay_ms": args.realistic_operation_delay_ms,
+            "realistic_run_delay_ms": args.realistic_run_delay_ms,
+        },
+        "runs": runs.iter().map(Run::json).collect::<Vec<_>>(),
+        "peer": peer,
+    });
+    let json_path = args.out_dir.join(format!("{stamp}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)?;
+    let svg_path = args.out_dir.join(format!("{stamp}.svg"));
+    std::fs::write(&svg_path, chart(&runs))?;
+    println!("\nwrote {} and {}", json_path.display(), svg_path.display());
+    Ok(())
+}
+
+/// The operator process of one scenario.
+struct Operator {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl Operator {
+    fn rss_mib(&self) -> Option<f64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let kb: f64 = s
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    fn cpu_secs(&self) -> Option<f64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // Fields after the command (which may hold spaces) start at field 3; utime/stime are 14/15.
+        let rest = &s[s.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / clk_tck())
+    }
+
+    async fn stop(mut self) {
+        let _ = tokio::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
+    json!({"cpus": cpus, "cpu_model": model})
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Per-object rates from two counter snapshots.
+fn per_object(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, n: usize) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| (k.clone(), round2(d / n as f64)))
+        })
+        .collect()
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+impl Bench {
+    fn api(&self, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), ns, &self.ar)
+    }
+
+    fn object(&self, ns: &str, tag: &str, i: usize) -> anyhow::Result<DynamicObject> {
+        let mut v = self.sample.clone();
+        v["metadata"] = json!({"name": format!("bench-{i}"), "namespace": ns});
+        // Audience names are unique per sandbox in AEP: one set per scenario.
+        v["spec"]["name"] = json!(format!("Bench {tag} {} {i}", self.tag));
+        Ok(serde_json::from_value(v)?)
+    }
+
+    async fn namespace(&self, ns: &str) -> anyhow::Result<()> {
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        nss.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "aep-credentials"},
+            "stringData": {"clientId": "local-client", "clientSecret": "local-secret", "orgId": "LOCAL0RG@AdobeOrg"},
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+        Ok(())
+    }
+
+    async fn emulator_get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.args.emulator_url.trim_end_matches('/'));
+        Ok(self.http.get(url).send().await?.error_for_status()?.json().await?)
+    }
+
+    async fn emulator_put(&self, path: &str, body: &Value) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.args.emulator_url.trim_end_matches('/'));
+        self.http.put(url).json(body).send().await?.error_for_status()?;
+        Ok(())
+    }
+
+    /// AEP requests received per operation (`/_emulator/stats` `received`).
+    async fn aep_counts(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let stats = self.emulator_get("/_emulator/stats").await?;
+        let mut out = BTreeMap::new();
+        if let Some(m) = stats["received"].as_object() {
+            for (k, v) in m {
+                out.insert(k.clone(), v.as_f64().unwrap_or(0.0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// kube-apiserver's own `apiserver_request_total`, summed by `VERB resource[/subresource]`.
+    async fn kube_counts(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let req = http::Request::get("/metrics").body(Vec::new())?;
+        let text = self.client.request_text(req).await?;
+        let mut out = BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+            let Some((labels, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let label = |name: &str| {
+                let key = format!("{name}=\"");
+                labels.find(&key).map(|i| {
+                    let rest = &labels[i + key.len()..];
+                    rest[..rest.find('"').unwrap_or(0)].to_owned()
+                })
+            };
+            let (Some(verb), Some(resource)) = (label("verb"), label("resource")) else {
+                continue;
+            };
+            let sub = label("subresource").unwrap_or_default();
+            let key = if sub.is_empty() {
+                format!("{verb} {resource}")
+            } else {
+                format!("{verb} {resource}/{sub}")
+            };
+            *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+        Ok(out)
+    }
+
+    /// The floor: create + the operator's writes per object, with a plain concurrent client.
+    async fn limit(&self, n: usize) -> anyhow::Result<Run> {
+        let ns = format!("bench-limit-{n}-{}", self.tag);
+        self.namespace(&ns).await?;
+        let api = self.api(&ns);
+        let objs = (0..n)
+            .map(|i| self.object(&ns, "limit", i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let kube_before = self.kube_counts().await?;
+        let sem = Arc::new(Semaphore::new(self.args.client_concurrency));
+        let t0 = Instant::now();
+        let tasks = objs.into_iter().enumerate().map(|(i, obj)| {
+            let api = api.clone();
+            let sem = sem.clone();
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await?;
+                limit_object(&api, &obj, i).await?;
+                anyhow::Ok(t0.elapsed().as_secs_f64())
+            })
+        });
+        let mut done = Vec::with_capacity(n);
+        for t in futures::future::join_all(tasks).await {
+            done.push(t??);
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let kube_after = self.kube_counts().await?;
+        done.sort_by(f64::total_cmp);
+        eprintln!("bench: limit N={n}: {wall:.1}s");
+        Ok(Run {
+            name: format!("limit-{n}"),
+            n,
+            wall_secs: wall,
+            p50_secs: quantile(&done, 0.5),
+            p99_secs: quantile(&done, 0.99),
+            ready_at: done,
+            kube_per_object: per_object(&kube_before, &kube_after, n),
+            ..Run::default()
+        })
+    }
+
+    /// Starts the operator on a fresh namespace, creates N objects, waits until all are Ready.
+    async fn operator(
+        &self,
+        name: &str,
+        n: usize,
+        rps: u32,
+        poll: Option<(&str, &str)>,
+    ) -> anyhow::Result<(Run, Operator)> {
+        let ns = format!("bench-{name}-{}", self.tag);
+        self.namespace(&ns).await?;
+        let api = self.api(&ns);
+        let (op_poll, run_poll) = poll.unwrap_or(("200ms", "200ms"));
+        let log = std::fs::File::create(self.args.work_dir.join(format!("{name}.log")))?;
+        let mut cmd = if self.args.nice {
+            let mut c = tokio::process::Command::new("nice");
+            c.args(["-n", "19"]).arg(&self.args.controller);
+            c
+        } else {
+            tokio::process::Command::new(&self.args.controller)
+        };
+        cmd.arg("run")
+            .arg("--kubeconfig")
+            .arg(&self.args.operator_kubeconfig)
+            .args(["--namespace", &ns, "--metrics-addr", "127.0.0.1:0"])
+            .args([
+                "--aep-platform-url",
+                &self.args.emulator_url,
+                "--aep-ims-url",
+                &self.args.emulator_url,
+            ])
+            .args(["--concurrency", &self.args.concurrency.to_string()])
+            .args(["--aep-requests-per-second", &rps.to_string()])
+            .args(["--operation-poll-interval", op_poll, "--run-poll-interval", run_poll])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.args.controller.display()))?;
+        let pid = child.id().context("operator pid")?;
+        let mut op = Operator { child, pid };
+        // Let it start its watches before the objects arrive (an operator already running).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let objs = (0..n)
+            .map(|i| self.object(&ns, name, i))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let aep_before = self.aep_counts().await?;
+        let kube_before = self.kube_counts().await?;
+        let cpu_before = op.cpu_secs().unwrap_or(0.0);
+
+        // Watch for Ready before creating anything, so no transition is missed.
+        let ready: Arc<std::sync::Mutex<BTreeMap<String, Instant>>> = Arc::default();
+        let watch = {
+            let ready = ready.clone();
+            let api = api.clone();
+            tokio::spawn(async move {
+                let stream = watcher(api, watcher::Config::default()).applied_objects();
+                futures::pin_mut!(stream);
+                while let Ok(Some(obj)) = stream.try_next().await {
+                    let is_ready = obj.data["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                    if is_ready {
+                        let name = obj.metadata.name.clone().unwrap_or_default();
+                        ready.lock().expect("lock").entry(name).or_insert_with(Instant::now);
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let t0 = Instant::now();
+        let created: BTreeMap<String, Instant> = futures::stream::iter(objs)
+            .map(|obj| {
+                let api = api.clone();
+                async move {
+                    let name = obj.metadata.name.clone().unwrap_or_default();
+                    let at = Instant::now();
+                    api.create(&PostParams::default(), &obj).await?;
+                    anyhow::Ok((name, at))
+                }
+            })
+            .buffer_unordered(self.args.client_concurrency)
+            .try_collect()
+            .await?;
+        let deadline = t0 + Duration::from_secs(self.args.timeout_secs);
+        loop {
+            let count = ready.lock().expect("lock").len();
+            if count >= n {
+                break;
+            }
+            if let Ok(Some(status)) = op.child.try_wait() {
+                bail!("{name}: the operator exited ({status}) with {count}/{n} Ready; see its log in the work dir");
+            }
+            if Instant::now() > deadline {
+                bail!("{name}: only {count}/{n} Ready after {}s", self.args.timeout_secs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        watch.abort();
+        let ready = ready.lock().expect("lock").clone();
+        let wall = ready
+            .values()
+            .map(|t| t.duration_since(t0).as_secs_f64())
+            .fold(0.0, f64::max);
+        let mut latency: Vec<f64> = ready
+            .iter()
+            .map(|(k, t)| t.duration_since(created[k]).as_secs_f64())
+            .collect();
+        latency.sort_by(f64::total_cmp);
+        let mut ready_at: Vec<f64> = ready.values().map(|t| t.duration_since(t0).as_secs_f64()).collect();
+        ready_at.sort_by(f64::total_cmp);
+        let aep_after = self.aep_counts().await?;
+        let kube_after = self.kube_counts().await?;
+        let cpu = op.cpu_secs().map(|c| c - cpu_before);
+        let mut extra = serde_json::Map::new();
+        extra.insert("rps".into(), json!(rps));
+        extra.insert("operation_poll_interval".into(), json!(op_poll));
+        extra.insert("run_poll_interval".into(), json!(run_poll));
+        extra.insert(
+            "note".into(),
+            json!("kube requests include the bench's own N creates and one watch; latency is create → Ready seen"),
+        );
+        eprintln!("bench: {name}: {wall:.1}s");
+        Ok((
+            Run {
+                name: name.to_owned(),
+                n,
+                wall_secs: wall,
+                p50_secs: quantile(&latency, 0.5),
+                p99_secs: quantile(&latency, 0.99),
+                ready_at,
+                aep_per_object: per_object(&aep_before, &aep_after, n),
+                kube_per_object: per_object(&kube_before, &kube_after, n),
+                peak_rss_mib: op.rss_mib(),
+                cpu_secs: cpu,
+                extra,
+            },
+            op,
+        ))
+    }
+
+    /// With N Ready and nothing changing: requests and CPU over a fixed window.
+    async fn steady(&self, n: usize, op: Operator) -> anyhow::Result<Run> {
+        let secs = self.args.steady_secs;
+        let aep_before = self.aep_counts().await?;
+        let kube_before = self.kube_counts().await?;
+        let cpu_before = op.cpu_secs().unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let aep_after = self.aep_counts().await?;
+        let kube_after = self.kube_counts().await?;
+        let cpu = op.cpu_secs().map(|c| c - cpu_before);
+        let per_min = 60.0 / secs as f64;
+        let rate = |b: &BTreeMap<String, f64>, a: &BTreeMap<String, f64>| -> BTreeMap<String, f64> {
+            a.iter()
+                .filter_map(|(k, v)| {
+                    let d = v - b.get(k).copied().unwrap_or(0.0);
+                    (d > 0.0).then(|| (k.clone(), round2(d * per_min)))
+                })
+                .collect()
+        };
+        let mut extra = serde_json::Map::new();
+        extra.insert("window_secs".into(), json!(secs));
+        extra.insert("aep_requests_per_minute".into(), json!(rate(&aep_before, &aep_after)));
+        extra.insert(
+            "kube_requests_per_minute".into(),
+            json!(rate(&kube_before, &kube_after)),
+        );
+        extra.insert("cpu_secs_per_minute".into(), json!(cpu.map(|c| round2(c * per_min))));
+        let rss = op.rss_mib();
+        op.stop().await;
+        Ok(Run {
+            name: format!("steady-{n}"),
+            n,
+            wall_secs: secs as f64,
+            aep_per_object: per_object(&aep_before, &aep_after, n),
+            kube_per_object: per_object(&kube_before, &kube_after, n),
+            peak_rss_mib: rss,
+            cpu_secs: cpu,
+            extra,
+            ..Run::default()
+        })
+    }
+}
+
+/// Create one object, then the operator's writes: finalizer, six status writes.
+async fn limit_object(api: &Api<DynamicObject>, obj: &DynamicObject, i: usize) -> anyhow::Result<()> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), obj).await?;
+    let pp = PatchParams::default();
+    api.patch(
+        &name,
+        &pp,
+        &Patch::Merge(json!({"metadata": {"finalizers": [FINALIZER]}})),
+    )
+    .await?;
+    let now = || jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let cond = |status: &str, reason: &str| {
+        json!([{"type": "Ready", "status": status, "reason": reason, "message": "", "observedGeneration": 1, "lastTransitionTime": now()},
+               {"type": "Reconciling", "status": if status == "True" {"False"} else {"True"}, "reason": reason, "message": "", "observedGeneration": 1, "lastTransitionTime": now()}])
+    };
+    let op_id = format!("00000000-0000-4000-8000-{i:012}");
+    let aud_id = format!("10000000-0000-4000-8000-{i:012}");
+    let run_id = format!("20000000-0000-4000-8000-{i:012}");
+    let pending = json!({"since": now(), "generation": 1, "specHash": "0123456789abcdef"});
+    let writes = [
+        json!({"observedGeneration": 1, "createPendingSince": now(), "customAudienceId": format!("cid-{i}"), "conditions": cond("False", "Creating")}),
+        json!({"createPendingSince": null, "operationId": op_id}),
+        json!({"operationId": null, "audienceId": aud_id, "conditions": cond("False", "Ingesting")}),
+        json!({"runPending": pending}),
+        json!({"runPending": null, "lastRun": {"runId": run_id, "status": "Processing", "generation": 1, "startTime": now()}}),
+        json!({"lastRun": {"runId": run_id, "status": "Success", "generation": 1, "startTime": now(), "endTime": now()},
+               "ingestedSpecHash": "0123456789abcdef", "conditions": cond("True", "Ready")}),
+    ];
+    for status in writes {
+        api.patch_status(&name, &pp, &Patch::Merge(json!({"status": status})))
+            .await?;
+    }
+    Ok(())
+}
+
+fn fmt_map(m: &BTreeMap<String, f64>, top: usize) -> String {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    v.into_iter()
+        .take(top)
+        .map(|(k, x)| format!("{k} {x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_table(runs: &[Run], args: &Args) {
+    println!(
+        "\n{:<22} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "scenario", "N", "wall s", "obj/s", "p50 s", "p99 s", "AEP/obj", "kube/obj", "RSS MiB"
+    );
+    for r in runs {
+        let aep: f64 = r.aep_per_object.values().sum::<f64>() + 0.0;
+        let kube: f64 = r.kube_per_object.values().sum::<f64>() + 0.0;
+        let steady = r.name.starts_with("steady");
+        println!(
+            "{:<22} {:>6} {:>9.1} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8}",
+            r.name,
+            r.n,
+            r.wall_secs,
+            if steady {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", r.n as f64 / r.wall_secs.max(1e-9))
+            },
+            r.p50_secs,
+            r.p99_secs,
+            aep,
+            kube,
+            r.peak_rss_mib.map_or("-".to_owned(), |m| format!("{m:.1}")),
+        );
+    }
+    println!("\nper scenario detail (requests per object; steady: per minute):");
+    for r in runs {
+        let cpu = r.cpu_secs.map_or("-".to_owned(), |c| format!("{c:.2}"));
+        if r.name.starts_with("steady") {
+            let get = |k: &str| r.extra.get(k).and_then(Value::as_object).cloned().unwrap_or_default();
+            let m = |o: serde_json::Map<String, Value>| -> BTreeMap<String, f64> {
+                o.into_iter().map(|(k, v)| (k, v.as_f64().unwrap_or(0.0))).collect()
+            };
+            println!(
+                "  {}: {}s window, operator CPU {cpu}s; AEP/min: {{{}}}; kube/min: {{{}}}",
+                r.name,
+                r.wall_secs,
+                fmt_map(&m(get("aep_requests_per_minute")), 8),
+                fmt_map(&m(get("kube_requests_per_minute")), 8)
+            );
+        } else {
+            println!(
+                "  {}: CPU {cpu}s; AEP: {{{}}}; kube: {{{}}}",
+                r.name,
+                fmt_map(&r.aep_per_object, 8),
+                fmt_map(&r.kube_per_object, 8)
+            );
+        }
+    }
+    println!(
+        "\nlimit = create + {WRITES_PER_OBJECT} writes per object (finalizer + 6 status writes), client concurrency {}; \
+         operator --concurrency {} --aep-requests-per-second {} (poll 200ms; realistic: defaults 5s/15s)",
+        args.client_concurrency, args.concurrency, args.rps
+    );
+}
+
+/// Objects Ready over time, one line per scenario (limit and zero-latency operator runs).
+fn chart(runs: &[Run]) -> String {
+    let (w, h, ml, mr, mt, mb) = (720.0, 360.0, 60.0, 160.0, 20.0, 45.0);
+    let shown: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.name.starts_with("limit") || r.name.starts_with("operator"))
+        .collect();
+    let tmax = shown
+        .iter()
+        .flat_map(|r| r.ready_at.last().copied())
+        .fold(1.0, f64::max);
+    let nmax = shown.iter().map(|r| r.n).max().unwrap_or(1) as f64;
+    let x = |t: f64| ml + (t / tmax) * (w - ml - mr);
+    let y = |c: f64| h - mb - (c / nmax) * (h - mt - mb);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for k in 0..=5 {
+        let t = tmax * k as f64 / 5.0;
+        let c = nmax * k as f64 / 5.0;
+        s += &format!(
+            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t:.0}</text>\n",
+            x(t),
+            y(0.0),
+            x(t),
+            y(nmax),
+            x(t),
+            h - mb + 16.0
+        );
+        s += &format!(
+            "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{c:.0}</text>\n",
+            x(0.0),
+            y(c),
+            x(tmax),
+            y(c),
+            ml - 6.0,
+            y(c) + 4.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">seconds since the first create</text>\n\
+         <text x=\"14\" y=\"{:.1}\" transform=\"rotate(-90 14 {:.1})\" text-anchor=\"middle\">objects Ready (limit: done)</text>\n",
+        (ml + w - mr) / 2.0,
+        h - 8.0,
+        (mt + h - mb) / 2.0,
+        (mt + h - mb) / 2.0
+    );
+    for (i, r) in shown.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let step = (r.ready_at.len() / 400).max(1);
+        let mut pts = vec![format!("{:.1},{:.1}", x(0.0), y(0.0))];
+        for (k, t) in r.ready_at.iter().enumerate() {
+            if k % step == 0 || k + 1 == r.ready_at.len() {
+                pts.push(format!("{:.1},{:.1}", x(*t), y((k + 1) as f64)));
+            }
+        }
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{} ({:.1}s)</text>\n",
+            pts.join(" "),
+            w - mr + 10.0,
+            mt + 16.0 + 18.0 * i as f64,
+            r.name,
+            r.wall_secs
+        );
+    }
+    s + "</svg>\n"
+}
