@@ -133,6 +133,38 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     let sent_by_leader = env.emulator.stats().received.values().sum::<u64>();
     assert!(sent_by_leader > 0);
 
+    // Freeze the leader (SIGSTOP) while it still holds the lease and change the spec: for as long
+    // as the lease is valid nobody acts, counted at the emulator (requests) and the apiserver (no
+    // status write observes the new generation), though a follower is running.
+    let leader_pid = a.pid().expect("leader pid");
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &leader_pid.to_string()])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    let frozen = Instant::now();
+    let before = env.emulator.stats().received.values().sum::<u64>();
+    env.merge_spec("loyalty-members", json!({"description": "while the leader is frozen"}))
+        .await;
+    while frozen.elapsed() < Duration::from_millis(2500) {
+        let obj = env.get("loyalty-members").await;
+        assert_eq!(
+            obj.status.as_ref().and_then(|s| s.observed_generation),
+            Some(1),
+            "no replica but the leader writes status"
+        );
+        assert_eq!(
+            env.emulator.stats().received.values().sum::<u64>(),
+            before,
+            "no replica but the leader calls AEP"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !log_of(&log_b).contains("Acquired leadership"),
+        "the lease was still valid"
+    );
+
     // SIGKILL the leader: the follower takes over once the lease expires.
     let killed = Instant::now();
     assert!(a.kill(), "the leader was running");
@@ -141,6 +173,7 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     })
     .await;
     let failover = killed.elapsed();
+    let since_freeze = frozen.elapsed();
     env.merge_spec("loyalty-members", json!({"description": "after the failover"}))
         .await;
     env.wait_obj(
@@ -152,7 +185,9 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     .await;
     assert!(log_of(&log_b).contains("Planned step"), "the new leader reconciles");
     eprintln!(
-        "leader failover: {:.1} s from SIGKILL to the follower holding the lease",
+        "leader failover: the follower held the lease {:.1} s after the leader stopped renewing it (frozen, \
+         then SIGKILLed {:.1} s before the takeover)",
+        since_freeze.as_secs_f64(),
         failover.as_secs_f64()
     );
     drop(b);
