@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aep_emulator::{
     AudienceView, EmulatorBuilder,
-    config::{CustomAudienceIdModel, DuplicateNames, Faults, LookupVisibility, LostAnswer, LostMode},
+    config::{CustomAudienceIdModel, DuplicateNames, Faults, LookupVisibility, LostAnswer, LostAnswers, LostMode},
 };
 use audience_operator::{
     aep::AepClient,
@@ -239,6 +239,28 @@ fn lose_next(mode: LostMode) -> LostAnswer {
     }
 }
 
+/// An Env in `model` whose emulator loses the answers in `lost` (timeouts held 3 s, the
+/// operator's request timeout 1 s), with operations and runs taking `timing_ms`.
+async fn lossy_env(prefix: &str, model: Model, timing_ms: (u64, u64), lost: LostAnswers) -> Env {
+    Env::start_with(
+        prefix,
+        |b| {
+            model
+                .apply(b)
+                .operation_timing(Duration::from_millis(timing_ms.0), 0)
+                .run_timing(Duration::from_millis(timing_ms.1), 0)
+                .faults(Faults {
+                    hang_ms: 3_000,
+                    lost_answers: lost,
+                    ..Faults::default()
+                })
+        },
+        vec!["--aep-request-timeout=1s".into()],
+        true,
+    )
+    .await
+}
+
 const MODES: [LostMode; 3] = [LostMode::Drop, LostMode::Error500, LostMode::Timeout];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -250,26 +272,11 @@ async fn a_lost_create_answer_never_duplicates_and_stalls_where_there_is_no_proo
 }
 
 async fn lost_create(i: usize, model: Model, mode: LostMode) {
-    let env = Env::start_with(
-        &format!("lostc{i}"),
-        |b| {
-            model
-                .apply(b)
-                .operation_timing(Duration::from_millis(500), 0)
-                .run_timing(Duration::from_millis(200), 0)
-                .faults(Faults {
-                    hang_ms: 3_000,
-                    lost_answers: aep_emulator::config::LostAnswers {
-                        create: lose_next(mode),
-                        ..Default::default()
-                    },
-                    ..Faults::default()
-                })
-        },
-        vec!["--aep-request-timeout=1s".into()],
-        true,
-    )
-    .await;
+    let lost = LostAnswers {
+        create: lose_next(mode),
+        ..Default::default()
+    };
+    let env = lossy_env(&format!("lostc{i}"), model, (500, 200), lost).await;
     assert!(env.apply_yaml(&env.seed_yaml()).0);
     let obj = env
         .wait_obj("loyalty-members", "Ready or Stalled", TIMEOUT, settled)
@@ -331,7 +338,7 @@ async fn a_lost_create_that_made_nothing_is_sent_again_only_once_absence_is_prov
         .operation_timing(Duration::from_millis(300), 0)
         .faults(Faults {
             fail_next_operations: 1,
-            lost_answers: aep_emulator::config::LostAnswers {
+            lost_answers: LostAnswers {
                 create: lose_next(LostMode::Error500),
                 ..Default::default()
             },
@@ -360,7 +367,7 @@ async fn retry_create_annotation_with_the_pending_token_lets_the_operator_create
         }
         .apply(b)
         .faults(Faults {
-            lost_answers: aep_emulator::config::LostAnswers {
+            lost_answers: LostAnswers {
                 create: lose_next(LostMode::Drop),
                 ..Default::default()
             },
@@ -423,26 +430,11 @@ async fn lost_answers_to_start_run_patch_and_delete_cost_nothing_extra() {
 }
 
 async fn lost_others(i: usize, model: Model, mode: LostMode) {
-    let env = Env::start_with(
-        &format!("losto{i}"),
-        |b| {
-            model
-                .apply(b)
-                .operation_timing(Duration::from_millis(200), 0)
-                .run_timing(Duration::from_millis(500), 0)
-                .faults(Faults {
-                    hang_ms: 3_000,
-                    lost_answers: aep_emulator::config::LostAnswers {
-                        start_run: lose_next(mode),
-                        ..Default::default()
-                    },
-                    ..Faults::default()
-                })
-        },
-        vec!["--aep-request-timeout=1s".into()],
-        true,
-    )
-    .await;
+    let lost = LostAnswers {
+        start_run: lose_next(mode),
+        ..Default::default()
+    };
+    let env = lossy_env(&format!("losto{i}"), model, (200, 500), lost).await;
     assert!(env.apply_yaml(&env.seed_yaml()).0);
     env.wait_obj(
         "loyalty-members",
