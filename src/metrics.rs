@@ -101,6 +101,10 @@ impl Default for Metrics {
             "ExternalAudiences whose condition is True, by condition type",
             objects.clone(),
         );
+        // Known series start at zero, so dashboards and alerts see them before the first failure.
+        for category in ["kube", "credentials", "finalizer"] {
+            reconcile_failures.get_or_create(&CategoryLabels { category });
+        }
         Metrics {
             registry,
             reconcile_runs,
