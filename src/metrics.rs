@@ -103,7 +103,7 @@ impl Default for Metrics {
         );
         // Known series start at zero, so dashboards and alerts see them before the first failure.
         for category in ["kube", "credentials", "finalizer"] {
-            reconcile_failures.get_or_create(&CategoryLabels { category });
+            let _zero = reconcile_failures.get_or_create(&CategoryLabels { category });
         }
         Metrics {
             registry,
