@@ -69,7 +69,9 @@ pub struct RunConfig {
     #[arg(long, env = "AEP_CA_FILE")]
     pub aep_ca_file: Option<PathBuf>,
 
-    /// Client-side limit of AEP requests per second, per IMS org.
+    /// Client-side limit of AEP requests per second, per IMS org: never more in any one-second
+    /// window of arrivals. Sends are spaced (1 s + 100 ms) / N apart, leaving room for 100 ms of
+    /// transport jitter.
     #[arg(long, env = "AEP_REQUESTS_PER_SECOND", default_value_t = 10)]
     pub aep_requests_per_second: u32,
 

@@ -162,9 +162,9 @@ impl EmulatorBuilder {
 
     /// Binds the listener and starts serving; returns once connections are accepted.
     pub async fn spawn(self) -> io::Result<RunningEmulator> {
-        let store = match &self.state_file {
+        let Persisted { store, stats } = match &self.state_file {
             Some(path) => load_state(path).await?,
-            None => Store::default(),
+            None => Persisted::default(),
         };
         let credentials = if self.credentials.is_empty() {
             vec![CredentialSpec::default()]
@@ -178,7 +178,7 @@ impl EmulatorBuilder {
                 credentials,
                 settings: self.settings,
                 faults: self.faults,
-                stats: Stats::default(),
+                stats,
                 arrivals: HashMap::new(),
             }),
             persist: Notify::new(),
@@ -366,11 +366,34 @@ impl Drop for RunningEmulator {
     }
 }
 
-fn snapshot(shared: &Shared) -> io::Result<Vec<u8>> {
-    serde_json::to_vec_pretty(&shared.lock().store).map_err(io::Error::other)
+/// What the state file holds: the AEP state and the counters, so a restarted emulator goes on
+/// counting what its clients sent (`/_emulator/stats`) across restarts. Files written before the
+/// counters were kept load with zero counters.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Persisted {
+    #[serde(flatten)]
+    store: Store,
+    #[serde(default)]
+    stats: Stats,
 }
 
-async fn load_state(path: &Path) -> io::Result<Store> {
+#[derive(serde::Serialize)]
+struct PersistedRef<'a> {
+    #[serde(flatten)]
+    store: &'a Store,
+    stats: &'a Stats,
+}
+
+fn snapshot(shared: &Shared) -> io::Result<Vec<u8>> {
+    let world = shared.lock();
+    serde_json::to_vec_pretty(&PersistedRef {
+        store: &world.store,
+        stats: &world.stats,
+    })
+    .map_err(io::Error::other)
+}
+
+async fn load_state(path: &Path) -> io::Result<Persisted> {
     match tokio::fs::read(path).await {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
@@ -378,7 +401,7 @@ async fn load_state(path: &Path) -> io::Result<Store> {
                 format!("state file {} is not valid: {e}", path.display()),
             )
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Store::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Persisted::default()),
         Err(e) => Err(e),
     }
 }

@@ -225,7 +225,8 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_HANG_MS", default_value_t = 30_000)]
     hang_ms: u64,
 
-    /// Persist state to this JSON file (atomic writes) and load it at start.
+    /// Persist state (and the `/_emulator/stats` counters) to this JSON file (atomic writes) and
+    /// load it at start.
     #[arg(long, env = "AEP_EMULATOR_STATE_FILE")]
     state_file: Option<PathBuf>,
 

@@ -1007,12 +1007,21 @@ async fn state_file_survives_a_restart() {
     let path = dir.path().join("state.json");
     let emu = start(|b| b.state_file(&path)).await;
     let id = create_ready(&session(&emu, "dev1"), "Persistent").await;
+    let before = emu.stats();
+    assert_eq!(before.received("create_audience"), 1);
     emu.shutdown().await.unwrap();
     assert!(path.exists());
 
+    // The counters of what clients sent survive too: a soak that restarts the emulator still
+    // counts every request.
     let emu = start(|b| b.state_file(&path)).await;
+    assert_eq!(emu.stats(), before);
     let record = session(&emu, "dev1").get_audience(&id).await.unwrap();
     assert_eq!(record.name, "Persistent");
+    assert_eq!(
+        emu.stats().received("get_audience"),
+        before.received("get_audience") + 1
+    );
 }
 
 #[tokio::test]

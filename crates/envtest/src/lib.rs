@@ -184,6 +184,8 @@ struct Server {
     child: Child,
     stdin: Option<ChildStdin>,
     log: PathBuf,
+    /// Program and arguments, to start it again ([`ControlPlane::restart`]).
+    command: Option<(PathBuf, Vec<String>)>,
 }
 
 impl Server {
@@ -224,6 +226,9 @@ pub struct ControlPlane {
     detached: bool,
     /// Detached and fully started: the processes outlive this value.
     handed_off: bool,
+    /// Token of the `admin` identity (readiness probes after a restart).
+    admin_token: String,
+    etcd_url: String,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -329,6 +334,8 @@ impl ControlPlane {
             janitor: None,
             detached,
             handed_off: false,
+            admin_token: admin_token.clone(),
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
             dir,
         };
         let dir = cp.dir.clone();
@@ -336,7 +343,7 @@ impl ControlPlane {
         fs::create_dir_all(&etcd_data).map_err(io_err(&etcd_data))?;
         fs::set_permissions(&etcd_data, fs::Permissions::from_mode(0o700)).map_err(io_err(&etcd_data))?;
 
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let etcd_url = cp.etcd_url.clone();
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         cp.spawn(
             "etcd",
@@ -482,8 +489,53 @@ impl ControlPlane {
             child,
             stdin,
             log,
+            command: Some((bin.to_path_buf(), args.to_vec())),
         });
         Ok(())
+    }
+
+    /// Stops one server (`etcd`, `kube-apiserver` or `kube-controller-manager`) with SIGTERM and
+    /// starts it again with the same arguments, ports and data, then waits until it is ready:
+    /// what an upgrade or a crash-looping node does to a real control plane. Attached planes only.
+    pub fn restart(&mut self, name: &str, timeout: Duration) -> Result<(), Error> {
+        if self.detached {
+            return Err(Error::Binaries("restart needs an attached control plane".into()));
+        }
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| Error::Binaries(format!("no server named {name}")))?;
+        let mut old = self.servers.remove(pos);
+        old.stop();
+        let (bin, args) = old
+            .command
+            .take()
+            .ok_or_else(|| Error::Binaries(format!("{name} has no recorded command")))?;
+        // Keep the previous log: rename it aside, the new process writes a fresh one.
+        let previous = old.log.with_extension(format!("log.{}", uuid::Uuid::new_v4().simple()));
+        let _ = fs::rename(&old.log, previous);
+        self.spawn(old.name, &bin, &args)?;
+        // `spawn` appended it; put it back in start order.
+        let new = self.servers.pop().expect("just spawned");
+        self.servers.insert(pos, new);
+        match old.name {
+            "etcd" => {
+                let urls = [format!("{}/health", self.etcd_url)];
+                self.wait_ready("etcd", timeout, &http_client(None)?, &urls, None)
+            }
+            "kube-apiserver" => {
+                let ca_path = self.dir.join("pki").join("ca.crt");
+                let ca = fs::read(&ca_path).map_err(io_err(&ca_path))?;
+                let urls = [
+                    format!("{}/readyz", self.server),
+                    format!("{}/api/v1/namespaces/default", self.server),
+                ];
+                let token = self.admin_token.clone();
+                self.wait_ready("kube-apiserver", timeout, &http_client(Some(&ca))?, &urls, Some(&token))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn spawn_janitor(&mut self) -> Result<(), Error> {
@@ -684,6 +736,7 @@ impl Watched {
                 child,
                 stdin,
                 log: log.to_path_buf(),
+                command: None,
             },
             pidfile,
         })
