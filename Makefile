@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench clean-envtest image lint-image test-image fuzz gitops-tools
+.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench soak clean-envtest image lint-image test-image fuzz gitops-tools
 
 all: build
 
@@ -53,6 +53,15 @@ demo: envtest
 ## a sequential peer script (hack/bench.sh, crates/bench; N=1000 by default). Not part of `make test`.
 bench: envtest
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/bench.sh
+
+## The chaos soak (crates/bench/src/soak): SOAK_N (1000) ExternalAudiences for SOAK_MINUTES (20)
+## through operator SIGKILLs, kube-apiserver/etcd/emulator restarts, a 2-minute AEP outage and
+## faults before and after the work; prints the invariant table, exit 1 if one fails. SOAK_SEED,
+## SOAK_RPS optional. Not part of `make test` (its 100-object, 3-minute smoke is: tests/soak_smoke.rs).
+soak: envtest
+	$(CARGO) build --locked --release -q -p audience-operator --bin controller -p bench --bin soak
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" \
+	  target/release/soak --controller target/release/controller --repo .
 
 ## Coverage-guided fuzzing of the AEP response parsers and the emulator's request validation
 ## (nightly toolchain; cargo-fuzz is installed on first use). FUZZ_SECONDS per target (default

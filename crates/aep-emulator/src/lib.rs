@@ -369,12 +369,26 @@ impl Drop for RunningEmulator {
 /// What the state file holds: the AEP state and the counters, so a restarted emulator goes on
 /// counting what its clients sent (`/_emulator/stats`) across restarts. Files written before the
 /// counters were kept load with zero counters.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default)]
 struct Persisted {
-    #[serde(flatten)]
     store: Store,
-    #[serde(default)]
     stats: Stats,
+}
+
+impl Persisted {
+    /// The counters sit beside the store's own keys. (Not `#[serde(flatten)]`: it cannot read the
+    /// store's integer map keys back.)
+    fn from_json(bytes: &[u8]) -> serde_json::Result<Persisted> {
+        let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+        let stats = match value.as_object_mut().and_then(|m| m.remove("stats")) {
+            Some(stats) => serde_json::from_value(stats)?,
+            None => Stats::default(),
+        };
+        Ok(Persisted {
+            store: serde_json::from_value(value)?,
+            stats,
+        })
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -395,7 +409,7 @@ fn snapshot(shared: &Shared) -> io::Result<Vec<u8>> {
 
 async fn load_state(path: &Path) -> io::Result<Persisted> {
     match tokio::fs::read(path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        Ok(bytes) => Persisted::from_json(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("state file {} is not valid: {e}", path.display()),

@@ -1596,9 +1596,11 @@ async fn sandbox_run_quota_counts_runs_of_deleted_audiences() {
     let other = session(&emu, "dev2");
     let elsewhere = create_ready(&other, "Elsewhere").await;
     other.start_run(&elsewhere, &run_request()).await.unwrap();
+    let refusals = emu.stats().guardrail_refusals;
+    assert_eq!(refusals, 1);
     emu.shutdown().await.unwrap();
 
-    // The log is persisted.
+    // The log is persisted (and so are the counters).
     let emu = start(configure).await;
     let s = session(&emu, "dev1");
     let refused = s.start_run(&kept, &run_request()).await.unwrap_err();
@@ -1607,7 +1609,7 @@ async fn sandbox_run_quota_counts_runs_of_deleted_audiences() {
         "{}",
         refused.message()
     );
-    assert_eq!(emu.stats().guardrail_refusals, 1);
+    assert_eq!(emu.stats().guardrail_refusals, refusals + 1);
 }
 
 #[tokio::test]
