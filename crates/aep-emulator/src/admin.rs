@@ -18,7 +18,7 @@ use url::Url;
 
 use super::Shared;
 use super::config::{CredentialSpec, Entitlement, Faults, Settings};
-use super::state::{StateView, Stats, Store, now_ms};
+use super::state::{StateView, Stats, Store};
 
 type AppState = Arc<Shared>;
 
@@ -58,6 +58,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_emulator/faults", get(get_faults).put(put_faults))
         .route("/_emulator/config", get(get_config).put(put_config))
         .route("/_emulator/reset", post(reset))
+        .route("/_emulator/clock", get(get_clock).put(put_clock))
         .route(
             "/_emulator/audiences/{id}",
             patch(mutate_audience).delete(delete_audience),
@@ -73,6 +74,38 @@ async fn stats(State(shared): State<AppState>) -> Json<Stats> {
 
 async fn state(State(shared): State<AppState>) -> Json<StateView> {
     Json(shared.lock().view())
+}
+
+/// `GET`/`PUT /_emulator/clock`: the emulated service's clock, which tests move forward (a day
+/// change, a data expiry) without waiting. Kept in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    /// The emulated "now", ms since the epoch (ignored in a `PUT`).
+    #[serde(default)]
+    pub now_ms: i64,
+    /// How far it is ahead of the host's clock, ms.
+    pub offset_ms: i64,
+}
+
+async fn get_clock(State(shared): State<AppState>) -> Json<Clock> {
+    let world = shared.lock();
+    Json(Clock {
+        now_ms: world.now_ms(),
+        offset_ms: world.store.clock_offset_ms,
+    })
+}
+
+async fn put_clock(State(shared): State<AppState>, Json(clock): Json<Clock>) -> Json<Clock> {
+    let now = {
+        let mut world = shared.lock();
+        world.store.clock_offset_ms = clock.offset_ms;
+        world.now_ms()
+    };
+    shared.changed();
+    Json(Clock {
+        now_ms: now,
+        offset_ms: clock.offset_ms,
+    })
 }
 
 async fn get_faults(State(shared): State<AppState>) -> Json<Faults> {
@@ -114,6 +147,7 @@ async fn mutate_audience(
     Json(change): Json<AudienceMutation>,
 ) -> Response {
     let mut world = shared.lock();
+    let now = world.now_ms();
     let Some(audience) = world.find_audience_mut(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -135,7 +169,7 @@ async fn mutate_audience(
     if let Some(v) = change.lifecycle_state {
         audience.lifecycle_state = v;
     }
-    audience.updated_at_ms = now_ms();
+    audience.updated_at_ms = now;
     let body = audience.to_external();
     drop(world);
     shared.changed();
@@ -326,6 +360,17 @@ impl AdminClient {
     /// `GET /_emulator/state`.
     pub async fn state(&self) -> Result<StateView, AdminError> {
         self.json(reqwest::Method::GET, "/_emulator/state", None::<&()>).await
+    }
+
+    /// `GET /_emulator/clock`.
+    pub async fn clock(&self) -> Result<Clock, AdminError> {
+        self.json(reqwest::Method::GET, "/_emulator/clock", None::<&()>).await
+    }
+
+    /// `PUT /_emulator/clock`: sets how far the emulated clock is ahead of the host's.
+    pub async fn set_clock_offset(&self, offset_ms: i64) -> Result<Clock, AdminError> {
+        let body = Clock { now_ms: 0, offset_ms };
+        self.json(reqwest::Method::PUT, "/_emulator/clock", Some(&body)).await
     }
 
     /// `GET /_emulator/faults`.

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use url::Url;
 
-pub use admin::{AdminClient, AdminError, AudienceMutation, CredentialInfo};
+pub use admin::{AdminClient, AdminError, AudienceMutation, Clock, CredentialInfo};
 pub use config::{
     CredentialSpec, CustomAudienceIdModel, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG_ID, DuplicateNames,
     Entitlement, Faults, LookupVisibility, LostAnswer, LostAnswers, LostMode, RunWindow, Settings, Visibility,
@@ -310,6 +310,21 @@ impl RunningEmulator {
     /// Edits the faults in place.
     pub fn update_faults(&self, edit: impl FnOnce(&mut Faults)) {
         edit(&mut self.shared.lock().faults);
+    }
+
+    /// Moves the emulated service's clock forward by `by` (see [`Clock`]).
+    pub fn advance_clock(&self, by: Duration) {
+        {
+            let mut world = self.shared.lock();
+            let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            world.store.clock_offset_ms = world.store.clock_offset_ms.saturating_add(ms);
+        }
+        self.shared.changed();
+    }
+
+    /// The emulated service's "now".
+    pub fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::from_millisecond(self.shared.lock().now_ms()).unwrap_or(jiff::Timestamp::MAX)
     }
 
     /// Edits the settings in place.

@@ -647,7 +647,7 @@ fn create_now(shared: &Shared, caller: &Caller, body: &Bytes) -> Outcome {
     if custom_ids == CustomAudienceIdModel::Ignore {
         definition.custom_audience_id = None;
     }
-    let now = now_ms();
+    let now = world.now_ms();
     // Audiences still being created count: they exist, only their operation has not finished.
     let conflict = tenant(&mut world, caller).and_then(|t| {
         t.audiences.values().find_map(|a| {
@@ -707,6 +707,7 @@ fn create_now(shared: &Shared, caller: &Caller, body: &Bytes) -> Outcome {
                 created_by: created_by.clone(),
                 updated_by: created_by.clone(),
                 runs: Vec::new(),
+                extended_until_ms: None,
             },
         );
     }
@@ -753,7 +754,7 @@ async fn get_operation(
 ) -> Response {
     let mut world = shared.lock();
     world.stats.operation_polls += 1;
-    let now = now_ms();
+    let now = world.now_ms();
     let Some(op) = tenant(&mut world, &caller).and_then(|t| t.operations.get_mut(&operation_id)) else {
         return not_found("operation", &operation_id);
     };
@@ -782,7 +783,7 @@ fn start_run_now(shared: &Shared, caller: &Caller, audience_id: &str, body: &Byt
     };
     let mut world = shared.lock();
     world.stats.run_requests += 1;
-    let now = now_ms();
+    let now = world.now_ms();
     let settings = world.settings.clone();
     let World {
         store, faults, stats, ..
@@ -890,7 +891,7 @@ async fn get_run(
 ) -> Response {
     let mut world = shared.lock();
     world.stats.run_polls += 1;
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
@@ -1039,7 +1040,7 @@ async fn list_runs(
     }
     let mut world = shared.lock();
     world.stats.run_polls += 1;
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
@@ -1090,7 +1091,7 @@ fn patch_now(shared: &Shared, caller: &Caller, audience_id: &str, body: &Bytes) 
         Err(detail) => return bad_request(detail).into(),
     };
     let mut world = shared.lock();
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let World {
         store, faults, stats, ..
@@ -1145,7 +1146,7 @@ enum DeleteRoute {
 
 fn delete_now(shared: &Shared, caller: &Caller, audience_id: &str, route: DeleteRoute) -> Outcome {
     let mut world = shared.lock();
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let key = format!("{}/{}", caller.org, caller.sandbox);
     let World {
@@ -1209,11 +1210,15 @@ async fn extend_ttl(
     Path(audience_id): Path<String>,
 ) -> Response {
     let mut world = shared.lock();
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let Some(audience) = visible_audience(tenant(&mut world, &caller), &audience_id, visibility, now) else {
         return not_found("audience", &audience_id);
     };
+    for run in &mut audience.runs {
+        run.advance(now, false);
+    }
+    audience.extend_ttl(now);
     audience.updated_at_ms = now;
     audience.updated_by = actor(&caller.client_id);
     let body = ExtendTtlResponse {
@@ -1306,7 +1311,7 @@ async fn list_ups(
         }
     }
     let include_inactive = properties.iter().any(|(attr, _, _)| attr == "audienceId");
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let mut records: Vec<UpsAudience> = match tenant(&mut world, &caller) {
         None => Vec::new(),
@@ -1373,7 +1378,7 @@ async fn get_ups(
     Path(id): Path<String>,
 ) -> Response {
     let mut world = shared.lock();
-    let now = now_ms();
+    let now = world.now_ms();
     let visibility = world.settings.visibility();
     let Some(t) = tenant(&mut world, &caller) else {
         return not_found("audience", &id);

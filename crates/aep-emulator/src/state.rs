@@ -42,6 +42,9 @@ pub(crate) fn actor(client_id: &str) -> String {
 pub struct Store {
     /// Keyed by `"<org>/<sandbox>"`.
     pub tenants: BTreeMap<String, Tenant>,
+    /// How far the emulated service's clock is ahead of the host's (`/_emulator/clock`), ms.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
 }
 
 /// Resources of one (org, sandbox).
@@ -100,6 +103,35 @@ pub struct AudienceRec {
     pub updated_by: String,
     /// Runs, oldest first.
     pub runs: Vec<RunRec>,
+    /// Data expiration pushed out by `extend-ttl` to this instant (ms).
+    #[serde(default)]
+    pub extended_until_ms: Option<i64>,
+}
+
+impl AudienceRec {
+    /// The audience's TTL: `ttlInDays`, 30 days when none was set (reference §4).
+    pub(crate) fn ttl_ms(&self) -> i64 {
+        i64::from(self.definition.ttl_in_days.unwrap_or(30)).saturating_mul(DAY_MS)
+    }
+
+    /// When the ingested data expires (ms): the end of the last successful run plus the TTL, or
+    /// later once extended; `None` before any successful run. Runs must have been advanced.
+    pub(crate) fn data_expires_at_ms(&self) -> Option<i64> {
+        let from_run = self
+            .runs
+            .iter()
+            .filter(|r| r.ended.as_deref() == Some("SUCCESS"))
+            .map(|r| r.ready_at_ms.saturating_add(self.ttl_ms()))
+            .max();
+        from_run.max(self.extended_until_ms)
+    }
+
+    /// `extend-ttl` (reference §2.10): expiration is pushed out by the original TTL, from the
+    /// current expiration or from now if the data already expired.
+    pub(crate) fn extend_ttl(&mut self, now: i64) {
+        let base = self.data_expires_at_ms().unwrap_or(now).max(now);
+        self.extended_until_ms = Some(base.saturating_add(self.ttl_ms()));
+    }
 }
 
 /// A stored create operation.
@@ -493,6 +525,12 @@ pub struct AudienceView {
     pub lookup_visible: bool,
     /// Runs, oldest first.
     pub runs: Vec<RunView>,
+    /// When the ingested data expires (ms since the epoch, emulated clock), if it was ingested.
+    #[serde(default)]
+    pub data_expires_at_ms: Option<i64>,
+    /// The data has expired: the audience can't be activated and its profile count is 0.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 /// One run in [`AudienceView`].
@@ -537,6 +575,13 @@ pub(crate) struct World {
 }
 
 impl World {
+    /// The emulated service's clock: the host's plus the offset tests set through
+    /// `/_emulator/clock`. Operations, runs, visibility, data expiry and the daily run counters
+    /// follow it; IMS token lifetimes follow the host's.
+    pub(crate) fn now_ms(&self) -> i64 {
+        now_ms().saturating_add(self.store.clock_offset_ms)
+    }
+
     /// Records an AEP request of `org` and updates the busiest-second counter.
     pub(crate) fn record_arrival(&mut self, org: &str, now: std::time::Instant) {
         let window = std::time::Duration::from_secs(1);
@@ -569,7 +614,7 @@ impl World {
     }
 
     pub(crate) fn view(&mut self) -> StateView {
-        let now = now_ms();
+        let now = self.now_ms();
         let visibility = self.settings.visibility();
         let mut view = StateView::default();
         for tenant in self.store.tenants.values_mut() {
@@ -605,6 +650,8 @@ impl World {
                     visible,
                     lookup_visible,
                     runs,
+                    data_expires_at_ms: audience.data_expires_at_ms(),
+                    expired: audience.data_expires_at_ms().is_some_and(|at| at <= now),
                 });
             }
             for op in tenant.operations.values_mut() {
@@ -706,6 +753,7 @@ mod tests {
             created_by: "x".into(),
             updated_by: "x".into(),
             runs: Vec::new(),
+            extended_until_ms: None,
         };
         let status = run.advance(1, true);
         let wire = run.to_wire(&audience, Some(status));

@@ -2338,3 +2338,76 @@ async fn commit_then_drop_works_over_tls() {
     let id = create_ready(&s, "After the drop").await;
     assert_eq!(s.get_audience(&id).await.unwrap().id, id);
 }
+
+#[tokio::test]
+async fn the_movable_clock_drives_the_daily_run_quota() {
+    let emu = start(|b| b.configure(|s| s.max_runs_per_sandbox_per_day = 1)).await;
+    let s = session(&emu, "dev1");
+    let a = create_ready(&s, "Day one").await;
+    let run = s.start_run(&a, &run_request()).await.unwrap();
+    run_to_end(&s, &a, &run.run_id).await;
+    let refused = s.start_run(&a, &run_request()).await.unwrap_err();
+    assert!(
+        refused.message().contains("per sandbox per day"),
+        "{}",
+        refused.message()
+    );
+
+    // Through the admin API, as a test in another process would: a day later the quota is back.
+    let before = emu.admin().clock().await.unwrap();
+    let moved = emu
+        .admin()
+        .set_clock_offset(before.offset_ms + 86_400_000)
+        .await
+        .unwrap();
+    assert!(moved.now_ms - before.now_ms >= 86_400_000, "{before:?} -> {moved:?}");
+    let run = s.start_run(&a, &run_request()).await.unwrap();
+    assert_eq!(run_to_end(&s, &a, &run.run_id).await, RunStatus::Success);
+    // Run times are on the emulated clock.
+    let runs = s.list_runs(&a).await.unwrap();
+    let newest = runs.iter().filter_map(|r| r.created_at).max().unwrap();
+    assert!(newest * 1000 >= moved.now_ms - 60_000, "{newest} vs {}", moved.now_ms);
+}
+
+#[tokio::test]
+async fn data_expires_ttl_after_the_last_successful_run_and_extend_ttl_pushes_it_out_once_per_call() {
+    const DAY: i64 = 86_400_000;
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    let mut req = seed_request("Expiring");
+    req.ttl_in_days = Some(40);
+    let created = s.create_audience(&req).await.unwrap();
+    let id = create_ready_op(&s, &created.operation_id).await;
+    let view = |emu: &RunningEmulator| emu.state().audience(&id).cloned().unwrap();
+    assert_eq!(view(&emu).data_expires_at_ms, None, "nothing ingested yet");
+
+    let run = s.start_run(&id, &run_request()).await.unwrap();
+    run_to_end(&s, &id, &run.run_id).await;
+    let ingested = view(&emu);
+    let expires = ingested.data_expires_at_ms.expect("expiry after a successful run");
+    let now = emu.now().as_millisecond();
+    assert!(
+        (expires - now - 40 * DAY).abs() < 60_000,
+        "40 days after the run: {expires} vs {now}"
+    );
+    assert!(!ingested.expired);
+
+    emu.advance_clock(Duration::from_millis((41 * DAY) as u64));
+    assert!(view(&emu).expired, "past the TTL");
+
+    // Each call pushes it out by the TTL again, from now once expired.
+    let answer = s.extend_ttl(&id).await.unwrap();
+    assert_eq!(
+        (answer.audience_id.as_str(), answer.name.as_str()),
+        (id.as_str(), "Expiring")
+    );
+    let extended = view(&emu);
+    let now = emu.now().as_millisecond();
+    assert!(!extended.expired);
+    let first = extended.data_expires_at_ms.unwrap();
+    assert!((first - now - 40 * DAY).abs() < 60_000, "{first} vs {now}");
+    s.extend_ttl(&id).await.unwrap();
+    assert_eq!(view(&emu).data_expires_at_ms, Some(first + 40 * DAY), "not idempotent");
+    assert_eq!(emu.stats().received("extend_ttl"), 2);
+    assert!(s.extend_ttl("no-such-audience").await.is_err());
+}

@@ -28,8 +28,9 @@ use super::error::{Call, Error, ErrorKind, parse_retry_after};
 use super::ims::{AccessToken, TokenCache};
 use super::ratelimit::OrgRateLimiter;
 use super::types::{
-    CreateAudienceRequest, CreateAudienceResponse, ExternalAudience, Operation, PatchAudienceRequest, Run, RunList,
-    StartRunRequest, UpsAudience, UpsAudienceList, error_code_from_body, error_message_from_body,
+    CreateAudienceRequest, CreateAudienceResponse, ExtendTtlResponse, ExternalAudience, Operation,
+    PatchAudienceRequest, Run, RunList, StartRunRequest, UpsAudience, UpsAudienceList, error_code_from_body,
+    error_message_from_body,
 };
 
 /// Scopes of an Experience Platform API credential (reference §5).
@@ -399,6 +400,14 @@ impl Session {
         self.execute(Call::DeleteAudience, Method::DELETE, url, None::<&()>)
             .await
             .map(|_| ())
+    }
+
+    /// `POST /data/core/ais/external-audience/extend-ttl/{id}` (no body; reference §2.10): pushes
+    /// the data expiration out by the audience's TTL and re-ingests its last successful data.
+    /// Not idempotent: each call extends again, so a lost answer is [`ErrorKind::OutcomeUnknown`].
+    pub async fn extend_ttl(&self, audience_id: &str) -> Result<ExtendTtlResponse, Error> {
+        let url = self.ais_url(&["external-audience", "extend-ttl", audience_id]);
+        self.json(Call::ExtendTtl, Method::POST, url, None::<&()>).await
     }
 
     /// `GET /data/core/ups/audiences/{id}`.

@@ -87,6 +87,8 @@ pub enum Call {
     GetAudience,
     /// `GET /ups/audiences?name=…`.
     FindAudiences,
+    /// `POST …/extend-ttl/{id}` (not idempotent: each call extends again).
+    ExtendTtl,
 }
 
 impl Call {
@@ -103,12 +105,13 @@ impl Call {
             Call::DeleteAudience => "delete_audience",
             Call::GetAudience => "get_audience",
             Call::FindAudiences => "find_audiences",
+            Call::ExtendTtl => "extend_ttl",
         }
     }
 
     /// May this call be repeated without changing the outcome?
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self, Call::CreateAudience | Call::StartRun)
+        !matches!(self, Call::CreateAudience | Call::StartRun | Call::ExtendTtl)
     }
 }
 
@@ -364,7 +367,7 @@ pub fn classify_status(call: Call, status: u16, code: Option<&str>, retry_after:
         (_, 429) => retryable,
         (_, 408) => retryable,
         // Gateways answer 502/504 (and a crashing service 500) possibly after the service acted.
-        (Call::CreateAudience | Call::StartRun, 500 | 502 | 504) => ErrorKind::OutcomeUnknown,
+        (Call::CreateAudience | Call::StartRun | Call::ExtendTtl, 500 | 502 | 504) => ErrorKind::OutcomeUnknown,
         (_, 501 | 505) => ErrorKind::Terminal,
         (_, 500..=599) => retryable,
         _ => ErrorKind::Terminal,

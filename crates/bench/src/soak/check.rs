@@ -506,6 +506,8 @@ mod tests {
                     created_at: 0,
                 })
                 .collect(),
+            data_expires_at_ms: None,
+            expired: false,
         }
     }
 
