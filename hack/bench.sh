@@ -6,7 +6,9 @@
 # Starts the local control plane and the emulator (zero latency), builds the release binaries and
 # runs crates/bench: the limit (create + the operator's writes with a plain concurrent client),
 # the operator as its own process, the steady state window, optionally realistic AEP latency.
-# Prints one table, writes bench/results/<UTC timestamp>.json and .svg (and bench/ready-over-time.svg).
+# Prints one table, writes bench/results/<UTC timestamp>.json, .md and .svg (and
+# bench/ready-over-time.svg), and replaces the table in README.md's Performance section
+# (UPDATE_README=0 leaves README.md alone).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -54,6 +56,15 @@ if [ "$peer_k" -gt 0 ]; then
   peer=(--peer-json "$work/peer.json")
 fi
 
+# The command as typed, for the README's table.
+cmd="make bench"
+for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N DEFAULT_RPS PEER_K TIMEOUT; do
+  [ -n "${!v:-}" ] && cmd="$v=${!v} $cmd"
+done
+export BENCH_COMMAND="$cmd"
+readme=()
+[ "${UPDATE_README:-1}" = 1 ] && readme=(--readme README.md)
+
 n_args=()
 for n in $n_list; do n_args+=(--n "$n"); done
 extra=()
@@ -63,6 +74,6 @@ extra=()
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
   --realistic-operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" \
   --realistic-run-delay-ms "${REALISTIC_RUN_DELAY_MS:-10000}" \
-  --work-dir "$work" "${peer[@]}" "${extra[@]}"
+  --work-dir "$work" "${peer[@]}" "${extra[@]}" "${readme[@]}"
 latest=$(ls -t bench/results/*.svg | head -1)
 cp "$latest" bench/ready-over-time.svg

@@ -140,6 +140,24 @@ pub struct RunConfig {
     #[arg(long, env = "RUNS_PER_AUDIENCE_WINDOW", value_enum, default_value_t = RunWindow::Lifetime)]
     pub runs_per_audience_window: RunWindow,
 
+    /// AEP's limit of ingestion runs per sandbox per UTC day (reference: 100). The operator
+    /// spends it across all objects of an (org, sandbox) by priority (spec changes and run
+    /// requests, then scheduled refreshes, oldest first); an object over it waits with
+    /// `RunDeferred` and sends nothing until the next UTC day.
+    #[arg(long, env = "MAX_RUNS_PER_SANDBOX_PER_DAY", default_value_t = 100)]
+    pub max_runs_per_sandbox_per_day: u32,
+
+    /// How long before the ingested data expires an object says so (Ready reason
+    /// `DataExpiringSoon`) and `spec.expiration.autoExtend` extends it.
+    #[arg(long, env = "EXPIRATION_WARNING_WINDOW", default_value = "72h", value_parser = parse_duration)]
+    pub expiration_warning_window: Duration,
+
+    /// Shift of the operator's clock for schedules, data expiry and the run budget's UTC day
+    /// (e.g. `24h`): rehearse a day change or an expiry against a test AEP whose clock was moved
+    /// the same way. Never set against the real service.
+    #[arg(long, env = "CLOCK_OFFSET", default_value = "0", value_parser = parse_duration)]
+    pub clock_offset: Duration,
+
     /// What to do when a managed audience was deleted in AEP behind the operator's back.
     #[arg(long, env = "MISSING_AUDIENCE_POLICY", value_enum, default_value_t = MissingAudiencePolicy::Recreate)]
     pub missing_audience_policy: MissingAudiencePolicy,

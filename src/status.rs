@@ -126,6 +126,37 @@ pub fn with_paused(conditions: &[Condition], generation: i64, message: &str, now
     out
 }
 
+/// `conditions` with the condition `type_` set (added or replaced), keeping the
+/// `lastTransitionTime` it had in `previous` while its status is unchanged.
+#[allow(clippy::too_many_arguments)]
+pub fn with_condition(
+    conditions: &[Condition],
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Vec<Condition> {
+    let status = if status { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    let mut out: Vec<Condition> = conditions.iter().filter(|c| c.type_ != type_).cloned().collect();
+    out.push(Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: since,
+    });
+    out
+}
+
 /// The condition of `type_`, if present.
 pub fn condition<'a>(status: &'a ExternalAudienceStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)

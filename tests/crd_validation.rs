@@ -285,6 +285,64 @@ async fn invalid_specs_are_refused_with_field_named_messages() {
     if ok || !out.contains("spec.ingestion.dataFilterEndTime must not be before dataFilterStartTime") {
         failures.push(format!("end before start: applied={ok}: {out}"));
     }
+    // Refresh schedules: the shape and each field's range at apply time, as a CronJob's.
+    for (schedule, zone, refused, message) in [
+        (
+            "61 * * * *",
+            None,
+            true,
+            "spec.ingestion.schedule must be a cron schedule",
+        ),
+        (
+            "0 24 * * *",
+            None,
+            true,
+            "spec.ingestion.schedule must be a cron schedule",
+        ),
+        (
+            "0 2 * * * *",
+            None,
+            true,
+            "spec.ingestion.schedule must be a cron schedule",
+        ),
+        (
+            "0 2 * * 8",
+            None,
+            true,
+            "spec.ingestion.schedule must be a cron schedule",
+        ),
+        (
+            "CRON_TZ=UTC 0 2 * * *",
+            None,
+            true,
+            "spec.ingestion.schedule must be a cron schedule",
+        ),
+        (
+            "0 2 * * *",
+            Some("Europe Berlin"),
+            true,
+            "spec.ingestion.timeZone must be an IANA time zone name",
+        ),
+        ("0 2 * * *", Some("Europe/Berlin"), false, ""),
+        ("*/15 6-22 * JAN-MAR MON-FRI", None, false, ""),
+        ("@daily", Some("UTC"), false, ""),
+    ] {
+        let mut obj = valid(&ns, "scheduled");
+        set(&mut obj, "/spec/ingestion/schedule", json!(schedule));
+        if let Some(zone) = zone {
+            set(&mut obj, "/spec/ingestion/timeZone", json!(zone));
+        }
+        let (ok, out) = apply(&obj);
+        if ok == refused || (refused && !out.contains(message)) {
+            failures.push(format!("schedule {schedule:?} zone {zone:?}: applied={ok}: {out}"));
+        }
+    }
+    let mut obj = valid(&ns, "zone-only");
+    set(&mut obj, "/spec/ingestion/timeZone", json!("Europe/Berlin"));
+    let (ok, out) = apply(&obj);
+    if ok || !out.contains("spec.ingestion.timeZone applies to spec.ingestion.schedule") {
+        failures.push(format!("time zone without schedule: applied={ok}: {out}"));
+    }
     // The shipped invalid sample is refused too.
     let sample = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use aep_emulator::config::Faults;
+use audience_operator::api::RunState;
 use support::operator::{Env, condition_is, condition_message, is_ready, is_ready_with_current_run, kubectl};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -38,7 +39,7 @@ async fn seed_example_reaches_ready_with_one_audience_and_one_run() {
     assert!(st.operation_id.is_some(), "{st:?}");
     let audience_id = st.audience_id.clone().expect("audience id");
     let run = st.last_run.clone().expect("last run");
-    assert_eq!(run.status, audience_operator::api::RunState::Success);
+    assert_eq!(run.status, RunState::Success);
     assert_eq!(Some(run.generation), obj.metadata.generation);
     assert!(
         obj.metadata
@@ -121,7 +122,7 @@ async fn quick_changes_during_a_run_coalesce_into_one_follow_up_run() {
         o.status
             .as_ref()
             .and_then(|s| s.last_run.as_ref())
-            .is_some_and(|r| r.status == audience_operator::api::RunState::Processing)
+            .is_some_and(|r| r.status == RunState::Processing)
     })
     .await;
     for i in 0..3 {
@@ -385,4 +386,333 @@ async fn reaching_the_per_audience_run_limit_stalls_with_what_to_do() {
         "no more start-run attempts"
     );
     assert!(n <= 1, "quiet while stalled: {n} requests");
+}
+
+/// The run starts (epoch seconds, AEP's own record) of an object's audience, oldest first.
+fn run_starts(env: &Env, audience_id: &str) -> Vec<i64> {
+    let state = env.emulator.state();
+    let mut starts: Vec<i64> = state
+        .audience(audience_id)
+        .map(|a| a.runs.iter().map(|r| r.created_at).collect())
+        .unwrap_or_default();
+    starts.sort_unstable();
+    starts
+}
+
+/// The first minute boundary after `t` (epoch seconds).
+fn next_minute(t: i64) -> i64 {
+    (t / 60 + 1) * 60
+}
+
+/// Sleeps until the host clock reads `at` (epoch seconds): drives the scenario's timing against
+/// the wall clock the schedule follows; every check below waits on a condition with a deadline.
+async fn until_wall_clock(at: i64) {
+    let now = jiff::Timestamp::now().as_millisecond();
+    if at * 1000 > now {
+        tokio::time::sleep(Duration::from_millis((at * 1000 - now) as u64)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_every_minute_schedule_runs_once_per_minute_never_overlapping_and_catches_up_once_after_a_kill() {
+    const RUN_SECS: i64 = 5;
+    let mut env = Env::start("schedule", |b| {
+        b.operation_timing(Duration::from_millis(200), 0)
+            .run_timing(Duration::from_secs(RUN_SECS as u64), 0)
+    })
+    .await;
+    let names = ["sched-0", "sched-1", "sched-2"];
+    for (i, name) in names.iter().enumerate() {
+        let yaml = env.seed_named(name, &format!("Scheduled {i}")).replace(
+            "ingestion: {dataFilterStartTime: 764245635, differentialIngestion: true}",
+            "ingestion: {dataFilterStartTime: 764245635, differentialIngestion: true, schedule: \"* * * * *\"}",
+        );
+        assert!(yaml.contains("schedule:"), "the sample's ingestion line changed");
+        let (ok, out) = env.apply_yaml(&yaml);
+        assert!(ok, "{out}");
+    }
+    let mut audiences = Vec::new();
+    for name in names {
+        let obj = env.wait_ready(name, READY_TIMEOUT).await;
+        audiences.push(obj.status.and_then(|s| s.audience_id).expect("audience id"));
+    }
+    // The first boundary at least 10 s away, so every object starts the observed minutes idle.
+    let b1 = next_minute(jiff::Timestamp::now().as_second() + 10);
+    let (b2, b3, b4) = (b1 + 60, b1 + 120, b1 + 180);
+
+    // 4 s before B2, a spec change on sched-0: its run is in flight across B2, and B2's
+    // scheduled run must wait for it.
+    until_wall_clock(b2 - 4).await;
+    env.merge_spec(
+        "sched-0",
+        serde_json::json!({"description": "Changed just before a scheduled time"}),
+    )
+    .await;
+    // Served B3 (every object), then the operator dies 10 s before B4 and comes back 15 s after.
+    for name in names {
+        support::wait_for(&format!("{name} served {b3}"), Duration::from_secs(150), || async {
+            let st = env.status(name).await;
+            (st.last_scheduled_time.map(|t| t.0.as_second()) == Some(b3)).then_some(())
+        })
+        .await;
+    }
+    until_wall_clock(b4 - 10).await;
+    assert!(env.stop_operator(true), "the SIGKILL landed on a running operator");
+    until_wall_clock(b4 + 15).await;
+    let restarted_at = jiff::Timestamp::now().as_second();
+    env.start_operator();
+    for name in names {
+        support::wait_for(&format!("{name} caught up {b4}"), Duration::from_secs(60), || async {
+            let st = env.status(name).await;
+            let served = st.last_scheduled_time.map(|t| t.0.as_second()) == Some(b4);
+            let idle = st.last_run.is_some_and(|r| r.status == RunState::Success);
+            (served && idle).then_some(())
+        })
+        .await;
+    }
+
+    for (i, (name, audience)) in names.iter().zip(&audiences).enumerate() {
+        let starts = run_starts(&env, audience);
+        let in_minute = |from: i64| starts.iter().filter(|s| **s >= from && **s < from + 60).count();
+        // One run per minute; sched-0's minute before B2 also holds its spec-change run.
+        let expected_b1 = if i == 0 { 2 } else { 1 };
+        assert_eq!(
+            in_minute(b1),
+            expected_b1,
+            "{name}: runs in [B1, B2): {starts:?} (B1 {b1})"
+        );
+        assert_eq!(in_minute(b2), 1, "{name}: runs in [B2, B3): {starts:?} (B1 {b1})");
+        assert_eq!(in_minute(b3), 1, "{name}: runs in [B3, B4): {starts:?} (B1 {b1})");
+        // Down across B4: exactly one catch-up run, after the restart.
+        let after_b4: Vec<_> = starts.iter().filter(|s| **s >= b4).collect();
+        assert_eq!(after_b4.len(), 1, "{name}: one catch-up run: {starts:?} (B4 {b4})");
+        assert!(*after_b4[0] >= restarted_at - 1, "{name}: caught up after the restart");
+        // Never two in flight (the spec-change run included): each run starts after the
+        // previous one ended (runs take RUN_SECS; AEP's times are whole seconds).
+        for w in starts.windows(2) {
+            assert!(
+                w[1] - w[0] >= RUN_SECS - 1,
+                "{name}: overlapping runs {w:?} in {starts:?}"
+            );
+        }
+        let st = env.status(name).await;
+        assert_eq!(
+            st.next_scheduled_time.map(|t| t.0.as_second()),
+            Some(next_minute(jiff::Timestamp::now().as_second() - 1)),
+            "{name}: nextScheduledTime"
+        );
+    }
+    // sched-0's B2 run is the scheduled one, started once the spec-change run had ended.
+    let s0 = run_starts(&env, &audiences[0]);
+    let spec_run = s0
+        .iter()
+        .find(|s| **s >= b2 - 5 && **s < b2)
+        .expect("the spec-change run before B2");
+    let b2_run = s0.iter().find(|s| **s >= b2 && **s < b3).expect("B2's run");
+    assert!(
+        b2_run - spec_run >= RUN_SECS - 1,
+        "B2's run waited for the spec-change run: {s0:?}"
+    );
+}
+
+/// Restarts the operator with its clock `offset` ahead (the emulator's clock is moved alike).
+fn restart_with_clock(env: &mut Env, offset: &str) {
+    env.extra_flags.retain(|f| !f.starts_with("--clock-offset="));
+    env.extra_flags.push(format!("--clock-offset={offset}"));
+    env.stop_operator(false);
+    env.start_operator();
+}
+
+fn condition(obj: &audience_operator::api::ExternalAudience, type_: &str) -> (String, String, String) {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_run_budget_defers_by_priority_sends_nothing_meanwhile_and_resumes_the_next_day() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut env = Env::start_with(
+        "budget",
+        // AEP's own cap is far away: what stops the sixth run is the operator.
+        |b| b.zero_latency().configure(|s| s.max_runs_per_sandbox_per_day = 1000),
+        vec!["--max-runs-per-sandbox-per-day=5".into()],
+        true,
+    )
+    .await;
+    let names: Vec<String> = (0..8).map(|i| format!("budget-{i}")).collect();
+    let yaml: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            env.seed_named(n, &format!("Budget {i}")).replace(
+                "ingestion: {dataFilterStartTime: 764245635, differentialIngestion: true}",
+                "ingestion: {dataFilterStartTime: 764245635, differentialIngestion: true, schedule: \"@daily\"}",
+            )
+        })
+        .collect();
+    let (ok, out) = env.apply_yaml(&yaml.join("\n---\n"));
+    assert!(ok, "{out}");
+    let tomorrow = jiff::Timestamp::from_second((jiff::Timestamp::now().as_second() / 86_400 + 1) * 86_400).unwrap();
+    // Day 1: five run (the oldest objects first, then by name), three wait for tomorrow.
+    for (i, n) in names.iter().enumerate() {
+        if i < 5 {
+            env.wait_ready(n, READY_TIMEOUT).await;
+        } else {
+            env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
+                let (status, reason, message) = condition(o, "Reconciling");
+                status == "True"
+                    && reason == "RunDeferred"
+                    && message.contains("(5/5 runs today, UTC)")
+                    && message.contains(&tomorrow.to_string())
+            })
+            .await;
+        }
+    }
+    assert_eq!(env.emulator.stats().runs_started, 5, "exactly five runs that day");
+    // Deferred objects send nothing (and the Ready ones have nothing to send).
+    let before: u64 = env.emulator.stats().received.values().sum();
+    tokio::time::sleep(Duration::from_secs(8)).await; // an observation window, not a sync
+    let after: u64 = env.emulator.stats().received.values().sum();
+    assert_eq!(after, before, "no AEP request while deferred");
+
+    // A spec change on a Ready object: it waits too, but goes before the scheduled refreshes.
+    env.merge_spec(
+        &names[0],
+        serde_json::json!({"description": "Changed while the budget is spent"}),
+    )
+    .await;
+    env.wait_obj(&names[0], "the expected budget/expiry state", READY_TIMEOUT, |o| {
+        condition(o, "Reconciling").1 == "RunDeferred"
+    })
+    .await;
+
+    // The next day (both clocks): 3 deferred first runs + the spec change go first (4), then one
+    // of the 4 scheduled refreshes (same due time: by name); the other three wait again.
+    env.emulator.advance_clock(DAY);
+    restart_with_clock(&mut env, "24h");
+    let day2_ready: Vec<&String> = [0, 1, 5, 6, 7].iter().map(|i| &names[*i]).collect();
+    for n in &day2_ready {
+        env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
+            is_ready(o)
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.last_run.as_ref())
+                    .and_then(|r| r.start_time.as_ref())
+                    .is_some_and(|t| t.0 >= tomorrow)
+        })
+        .await;
+    }
+    let day3 = jiff::Timestamp::from_second(tomorrow.as_second() + 86_400).unwrap();
+    for n in &names[2..5] {
+        env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
+            let (_, reason, message) = condition(o, "Reconciling");
+            reason == "RunDeferred" && message.contains("(5/5 runs today, UTC)") && message.contains(&day3.to_string())
+        })
+        .await;
+    }
+    assert_eq!(env.emulator.stats().runs_started, 10, "five more runs on day 2");
+    let changed = env.status(&names[0]).await;
+    assert_eq!(
+        changed.last_run.map(|r| r.generation),
+        Some(2),
+        "the spec change jumped the queue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_expiry_is_reported_ahead_and_when_it_happens_and_auto_extend_extends_once_per_period() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut env = Env::start_with(
+        "expiry",
+        |b| b.zero_latency(),
+        vec!["--expiration-warning-window=72h".into()],
+        true,
+    )
+    .await;
+    let plain = env
+        .seed_named("expiring", "Expiring")
+        .replace("ttlInDays: 40", "ttlInDays: 10");
+    let extended = env
+        .seed_named("extended", "Extended")
+        .replace("ttlInDays: 40", "ttlInDays: 10")
+        .replace(
+            "deletionPolicy: Delete",
+            "deletionPolicy: Delete\n  expiration: {autoExtend: true}",
+        );
+    assert!(
+        plain.contains("ttlInDays: 10") && extended.contains("autoExtend"),
+        "the sample changed"
+    );
+    let (ok, out) = env.apply_yaml(&format!("{plain}\n---\n{extended}"));
+    assert!(ok, "{out}");
+    for n in ["expiring", "extended"] {
+        let obj = env.wait_ready(n, READY_TIMEOUT).await;
+        let d = obj.status.and_then(|s| s.data_expiration).expect("dataExpiration");
+        assert_eq!(d.source, "LastSuccessfulRun");
+        let in_days = d.expires_at.0.duration_since(jiff::Timestamp::now()).as_secs_f64() / 86_400.0;
+        assert!((in_days - 10.0).abs() < 0.01, "{n}: expires in {in_days} days");
+        assert_eq!(condition(&env.get(n).await, "DataExpiring").1, "DataFresh");
+    }
+    let audience = |n: &str| {
+        let env = &env;
+        let n = n.to_owned();
+        async move { env.status(&n).await.audience_id.expect("audience id") }
+    };
+    let (plain_id, extended_id) = (audience("expiring").await, audience("extended").await);
+
+    // Eight days on: within the 72 h window. The plain object says so (still Ready); the
+    // autoExtend one is extended, once.
+    env.emulator.advance_clock(DAY * 8);
+    restart_with_clock(&mut env, "192h");
+    env.wait_obj("expiring", "the expected budget/expiry state", READY_TIMEOUT, |o| {
+        is_ready(o) && condition(o, "DataExpiring").0 == "True" && condition(o, "DataExpiring").1 == "DataExpiringSoon"
+    })
+    .await;
+    env.wait_obj("extended", "the expected budget/expiry state", READY_TIMEOUT, |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.data_expiration.as_ref())
+            .is_some_and(|d| d.source == "Extension")
+    })
+    .await;
+    assert_eq!(env.emulator.stats().received("extend_ttl"), 1);
+    let state = env.emulator.state();
+    let aep_extended = state.audience(&extended_id).expect("audience");
+    let ours = env.status("extended").await.data_expiration.expect("expiration");
+    assert!(!aep_extended.expired);
+    // AEP and the operator agree on the new expiration (20 days after the run, within a minute).
+    let aep_at = aep_extended.data_expires_at_ms.expect("AEP's expiration");
+    assert!(
+        (ours.expires_at.0.as_millisecond() - aep_at).abs() < 60_000,
+        "{ours:?} vs {aep_at}"
+    );
+
+    // Eleven days on: the plain object's data expired (AEP agrees): Stalled, which kstatus reads
+    // as Failed and Argo CD as Degraded. The extended one is fresh and is not extended again.
+    env.emulator.advance_clock(DAY * 3);
+    restart_with_clock(&mut env, "264h");
+    let obj = env
+        .wait_obj("expiring", "the expected budget/expiry state", READY_TIMEOUT, |o| {
+            condition(o, "Stalled").1 == "DataExpired"
+        })
+        .await;
+    assert_eq!(condition(&obj, "Ready").0, "False");
+    assert!(
+        condition(&obj, "Stalled").2.contains("run-requested-at"),
+        "says what to do"
+    );
+    assert!(
+        env.emulator.state().audience(&plain_id).expect("audience").expired,
+        "AEP agrees"
+    );
+    let fresh = env
+        .wait_obj("extended", "the expected budget/expiry state", READY_TIMEOUT, |o| {
+            is_ready(o) && condition(o, "DataExpiring").1 == "DataFresh"
+        })
+        .await;
+    assert!(fresh.status.is_some());
+    assert_eq!(env.emulator.stats().received("extend_ttl"), 1, "once per period");
 }

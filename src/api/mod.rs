@@ -132,6 +132,10 @@ pub struct ExternalAudienceSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
+    /// What to do about the data expiration (`ttlInDays` after each ingestion). Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<ExpirationSpec>,
+
     /// Adopt an existing AEP audience with this ID instead of creating one. The controller then
     /// PATCHes the updatable properties and reports Ready without starting an ingestion run
     /// (request one with the `aep.audience-operator.dev/run-requested-at` annotation). Settable
@@ -294,10 +298,24 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
+/// Data expiration handling.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpirationSpec {
+    /// Extend the expiration with AEP's extend-TTL call (it re-ingests the last successful data
+    /// and pushes the expiration out by `ttlInDays`; no ingestion run is spent) once the data is
+    /// within the operator's warning window of expiring, at most once per `ttlInDays`, with an
+    /// `AudienceTTLExtended` event each time. Default `false`: the object reports
+    /// `DataExpiringSoon`, then `DataExpired`.
+    #[serde(default)]
+    pub auto_extend: bool,
+}
+
 /// Parameters of each ingestion run.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.dataFilterEndTime) || self.dataFilterEndTime >= self.dataFilterStartTime").message("spec.ingestion.dataFilterEndTime must not be before dataFilterStartTime"))]
+#[x_kube(validation = Rule::new("!has(self.timeZone) || has(self.schedule)").message("spec.ingestion.timeZone applies to spec.ingestion.schedule: set a schedule, or remove the time zone"))]
 pub struct IngestionSpec {
     /// Files newer than this instant (epoch seconds) are ingested.
     #[schemars(range(min = 0, max = 253_402_300_799_i64))]
@@ -309,6 +327,42 @@ pub struct IngestionSpec {
     /// Ingest only the difference since the last run (default `true`) or everything.
     #[serde(default = "default_true")]
     pub differential_ingestion: bool,
+    /// Refresh runs on this cron schedule, as a CronJob's `schedule`: five fields (minute, hour,
+    /// day of month, month, day of week) or `@hourly`, `@daily`, `@weekly`, `@monthly`,
+    /// `@yearly`, evaluated in `timeZone`. Each scheduled time owes one run; times missed while
+    /// the operator was down collapse into one; a due run waits for a run in flight. Without it,
+    /// runs follow spec changes and run requests only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 120))]
+    #[x_kube(validation = Rule::new(schedule_rule()).message("spec.ingestion.schedule must be a cron schedule: five fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-7 or SUN-SAT; each *, a value, a range a-b, a list a,b or a /step) or @hourly, @daily, @weekly, @monthly, @yearly"))]
+    pub schedule: Option<String>,
+    /// IANA time zone of `schedule`, as a CronJob's `timeZone` (e.g. `Europe/Berlin`); UTC when
+    /// unset. Daylight-saving changes follow the zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$')").message("spec.ingestion.timeZone must be an IANA time zone name such as Europe/Berlin or UTC"))]
+    pub time_zone: Option<String>,
+}
+
+/// The CEL rule of `spec.ingestion.schedule`: the shape of a five-field cron schedule with each
+/// field's range, or a macro. (What only a parser can tell, e.g. 30 February, is reported by the
+/// controller as `Stalled/InvalidSchedule`.)
+fn schedule_rule() -> String {
+    fn field(values: &str, any: &str) -> String {
+        let item = format!("({any}|({values})(-({values}))?)(/[1-9][0-9]?)?");
+        format!("{item}(,{item})*")
+    }
+    let months = "0?[1-9]|1[0-2]|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC";
+    let days = "[0-7]|SUN|MON|TUE|WED|THU|FRI|SAT";
+    let regex = format!(
+        "^(?i)(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|{} +{} +{} +{} +{})$",
+        field("[0-5]?[0-9]", "[*]"),
+        field("[01]?[0-9]|2[0-3]", "[*]"),
+        field("0?[1-9]|[12][0-9]|3[01]", "[*]|[?]"),
+        field(months, "[*]"),
+        field(days, "[*]|[?]"),
+    );
+    format!("self.matches('{regex}')")
 }
 
 fn default_true() -> bool {
@@ -384,6 +438,15 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingested_run_request: Option<String>,
 
+    /// The latest `spec.ingestion.schedule` time a run was started for (scheduled times up to it
+    /// are served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_time: Option<Time>,
+
+    /// The next `spec.ingestion.schedule` time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled_time: Option<Time>,
+
     /// Set right before a run is started; cleared once its run id is recorded. A pass that finds
     /// it looks for the run among the audience's runs before starting another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,6 +463,19 @@ pub struct ExternalAudienceStatus {
     /// Earlier runs, newest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_history: Vec<IngestionRun>,
+
+    /// The IMS org of the credentials this object last used: the run budget is shared per org
+    /// and sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+
+    /// When the data ingested into the audience expires, and how that is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_expiration: Option<DataExpiration>,
+
+    /// Runs this operator started on the current audience (`--max-runs-per-audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_counts: Option<RunCounts>,
 
     /// A problem that only a change can resolve, for the generation it was found at: the
     /// controller makes no AEP call for that generation until the spec (or, where the message
@@ -444,6 +520,40 @@ pub struct RunPending {
     /// The `run-requested-at` annotation value the run is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_request: Option<String>,
+    /// The scheduled time the run serves (the latest one due when it started), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<Time>,
+}
+
+/// When the ingested data expires (reference §4: the audience can then no longer be activated
+/// and its profile count drops to 0).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataExpiration {
+    /// When the data expires.
+    pub expires_at: Time,
+    /// How `expiresAt` is known. AEP's API does not report it, so it is computed:
+    /// `LastSuccessfulRun` (the end of the last successful run plus `ttlInDays`) or `Extension`
+    /// (extend-TTL pushed it out by `ttlInDays`).
+    pub source: String,
+    /// Where the last extension put the expiration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_until: Option<Time>,
+    /// When the operator last extended it (`spec.expiration.autoExtend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_extended_at: Option<Time>,
+}
+
+/// Runs started on the current audience.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCounts {
+    /// Since the audience was created or adopted.
+    pub total: u32,
+    /// The UTC day `today` counts (`YYYY-MM-DD`).
+    pub day: String,
+    /// On that day.
+    pub today: u32,
 }
 
 /// One ingestion run.
@@ -501,6 +611,9 @@ pub mod conditions {
     pub const STALLED: &str = "Stalled";
     /// Reconciliation is paused by the `aep.audience-operator.dev/paused` annotation.
     pub const PAUSED: &str = "Paused";
+    /// `True` while the ingested data expires within the warning window (informational: kstatus
+    /// and Argo CD read `Ready`, `Reconciling` and `Stalled`; an expired audience is `Stalled`).
+    pub const DATA_EXPIRING: &str = "DataExpiring";
 }
 
 /// Condition reasons (stable, PascalCase).
@@ -533,6 +646,16 @@ pub mod reasons {
     pub const AUDIENCE_ID_MISMATCH: &str = "AudienceIdMismatch";
     /// Stalled: the audience reached AEP's limit of ingestion runs per audience.
     pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+    /// `spec.ingestion.schedule` or `timeZone` is not valid (what the CRD's rule cannot tell).
+    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+    /// The ingested data expires within the warning window.
+    pub const DATA_EXPIRING_SOON: &str = "DataExpiringSoon";
+    /// The ingested data expired: the audience can't be activated, its profile count is 0.
+    pub const DATA_EXPIRED: &str = "DataExpired";
+    /// The data expiration was extended (`spec.expiration.autoExtend`).
+    pub const AUDIENCE_TTL_EXTENDED: &str = "AudienceTTLExtended";
+    /// The data is not within the warning window of expiring.
+    pub const DATA_FRESH: &str = "DataFresh";
     /// Stalled: the audience named by `spec.audienceId` is not an external audience.
     pub const NOT_EXTERNAL: &str = "NotAnExternalAudience";
     /// Paused by annotation.
@@ -563,6 +686,16 @@ pub mod events {
     pub const OPERATION_LOST: &str = "OperationLost";
     pub const AUDIENCE_NOT_DELETED: &str = "AudienceNotDeleted";
     pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+    /// `spec.ingestion.schedule` or `timeZone` is not valid (what the CRD's rule cannot tell).
+    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+    /// The ingested data expires within the warning window.
+    pub const DATA_EXPIRING_SOON: &str = "DataExpiringSoon";
+    /// The ingested data expired: the audience can't be activated, its profile count is 0.
+    pub const DATA_EXPIRED: &str = "DataExpired";
+    /// The data expiration was extended (`spec.expiration.autoExtend`).
+    pub const AUDIENCE_TTL_EXTENDED: &str = "AudienceTTLExtended";
+    /// The data is not within the warning window of expiring.
+    pub const DATA_FRESH: &str = "DataFresh";
     pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
     pub const PAUSED: &str = "Paused";
     pub const DELETION_PAUSED: &str = "DeletionPaused";

@@ -17,7 +17,7 @@ use kube::{
 };
 use rand::Rng;
 
-use super::credentials::CredentialStore;
+use super::{budget::RunBudget, credentials::CredentialStore};
 use crate::{
     aep::AepClient,
     api::ExternalAudience,
@@ -43,7 +43,7 @@ impl Default for RunLimit {
     }
 }
 
-type ObjectKey = (String, String);
+pub type ObjectKey = (String, String);
 
 /// Timing knobs of the controller.
 #[derive(Clone, Debug)]
@@ -67,6 +67,8 @@ pub struct Timing {
     /// How long a missing credentials Secret is reported as `Reconciling` (it may be on its way,
     /// e.g. from External Secrets) before it is `Stalled`.
     pub secret_grace: Duration,
+    /// How long before the data expires it is reported (and auto-extended).
+    pub expiration_warning: Duration,
 }
 
 impl Default for Timing {
@@ -81,6 +83,7 @@ impl Default for Timing {
             resync: Duration::from_secs(600),
             create_settle: Duration::from_secs(600),
             secret_grace: Duration::from_secs(120),
+            expiration_warning: Duration::from_secs(72 * 3600),
         }
     }
 }
@@ -92,6 +95,11 @@ pub struct Options {
     pub run_limit: RunLimit,
     /// How long parsed credentials are reused.
     pub credentials_ttl: Duration,
+    /// Runs per (org, sandbox) per UTC day; `0` means AEP's documented 100.
+    pub runs_per_sandbox_per_day: u32,
+    /// How long run-budget claims are gathered after start and after midnight before any is
+    /// granted ([`super::budget::GATHER`] in the operator).
+    pub budget_gather: Duration,
 }
 
 /// Everything a reconcile pass needs.
@@ -105,12 +113,47 @@ pub struct Context {
     pub run_limit: RunLimit,
     /// Parsed credentials, short-lived (see [`CredentialStore`]).
     pub credentials: CredentialStore,
+    /// The daily run budget of each (org, sandbox).
+    pub budget: RunBudget,
     /// The controller's cache of ExternalAudiences (who still uses a Secret).
     pub objects: Store<ExternalAudience>,
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// When each object was last checked for drift.
     resyncs: Mutex<HashMap<ObjectKey, std::time::Instant>>,
+    /// The resourceVersion of this process's last status write per object.
+    written: Mutex<HashMap<ObjectKey, String>>,
+    /// The last event published per object.
+    last_events: RepeatFilter,
 }
+
+/// Remembers the last event per object (reason, note, when) to drop exact repeats.
+#[derive(Debug, Default)]
+pub struct RepeatFilter(Mutex<HashMap<ObjectKey, (String, String, std::time::Instant)>>);
+
+impl RepeatFilter {
+    /// Whether an event is new for the object at `now` (not the same reason and note as its
+    /// previous one within [`REPEATED_EVENT_WINDOW`]); records it when it is.
+    pub fn is_new(&self, key: &ObjectKey, reason: &str, note: &str, now: std::time::Instant) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((r, n, at)) = map.get(key)
+            && r == reason
+            && n == note
+            && now.saturating_duration_since(*at) < REPEATED_EVENT_WINDOW
+        {
+            return false;
+        }
+        map.insert(key.clone(), (reason.to_owned(), note.to_owned(), now));
+        true
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// An event equal to the object's previous one (same reason and note) within this window is not
+/// published again: the condition already says it, and the write is saved.
+pub const REPEATED_EVENT_WINDOW: Duration = Duration::from_secs(600);
 
 impl Context {
     pub fn new(
@@ -131,9 +174,19 @@ impl Context {
             missing_audience_policy: options.missing_audience_policy,
             run_limit: options.run_limit,
             credentials: CredentialStore::new(options.credentials_ttl),
+            budget: RunBudget::new(
+                match options.runs_per_sandbox_per_day {
+                    0 => 100,
+                    n => n,
+                },
+                super::reconcile::now().0,
+                options.budget_gather,
+            ),
             objects,
             failures: Mutex::default(),
             resyncs: Mutex::default(),
+            written: Mutex::default(),
+            last_events: RepeatFilter::default(),
         }
     }
 
@@ -150,6 +203,35 @@ impl Context {
     pub fn forget_object(&self, key: &ObjectKey) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         self.resyncs.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.last_events.forget(key);
+        self.budget.forget(key);
+    }
+
+    /// Whether an event is new for the object (see [`RepeatFilter`]).
+    pub fn event_is_new(&self, key: &ObjectKey, reason: &str, note: &str) -> bool {
+        self.last_events.is_new(key, reason, note, std::time::Instant::now())
+    }
+
+    /// Records the resourceVersion our status write produced.
+    pub fn wrote(&self, key: ObjectKey, resource_version: String) {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resource_version);
+    }
+
+    /// Whether an object read from the cache at `resource_version` is exactly what this process
+    /// last wrote: the cache then already holds our last write, and a fresh read would return the
+    /// same object unless someone else wrote since (which the conditioned marker write catches).
+    pub fn holds_last_write(&self, key: &ObjectKey, resource_version: Option<&str>) -> bool {
+        resource_version.is_some_and(|rv| {
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .is_some_and(|w| w == rv)
+        })
     }
 
     /// Whether the object's drift check is due (never checked since start, or `interval` passed).
@@ -212,5 +294,45 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, reference).await {
             tracing::warn!(error = %e, reason, "Failed to publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn an_exact_repeat_within_the_window_is_dropped_and_anything_else_published() {
+        let f = RepeatFilter::default();
+        let a = ("ns".to_owned(), "a".to_owned());
+        let b = ("ns".to_owned(), "b".to_owned());
+        let t0 = Instant::now();
+        assert!(f.is_new(&a, "AEPError", "503 from AEP", t0));
+        assert!(!f.is_new(&a, "AEPError", "503 from AEP", t0 + Duration::from_secs(5)));
+        assert!(f.is_new(&b, "AEPError", "503 from AEP", t0), "per object");
+        assert!(
+            f.is_new(&a, "AEPError", "429 from AEP", t0 + Duration::from_secs(6)),
+            "another note"
+        );
+        assert!(
+            f.is_new(&a, "AEPError", "503 from AEP", t0 + Duration::from_secs(7)),
+            "not the previous one"
+        );
+        assert!(
+            f.is_new(
+                &a,
+                "AEPError",
+                "503 from AEP",
+                t0 + Duration::from_secs(7) + REPEATED_EVENT_WINDOW
+            ),
+            "after the window"
+        );
+        f.forget(&a);
+        assert!(
+            f.is_new(&a, "AEPError", "503 from AEP", t0 + Duration::from_secs(8)),
+            "forgotten"
+        );
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! The steps themselves live in [`reconcile`]; the decisions in [`plan`] (pure).
 
+pub mod budget;
 mod cleanup;
 pub mod context;
 pub mod credentials;
+pub mod expiry;
 pub mod plan;
 pub mod reconcile;
+pub mod schedule;
 pub mod seams;
 #[cfg(test)]
 mod step_tests;
@@ -176,7 +179,9 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         resync: cfg.resync_interval,
         create_settle: cfg.create_settle_window,
         secret_grace: cfg.secret_grace_period,
+        expiration_warning: cfg.expiration_warning_window,
     };
+    reconcile::set_clock_offset(cfg.clock_offset);
     let audiences = match &cfg.namespace {
         Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
         None => Api::<ExternalAudience>::all(client.clone()),
@@ -197,6 +202,8 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
                 window: cfg.runs_per_audience_window,
             },
             credentials_ttl: cfg.credentials_cache_ttl,
+            runs_per_sandbox_per_day: cfg.max_runs_per_sandbox_per_day,
+            budget_gather: budget::GATHER,
         },
         reader.clone(),
     ));

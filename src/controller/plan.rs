@@ -12,6 +12,7 @@
 //! objects that do not set it keep their hash. Hashes written by releases before the projections
 //! (`legacy`) are still recognised.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -38,6 +39,8 @@ pub struct Facts<'a> {
     pub run_request: Option<&'a str>,
     /// Value of the `retry-create` annotation.
     pub retry_create: Option<&'a str>,
+    /// The latest `spec.ingestion.schedule` time not yet served, if one is due.
+    pub schedule_due: Option<Time>,
 }
 
 /// The one step a pass performs.
@@ -522,11 +525,11 @@ pub fn attribute(audience: &UpsAudience, custom_audience_id: &str, create_sent_a
 // ----- the plan -----------------------------------------------------------------------------------
 
 /// Whether a run is owed: the AEP-facing spec changed since the last run (or there never was one
-/// for a created audience), or a new run request arrived.
+/// for a created audience), a new run request arrived, or a scheduled time is due.
 pub fn run_owed(f: &Facts<'_>) -> bool {
     let spec_changed = !ingest_hash_matches(f.status.ingested_spec_hash.as_deref(), f.spec, f.audience_name);
     let requested = f.run_request.is_some() && f.status.ingested_run_request.as_deref() != f.run_request;
-    spec_changed || requested
+    spec_changed || requested || f.schedule_due.is_some()
 }
 
 /// Reasons that releases before `status.blocked` reported as terminal for a generation, read back
@@ -783,6 +786,7 @@ mod tests {
             status,
             run_request,
             retry_create: None,
+            schedule_due: None,
         })
     }
 
@@ -917,6 +921,7 @@ mod tests {
                         generation: 1,
                         spec_hash: "h".into(),
                         run_request: None,
+                        scheduled_for: None,
                     }),
                     ..converged(&base)
                 },
@@ -1038,6 +1043,7 @@ mod tests {
                 status: &status,
                 run_request: None,
                 retry_create: annotation,
+                schedule_due: None,
             })
             .step
         };
@@ -1124,6 +1130,7 @@ mod tests {
             status: &status,
             run_request: None,
             retry_create: None,
+            schedule_due: None,
         });
         assert!(matches!(plan.step, Step::Idle { .. }), "{plan:?}");
         assert_eq!(plan.health.reason(), reasons::READY);

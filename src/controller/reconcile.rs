@@ -33,16 +33,18 @@ use super::{
     Error,
     context::Context,
     credentials::{self, CredentialsError},
+    expiry,
     plan::{self, Facts, Plan, Step},
+    schedule::Schedule,
     seams::{AepApi, StatusApi},
 };
 use crate::{
     aep::{self, ErrorKind},
     api::{
         Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, PAUSED, RETRY_CREATE, RUN_REQUESTED_AT,
-        custom_audience_id, events, reasons,
+        conditions, custom_audience_id, events, reasons,
     },
-    status::{Health, conditions_for, stable_message, with_paused},
+    status::{Health, conditions_for, stable_message, with_condition, with_paused},
 };
 
 /// When to come back after a pass.
@@ -54,6 +56,8 @@ pub(super) enum Next {
     Backoff(Option<Duration>),
     /// Nothing to do until the object (or its Secret) changes.
     Await,
+    /// Requeue after exactly this long (a wait until a known time, e.g. the next run budget).
+    Exactly(Duration),
 }
 
 /// An event to publish with a status change.
@@ -160,8 +164,21 @@ pub(super) struct Pass<'a> {
     pub(super) conditioned: bool,
 }
 
-pub(super) fn now() -> Time {
-    Time(Timestamp::now())
+/// How long after a scheduled time its pass runs (never before it).
+const SCHEDULE_WAKE_MARGIN: Duration = Duration::from_millis(500);
+
+static CLOCK_OFFSET: std::sync::OnceLock<jiff::SignedDuration> = std::sync::OnceLock::new();
+
+/// Shifts the operator's clock (`--clock-offset`); set once at start.
+pub fn set_clock_offset(offset: Duration) {
+    let _ = CLOCK_OFFSET.set(jiff::SignedDuration::try_from(offset).unwrap_or(jiff::SignedDuration::ZERO));
+}
+
+/// The operator's clock: the host's, shifted by `--clock-offset` (schedules, expiry, the run
+/// budget's day and the times in status follow it).
+pub fn now() -> Time {
+    let offset = CLOCK_OFFSET.get().copied().unwrap_or(jiff::SignedDuration::ZERO);
+    Time(Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::MAX))
 }
 
 /// Whether the object carries the pause annotation.
@@ -230,6 +247,18 @@ fn credentials_problem(obj: &ExternalAudience, ctx: &Context, e: &CredentialsErr
 
 async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<ExternalAudience>) -> Result<Action, Error> {
     let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
+    // A schedule only the parser can refuse (the CRD's rule checks its shape): nothing is sent
+    // until the spec is fixed.
+    let mut probe = Pass::new(cached, ctx, api);
+    if let Err(msg) = probe.schedule() {
+        return probe
+            .finish(Outcome::blocked(
+                reasons::INVALID_SCHEDULE,
+                msg,
+                events::INVALID_SCHEDULE,
+            ))
+            .await;
+    }
     let secret_name = &cached.spec.credentials_secret_ref.name;
     let creds = match ctx.credentials.load(&ctx.client, &ctx.aep, &ns, secret_name).await {
         Ok(c) => c,
@@ -254,10 +283,13 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
     let session = ctx.aep.session(&creds, &cached.spec.sandbox);
     let mut step = Pass::new(cached, ctx, api).plan().step;
     // The cached object can predate our own last status write. Before any step with an AEP side
-    // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call.
+    // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call;
+    // unless the cache holds exactly our last write (nothing to learn from a GET: a newer write by
+    // someone else makes the step's conditioned marker write fail instead).
     let fresh;
     let mut obj = cached;
-    if step.mutates_aep() {
+    let key = (ns.clone(), cached.name_any());
+    if step.mutates_aep() && !ctx.holds_last_write(&key, cached.resource_version().as_deref()) {
         fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
         if fresh.resource_version() != cached.resource_version() {
             obj = &fresh;
@@ -266,6 +298,7 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
     }
     let mut pass = Pass::new(obj, ctx, api);
     pass.status.credentials_secret = Some(secret_name.clone());
+    pass.status.org_id = Some(creds.org_id.clone());
     tracing::debug!(?step, "Planned step");
     ctx.metrics.count_step(step.name());
     let out = pass.run(step, &session).await?;
@@ -323,7 +356,50 @@ impl<'a> Pass<'a> {
             status: &self.status,
             run_request: self.run_request(),
             retry_create: self.retry_create(),
+            schedule_due: self.schedule_due(),
         }
+    }
+
+    /// Whether the status this pass started from had condition `type_` `True` with `reason`.
+    fn was(&self, type_: &str, reason: &str) -> bool {
+        self.original
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+    }
+
+    /// `spec.expiration.autoExtend` and the data within the warning window (at most once per TTL).
+    fn extend_due(&self) -> bool {
+        let ttl = self.obj.spec.ttl_in_days;
+        self.obj.spec.expiration.as_ref().is_some_and(|e| e.auto_extend)
+            && expiry::extend_due(
+                expiry::compute(&self.status, ttl).as_ref(),
+                ttl,
+                now().0,
+                self.ctx.timing.expiration_warning,
+            )
+    }
+
+    /// `spec.ingestion.schedule` and `timeZone`, parsed (`Ok(None)` without a schedule).
+    pub(super) fn schedule(&self) -> Result<Option<Schedule>, String> {
+        let ingestion = &self.obj.spec.ingestion;
+        ingestion
+            .schedule
+            .as_deref()
+            .map(|expr| Schedule::parse(expr, ingestion.time_zone.as_deref()))
+            .transpose()
+    }
+
+    /// The latest scheduled time not yet served: after the last one a run was started for, or
+    /// after the object's creation (its first run covers what came before).
+    pub(super) fn schedule_due(&self) -> Option<Time> {
+        let schedule = self.schedule().ok()??;
+        let after = self
+            .status
+            .last_scheduled_time
+            .as_ref()
+            .or(self.obj.metadata.creation_timestamp.as_ref())?;
+        schedule.latest_due(after.0, now().0).map(Time)
     }
 
     pub(super) fn key(&self) -> (String, String) {
@@ -331,6 +407,10 @@ impl<'a> Pass<'a> {
     }
 
     pub(super) async fn event(&self, type_: EventType, reason: &str, note: String) {
+        if !self.ctx.event_is_new(&self.key(), reason, &note) {
+            tracing::debug!(reason, "Event repeats the previous one; not published again");
+            return;
+        }
         self.ctx.event(&self.reference, type_, reason, reason, note).await;
     }
 
@@ -342,10 +422,81 @@ impl<'a> Pass<'a> {
             Some(h) => h,
             None => self.plan().health,
         };
+        // Data expiration, computed from the runs (AEP does not report it). An expired audience
+        // that is otherwise in sync is Stalled: only a run (or an extension) brings it back.
+        let at = now();
+        let warning = self.ctx.timing.expiration_warning;
+        self.status.data_expiration = expiry::compute(&self.status, self.obj.spec.ttl_in_days);
+        let expiration = self.status.data_expiration.clone();
+        let state = expiry::state(expiration.as_ref(), at.0, warning);
+        let mut event = out.event;
+        let health = match (health, state) {
+            (Health::Ready { .. }, expiry::State::Expired(when)) => {
+                let msg = format!(
+                    "The audience's data expired at {when} ({} plus ttlInDays): AEP no longer activates it and its \
+                     profile count is 0. Set the {RUN_REQUESTED_AT} annotation to ingest again, or set \
+                     spec.expiration.autoExtend to extend it before it expires",
+                    if expiration.as_ref().is_some_and(|d| d.source == expiry::FROM_EXTENSION) {
+                        "the last extension"
+                    } else {
+                        "the last successful run"
+                    },
+                );
+                if event.is_none() && !self.was(conditions::STALLED, reasons::DATA_EXPIRED) {
+                    event = Some((EventType::Warning, events::DATA_EXPIRED, msg.clone()));
+                }
+                Health::stalled(reasons::DATA_EXPIRED, msg)
+            }
+            (h, _) => h,
+        };
         self.record_health(&health, out.block);
+        if let Some(d) = &expiration {
+            let (expiring, reason, message) = match state {
+                expiry::State::ExpiringSoon(when) => (
+                    true,
+                    reasons::DATA_EXPIRING_SOON,
+                    format!(
+                        "The data expires at {when}, within {}: request a run or set spec.expiration.autoExtend",
+                        jiff::SignedDuration::try_from(warning).unwrap_or_default()
+                    ),
+                ),
+                expiry::State::Expired(when) => (false, reasons::DATA_EXPIRED, format!("The data expired at {when}")),
+                expiry::State::Fresh => (
+                    false,
+                    reasons::DATA_FRESH,
+                    format!("The data expires at {}", d.expires_at.0),
+                ),
+            };
+            if expiring && event.is_none() && !self.was(conditions::DATA_EXPIRING, reasons::DATA_EXPIRING_SOON) {
+                event = Some((EventType::Warning, events::DATA_EXPIRING_SOON, message.clone()));
+            }
+            self.status.conditions = with_condition(
+                &self.status.conditions,
+                &self.original.conditions,
+                conditions::DATA_EXPIRING,
+                expiring,
+                reason,
+                message,
+                self.generation,
+                &at,
+            );
+        }
+        let expiry_wake = expiry::next_check(expiration.as_ref(), at.0, warning);
+        // The next scheduled time: shown, and this object is looked at again then.
+        let schedule = self.schedule().ok().flatten();
+        let next_scheduled = schedule.as_ref().and_then(|s| s.next_after(now().0));
+        self.status.next_scheduled_time = next_scheduled.map(Time);
+        let wake = next_scheduled
+            .map(|t| {
+                // A little after the time, so that it is due when the pass runs.
+                Duration::try_from(t.duration_since(now().0)).unwrap_or_default() + SCHEDULE_WAKE_MARGIN
+            })
+            .into_iter()
+            .chain(expiry_wake.map(|d| d + SCHEDULE_WAKE_MARGIN))
+            .min();
         if self.status != self.original {
             self.write_status().await?;
-            if let Some((type_, reason, note)) = out.event {
+            if let Some((type_, reason, note)) = event {
                 self.event(type_, reason, note).await;
             }
         }
@@ -353,12 +504,17 @@ impl<'a> Pass<'a> {
         Ok(match out.next {
             Next::After(d) => {
                 self.ctx.reset_backoff(&key);
-                Action::requeue(Context::jitter(d))
+                let d = Context::jitter(d);
+                Action::requeue(wake.map_or(d, |w| w.min(d)))
+            }
+            Next::Exactly(d) => {
+                self.ctx.reset_backoff(&key);
+                Action::requeue(wake.map_or(d, |w| w.min(d)))
             }
             Next::Backoff(retry_after) => Action::requeue(self.ctx.backoff(key, retry_after)),
             Next::Await => {
                 self.ctx.reset_backoff(&key);
-                Action::await_change()
+                wake.map_or_else(Action::await_change, Action::requeue)
             }
         })
     }
@@ -397,6 +553,9 @@ impl<'a> Pass<'a> {
         };
         self.conditioned = false;
         self.rv = updated.resource_version();
+        if let Some(rv) = &self.rv {
+            self.ctx.wrote(self.key(), rv.clone());
+        }
         self.original = updated.status.unwrap_or_default();
         self.status = self.original.clone();
         Ok(())
@@ -426,6 +585,7 @@ impl<'a> Pass<'a> {
             Step::StartRun { audience_id } => self.start_run(s, &audience_id).await,
             Step::Block { reason, message } => Ok(Outcome::blocked(reason, message, events::AEP_ERROR)),
             Step::Wait => Ok(Outcome::planned(Next::Await)),
+            Step::Idle { audience_id } if self.extend_due() => self.extend_ttl(s, &audience_id).await,
             Step::Idle { audience_id } => self.idle(s, &audience_id).await,
         }
     }

@@ -11,8 +11,8 @@ use kube::{
 
 use crate::{
     aep::{
-        CreateAudienceRequest, CreateAudienceResponse, Error, ExternalAudience as AepAudience, Operation,
-        PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
+        CreateAudienceRequest, CreateAudienceResponse, Error, ExtendTtlResponse, ExternalAudience as AepAudience,
+        Operation, PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
     },
     api::ExternalAudience,
 };
@@ -36,6 +36,7 @@ pub trait AepApi: Send + Sync {
     fn get_run(&self, audience_id: &str, run_id: &str) -> impl Future<Output = Result<Run, Error>> + Send;
     fn list_runs(&self, audience_id: &str) -> impl Future<Output = Result<Vec<Run>, Error>> + Send;
     fn delete_audience(&self, audience_id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn extend_ttl(&self, audience_id: &str) -> impl Future<Output = Result<ExtendTtlResponse, Error>> + Send;
 }
 
 impl AepApi for Session {
@@ -75,6 +76,9 @@ impl AepApi for Session {
     }
     fn delete_audience(&self, audience_id: &str) -> impl Future<Output = Result<(), Error>> + Send {
         Session::delete_audience(self, audience_id)
+    }
+    fn extend_ttl(&self, audience_id: &str) -> impl Future<Output = Result<ExtendTtlResponse, Error>> + Send {
+        Session::extend_ttl(self, audience_id)
     }
 }
 

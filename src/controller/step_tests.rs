@@ -9,6 +9,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     ResourceExt,
     runtime::{
@@ -26,7 +27,7 @@ use super::{
 };
 use crate::{
     aep::{
-        AepClient, ClientConfig, CreateAudienceRequest, CreateAudienceResponse, Error as AepError,
+        AepClient, ClientConfig, CreateAudienceRequest, CreateAudienceResponse, Error as AepError, ExtendTtlResponse,
         ExternalAudience as AepAudience, Operation, OperationStatus, PatchAudienceRequest, Run, RunStatus,
         StartRunRequest, UpsAudience,
         error::{Call, ErrorKind},
@@ -50,6 +51,7 @@ struct FakeAep {
     run: Answer<Run>,
     runs: Answer<Vec<Run>>,
     delete: Answer<()>,
+    extend: Answer<ExtendTtlResponse>,
     calls: Mutex<Vec<&'static str>>,
 }
 
@@ -102,6 +104,9 @@ impl AepApi for FakeAep {
     }
     async fn delete_audience(&self, _: &str) -> Result<(), AepError> {
         pop("delete", &self.calls, &self.delete)
+    }
+    async fn extend_ttl(&self, _: &str) -> Result<ExtendTtlResponse, AepError> {
+        pop("extend_ttl", &self.calls, &self.extend)
     }
 }
 
@@ -620,6 +625,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
                 generation: 1,
                 spec_hash: "h".into(),
                 run_request: None,
+                scheduled_for: None,
             }),
             ..created()
         };
@@ -770,4 +776,282 @@ fn passes_are_triggered_by_spec_annotations_finalizers_and_deletion_not_status()
     let mut deleted = base.clone();
     deleted.metadata.deletion_timestamp = Some(super::reconcile::now());
     assert_ne!(h(&base), h(&deleted), "deletion");
+}
+
+/// The happy path writes status once per pass, plus the marker before each non-idempotent call:
+/// create 2 (marker, operation id), operation SUCCESS 1, start run 2 (marker, run id), run
+/// SUCCESS 1. Six writes and the finalizer are the minimum that keeps exactly-once (the markers
+/// make a lost answer recoverable; each id must be recorded as soon as it is known).
+#[tokio::test]
+async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
+    let aep = FakeAep::default();
+    aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+    aep.create
+        .lock()
+        .expect("q")
+        .push_back(Ok(serde_json::from_value(json!({"operationId": "op"})).expect("answer")));
+    let (st, _, writes) = run_step(Default::default(), Step::Create, &aep).await;
+    assert_eq!((st.operation_id.as_deref(), writes), (Some("op"), 2), "create");
+
+    let aep = FakeAep::default();
+    aep.operation.lock().expect("q").push_back(Ok(serde_json::from_value(
+        json!({"operationId": "op", "status": "SUCCESS", "audienceId": "aud"}),
+    )
+    .expect("answer")));
+    let (st, _, writes) = run_step(
+        st,
+        Step::PollOperation {
+            operation_id: "op".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!((st.audience_id.as_deref(), writes), (Some("aud"), 1), "operation done");
+
+    let aep = FakeAep::default();
+    aep.start_run.lock().expect("q").push_back(Ok(
+        serde_json::from_value(json!({"runId": "r1", "audienceId": "aud"})).expect("answer")
+    ));
+    let (st, _, writes) = run_step(
+        created(),
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(
+        (st.last_run.as_ref().map(|r| r.run_id.as_str()), writes),
+        (Some("r1"), 2),
+        "start run"
+    );
+
+    let aep = FakeAep::default();
+    aep.run.lock().expect("q").push_back(Ok(serde_json::from_value(
+        json!({"runId": "r1", "audienceId": "aud", "status": "SUCCESS"}),
+    )
+    .expect("answer")));
+    let (st, _, writes) = run_step(
+        st,
+        Step::PollRun {
+            audience_id: "aud".into(),
+            run_id: "r1".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(
+        (reason(&st, "Ready").as_deref(), writes),
+        (Some(reasons::READY), 1),
+        "run done"
+    );
+}
+
+/// Runs `step` for `obj` with a given context (shared across objects, like the operator's).
+async fn run_step_in(ctx: &Context, obj: ExternalAudience, step: Step, aep: &FakeAep) -> ExternalAudienceStatus {
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+    };
+    let mut pass = Pass::new(&obj, ctx, &store);
+    let out = pass.run(step, aep).await.expect("step");
+    pass.finish(out).await.expect("finish");
+    store.obj.lock().expect("obj").status.clone().unwrap_or_default()
+}
+
+fn context_with(runs_per_sandbox_per_day: u32) -> Context {
+    let base = context();
+    Context::new(
+        base.client.clone(),
+        AepClient::new(ClientConfig::default()).expect("client"),
+        base.recorder.clone(),
+        Timing::default(),
+        Arc::new(Metrics::default()),
+        Options {
+            run_limit: RunLimit::default(),
+            runs_per_sandbox_per_day,
+            ..Options::default()
+        },
+        base.objects.clone(),
+    )
+}
+
+#[tokio::test]
+async fn over_the_sandbox_budget_a_run_is_deferred_to_the_next_utc_day_without_a_request() {
+    let ctx = context_with(1);
+    let with_org = || ExternalAudienceStatus {
+        org_id: Some("ORG@AdobeOrg".into()),
+        ..created()
+    };
+    let aep = FakeAep::default();
+    aep.start_run.lock().expect("q").push_back(Ok(
+        serde_json::from_value(json!({"runId": "r1", "audienceId": "aud"})).expect("answer")
+    ));
+    let first = run_step_in(
+        &ctx,
+        object(with_org()),
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(first.last_run.map(|r| r.run_id).as_deref(), Some("r1"));
+
+    let mut other = object(with_org());
+    other.metadata.name = Some("second".into());
+    let aep = FakeAep::default();
+    let st = run_step_in(
+        &ctx,
+        other,
+        Step::StartRun {
+            audience_id: "aud2".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert!(aep.calls.lock().expect("calls").is_empty(), "no request while deferred");
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling")
+        .expect("c")
+        .message;
+    let tomorrow = super::budget::RunBudget::next_window(super::reconcile::now().0);
+    assert!(
+        msg.contains("(1/1 runs today, UTC)") && msg.contains(&tomorrow.to_string()),
+        "{msg}"
+    );
+    assert!(st.run_pending.is_none(), "no marker: nothing was sent");
+}
+
+#[tokio::test]
+async fn the_per_audience_limit_stalls_before_aep_would_refuse() {
+    let aep = FakeAep::default();
+    let status = ExternalAudienceStatus {
+        run_counts: Some(crate::api::RunCounts {
+            total: 10,
+            day: "2000-01-01".into(),
+            today: 0,
+        }),
+        ..created()
+    };
+    let (st, _, _) = run_step(
+        status,
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(aep.mutating_calls(), 0, "nothing sent");
+    assert_eq!(
+        reason(&st, "Stalled").as_deref(),
+        Some(reasons::INGESTION_LIMIT_REACHED)
+    );
+    let msg = &st.conditions.iter().find(|c| c.type_ == "Stalled").expect("c").message;
+    assert!(
+        msg.contains("10 ingestion runs in its lifetime") && msg.contains("autoExtend"),
+        "{msg}"
+    );
+}
+
+/// A Ready status whose last successful run ended `ago` ago (default TTL: 30 days).
+fn ingested(ago: jiff::SignedDuration) -> ExternalAudienceStatus {
+    let end = super::reconcile::now().0 - ago;
+    let mut st = ready();
+    st.last_run = Some(IngestionRun {
+        run_id: "r1".into(),
+        generation: 1,
+        status: RunState::Success,
+        start_time: Some(Time(end)),
+        end_time: Some(Time(end)),
+        message: None,
+    });
+    st
+}
+
+fn condition_of<'a>(
+    st: &'a ExternalAudienceStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    st.conditions.iter().find(|c| c.type_ == type_).expect("condition")
+}
+
+#[tokio::test]
+async fn expiring_data_is_announced_then_reported_expired_as_stalled() {
+    let day = jiff::SignedDuration::from_hours(24);
+    // 28 of 30 days gone: within the 72 h window, still Ready.
+    let (st, _, _) = run_step(ingested(day * 28), Step::Wait, &FakeAep::default()).await;
+    assert_eq!(reason(&st, "Ready").as_deref(), Some(reasons::READY));
+    let c = condition_of(&st, "DataExpiring");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::DATA_EXPIRING_SOON)
+    );
+    assert_eq!(
+        st.data_expiration.as_ref().map(|d| d.source.as_str()),
+        Some("LastSuccessfulRun")
+    );
+    // 31 days: expired, Stalled (kstatus Failed, Argo CD Degraded).
+    let (st, _, _) = run_step(ingested(day * 31), Step::Wait, &FakeAep::default()).await;
+    assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::DATA_EXPIRED));
+    assert_eq!(condition_of(&st, "DataExpiring").status, "False");
+    // 10 days: fresh.
+    let (st, _, _) = run_step(ingested(day * 10), Step::Wait, &FakeAep::default()).await;
+    assert_eq!(reason(&st, "Ready").as_deref(), Some(reasons::READY));
+    assert_eq!(condition_of(&st, "DataExpiring").reason, reasons::DATA_FRESH);
+}
+
+#[tokio::test]
+async fn auto_extend_extends_once_within_the_window_and_not_again_that_period() {
+    let day = jiff::SignedDuration::from_hours(24);
+    let ctx = context();
+    let mut obj = object(ingested(day * 28));
+    obj.spec.expiration = Some(crate::api::ExpirationSpec { auto_extend: true });
+    let aep = FakeAep::default();
+    aep.extend.lock().expect("q").push_back(Ok(serde_json::from_value(
+        json!({"audienceId": "aud", "name": "loyalty"}),
+    )
+    .expect("answer")));
+    let st = run_step_in(
+        &ctx,
+        obj.clone(),
+        Step::Idle {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(*aep.calls.lock().expect("calls"), ["extend_ttl"]);
+    let d = st.data_expiration.clone().expect("expiration");
+    assert_eq!(d.source, "Extension");
+    // Pushed out by the TTL from the old expiration (2 days away): 32 days from now.
+    let expected = super::reconcile::now().0 + day * 32;
+    assert!(
+        d.expires_at.0.duration_since(expected).abs() < jiff::SignedDuration::from_secs(60),
+        "{d:?}"
+    );
+    assert_eq!(condition_of(&st, "DataExpiring").status, "False");
+    // The next pass is in the same period: no second extension.
+    obj.status = Some(st);
+    let again = FakeAep::default();
+    again.audience.lock().expect("q").push_back(Ok(serde_json::from_value(
+        json!({"id": "aud", "name": "loyalty", "labels": ["core/C1"]}),
+    )
+    .expect("answer")));
+    let _ = run_step_in(
+        &ctx,
+        obj,
+        Step::Idle {
+            audience_id: "aud".into(),
+        },
+        &again,
+    )
+    .await;
+    assert!(
+        !again.calls.lock().expect("calls").contains(&"extend_ttl"),
+        "once per period"
+    );
 }

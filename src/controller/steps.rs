@@ -13,17 +13,24 @@
 
 use std::time::Duration;
 
-use kube::{ResourceExt, runtime::events::EventType};
+use kube::{
+    ResourceExt,
+    runtime::{events::EventType, reflector::Store},
+};
 
 use super::{
     Error,
-    plan::{self, Attribution, attribute},
+    budget::{Grant, Priority},
+    plan::{self, Attribution, Facts, attribute},
     reconcile::{Next, Outcome, Pass, now},
     seams::AepApi,
 };
 use crate::{
     aep::{self, ErrorKind, OperationStatus, RunStatus, UpsAudience},
-    api::{IngestionRun, OwnershipProof, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState, events, reasons},
+    api::{
+        ExternalAudience, IngestionRun, OwnershipProof, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState,
+        events, reasons,
+    },
     config::{MissingAudiencePolicy, RunWindow},
     status::{Health, stable_message},
 };
@@ -99,8 +106,7 @@ impl Pass<'_> {
                 self.status.operation_id = Some(resp.operation_id.clone());
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)).note(
                     EventType::Normal,
                     events::AUDIENCE_CREATE_REQUESTED,
                     format!(
@@ -108,9 +114,7 @@ impl Pass<'_> {
                         self.audience_name(),
                         resp.operation_id
                     ),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)))
+                ))
             }
             Err(e) => match e.kind() {
                 // AEP refused: nothing was created, and a name conflict is not proof of anything.
@@ -149,16 +153,13 @@ impl Pass<'_> {
         self.status.create_pending_since = None;
         // The create carried the spec of its time: PATCH once to be sure.
         self.status.applied_spec_hash = None;
-        self.write_status().await?;
-        self.event(
+        Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
             EventType::Normal,
             events::AUDIENCE_RECOVERED,
             format!(
                 "Found audience {audience_id} carrying this object's customAudienceId (its create's answer was lost)"
             ),
-        )
-        .await;
-        Ok(Outcome::planned(Next::After(Duration::ZERO)))
+        ))
     }
 
     /// A create was sent but its answer was lost (or its operation is unknown): find the audience
@@ -254,14 +255,11 @@ impl Pass<'_> {
                 tracing::info!(audience_id = %id, "Audience created");
                 self.status.audience_id = Some(id.clone());
                 self.status.ownership = Some(OwnershipProof::CreateOperation);
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
                     events::AUDIENCE_CREATED,
                     format!("Created audience {id}"),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(Duration::ZERO)))
+                ))
             }
             (OperationStatus::Success, None) => Ok(Outcome::blocked(
                 reasons::UNEXPECTED_RESPONSE,
@@ -295,14 +293,11 @@ impl Pass<'_> {
         if self.status.custom_audience_id.is_none() {
             self.status.custom_audience_id = Some(self.custom_audience_id()?);
         }
-        self.write_status().await?;
-        self.event(
+        Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
             EventType::Warning,
             events::OPERATION_LOST,
             format!("AEP no longer knows create operation {operation_id}; looking for its audience by proof"),
-        )
-        .await;
-        Ok(Outcome::planned(Next::After(Duration::ZERO)))
+        ))
     }
 
     pub(super) async fn adopt(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
@@ -324,14 +319,11 @@ impl Pass<'_> {
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = None;
                 self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
                     events::AUDIENCE_ADOPTED,
                     format!("Adopted audience {audience_id}"),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(Duration::ZERO)))
+                ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Re-checked on a long interval: the audience may still be on its way to lookups.
@@ -357,14 +349,11 @@ impl Pass<'_> {
             Ok(_) => {
                 tracing::info!(audience_id, "Updated audience");
                 self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
                     events::AUDIENCE_UPDATED,
                     format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(Duration::ZERO)))
+                ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
             Err(e) => Ok(self.failure(&e, "updating the audience")),
@@ -394,15 +383,103 @@ impl Pass<'_> {
         });
         self.status.ingested_spec_hash = Some(pending.spec_hash.clone());
         self.status.ingested_run_request = pending.run_request.clone();
+        if let Some(t) = &pending.scheduled_for {
+            self.status.last_scheduled_time = Some(t.clone());
+        }
+        let day = pending.since.0.strftime("%Y-%m-%d").to_string();
+        let counts = self.status.run_counts.get_or_insert_with(Default::default);
+        counts.total += 1;
+        if counts.day == day {
+            counts.today += 1;
+        } else {
+            counts.day = day;
+            counts.today = 1;
+        }
         self.status.run_pending = None;
     }
 
+    /// Runs counted against `--max-runs-per-audience` for the current window.
+    fn runs_counted(&self, today: &str) -> u32 {
+        let counts = self.status.run_counts.clone().unwrap_or_default();
+        match self.ctx.run_limit.window {
+            RunWindow::Lifetime => counts.total,
+            RunWindow::Day if counts.day == today => counts.today,
+            RunWindow::Day => 0,
+        }
+    }
+
+    /// Before a run: the per-audience limit (known from the runs this operator started), then the
+    /// sandbox's daily budget shared with every object of the (org, sandbox). Either way, a run
+    /// that cannot start costs no request.
+    fn run_allowed(&mut self, audience_id: &str) -> Option<Outcome> {
+        let now = now().0;
+        let today = now.strftime("%Y-%m-%d").to_string();
+        let limit = self.ctx.run_limit;
+        let counted = self.runs_counted(&today);
+        if counted >= limit.max {
+            let window = match limit.window {
+                RunWindow::Lifetime => "in its lifetime",
+                RunWindow::Day => "today (UTC)",
+            };
+            let msg = format!(
+                "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience:                  no run is sent (AEP would refuse it). Extend the data's TTL instead of re-ingesting                  (spec.expiration.autoExtend), or manage a new audience with a new ExternalAudience",
+                limit.max
+            );
+            return Some(Outcome::blocked(
+                reasons::INGESTION_LIMIT_REACHED,
+                msg,
+                events::INGESTION_LIMIT_REACHED,
+            ));
+        }
+        let demand = plan::run_owed(&Facts {
+            schedule_due: None,
+            ..self.facts()
+        });
+        let (priority, since) = match (demand, self.schedule_due()) {
+            (false, Some(due)) => (Priority::Scheduled, due.0),
+            _ => (
+                Priority::Demand,
+                self.obj.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+            ),
+        };
+        let org = self.status.org_id.clone().unwrap_or_default();
+        let sandbox = self.obj.spec.sandbox.clone();
+        let objects = &self.ctx.objects;
+        let grant = self
+            .ctx
+            .budget
+            .claim(&org, &sandbox, &self.key(), priority, since, now, |day| {
+                runs_started_on(objects, &org, &sandbox, day)
+            });
+        match grant {
+            Grant::Go => None,
+            Grant::Wait { used, limit, until } => {
+                let wait = Duration::try_from(until.duration_since(now)).unwrap_or_default();
+                let msg = format!(
+                    "Run deferred: the run budget of sandbox {sandbox:?} is used ({used}/{limit} runs today, UTC);                      this run can start at {until} (spec changes and run requests first, then scheduled refreshes,                      oldest first). Nothing is sent to AEP until then"
+                );
+                Some(
+                    Outcome::with(
+                        Health::progressing(reasons::RUN_DEFERRED, msg.clone()),
+                        Next::Exactly(wait),
+                    )
+                    .note(EventType::Normal, events::RUN_DEFERRED, msg),
+                )
+            }
+        }
+    }
+
     pub(super) async fn start_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        if let Some(out) = self.run_allowed(audience_id) {
+            return Ok(out);
+        }
         let pending = RunPending {
             since: now(),
             generation: self.generation,
             spec_hash: plan::ingest_hash(&self.obj.spec, self.audience_name()),
             run_request: self.run_request().map(str::to_owned),
+            // A run started while a scheduled time is due serves it, whatever else it is for.
+            scheduled_for: self.schedule_due(),
         };
         self.status.run_pending = Some(pending.clone());
         self.write_marker().await?;
@@ -411,17 +488,14 @@ impl Pass<'_> {
                 tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
                 self.ctx.metrics.count_run("started");
                 self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(self.ctx.timing.run_poll)).note(
                     EventType::Normal,
                     events::INGESTION_STARTED,
                     format!(
                         "Started ingestion run {} for generation {}",
                         run.run_id, self.generation
                     ),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(self.ctx.timing.run_poll)))
+                ))
             }
             // The answer was lost after sending: the run may exist. Keep the marker; the next
             // pass looks for it in the audience's runs before starting another.
@@ -437,13 +511,21 @@ impl Pass<'_> {
                 .note(EventType::Warning, events::AEP_ERROR, msg))
             }
             Err(e) => {
-                // Not processed or refused: no run was started.
+                // Not processed or refused: no run was started; the budget is given back, unless
+                // AEP says the sandbox's daily cap is reached (runs started elsewhere count too).
                 self.status.run_pending = None;
+                let (org, sandbox, now) = (
+                    self.status.org_id.clone().unwrap_or_default(),
+                    self.obj.spec.sandbox.clone(),
+                    now().0,
+                );
+                if e.message().contains("per sandbox") {
+                    self.ctx.budget.spent(&org, &sandbox, now);
+                } else {
+                    self.ctx.budget.refund(&org, &sandbox, now);
+                }
                 match e.kind() {
-                    ErrorKind::NotFound => {
-                        self.write_status().await?;
-                        self.audience_missing(audience_id).await
-                    }
+                    ErrorKind::NotFound => self.audience_missing(audience_id).await,
                     ErrorKind::NotNow { .. } => self.run_refused(s, audience_id, &e).await,
                     _ => Ok(self.failure(&e, "starting an ingestion run")),
                 }
@@ -512,20 +594,17 @@ impl Pass<'_> {
             Some(run) => {
                 let state = run_state(&run.status);
                 self.record_run(run.run_id.clone(), state, &pending, run_message(&run));
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
                     events::INGESTION_STARTED,
                     format!("Found ingestion run {} whose start answer was lost", run.run_id),
-                )
-                .await;
+                ))
             }
             None => {
                 self.status.run_pending = None;
-                self.write_status().await?;
+                Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
         }
-        Ok(Outcome::planned(Next::After(Duration::ZERO)))
     }
 
     pub(super) async fn poll_run(
@@ -619,14 +698,11 @@ impl Pass<'_> {
                 want_labels.sort();
                 if a.description.unwrap_or_default() != want_desc || have_labels != want_labels {
                     self.status.applied_spec_hash = None;
-                    self.write_status().await?;
-                    self.event(
+                    return Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                         EventType::Normal,
                         events::DRIFT_CORRECTED,
                         format!("Audience {audience_id} drifted in AEP (description or labels); patching it back to the spec"),
-                    )
-                    .await;
-                    return Ok(Outcome::planned(Next::After(Duration::ZERO)));
+                    ));
                 }
                 Ok(Outcome::planned(Next::After(interval)))
             }
@@ -673,18 +749,17 @@ impl Pass<'_> {
                 self.status.run_pending = None;
                 self.status.adopted = false;
                 self.status.ownership = None;
+                self.status.run_counts = None;
+                self.status.data_expiration = None;
                 if let Some(prev) = self.status.last_run.take() {
                     self.status.run_history.insert(0, prev);
                     self.status.run_history.truncate(RUN_HISTORY_LIMIT);
                 }
-                self.write_status().await?;
-                self.event(
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Warning,
                     events::AUDIENCE_MISSING,
                     format!("Audience {audience_id} was deleted in AEP outside this operator; creating it again"),
-                )
-                .await;
-                Ok(Outcome::planned(Next::After(Duration::ZERO)))
+                ))
             }
         }
     }
@@ -711,4 +786,50 @@ fn run_message(run: &aep::Run) -> Option<String> {
             .collect();
         (!failed.is_empty()).then(|| failed.join("; "))
     })
+}
+
+/// Runs started on UTC day `day` by the objects of (org, sandbox), from their status (the run
+/// budget's count after a restart).
+fn runs_started_on(objects: &Store<ExternalAudience>, org: &str, sandbox: &str, day: i64) -> u32 {
+    objects
+        .state()
+        .iter()
+        .filter(|o| o.spec.sandbox == sandbox)
+        .filter_map(|o| o.status.as_ref())
+        .filter(|st| st.org_id.as_deref() == Some(org))
+        .flat_map(|st| st.last_run.iter().chain(st.run_history.iter()))
+        .filter(|r| {
+            r.start_time
+                .as_ref()
+                .is_some_and(|t| t.0.as_second().div_euclid(86_400) == day)
+        })
+        .count() as u32
+}
+
+impl Pass<'_> {
+    /// `spec.expiration.autoExtend`: one extend-TTL call. Not idempotent: a lost answer is retried
+    /// and may extend twice (harmless: the expiration moves one more TTL out).
+    pub(super) async fn extend_ttl(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let ttl = self.obj.spec.ttl_in_days;
+        let at = now().0;
+        let current = crate::controller::expiry::compute(&self.status, ttl);
+        match s.extend_ttl(audience_id).await {
+            Ok(_) => {
+                let extended = crate::controller::expiry::extended(current.as_ref(), ttl, at);
+                let msg = format!(
+                    "Extended the data expiration of audience {audience_id} to {} (spec.expiration.autoExtend)",
+                    extended.expires_at.0
+                );
+                tracing::info!(audience_id, expires_at = %extended.expires_at.0, "Extended the data expiration");
+                self.status.data_expiration = Some(extended);
+                Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
+                    EventType::Normal,
+                    events::AUDIENCE_TTL_EXTENDED,
+                    msg,
+                ))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+            Err(e) => Ok(self.failure(&e, "extending the data expiration")),
+        }
+    }
 }

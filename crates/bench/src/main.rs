@@ -55,8 +55,9 @@ struct Args {
     /// Objects per scenario; several run one after another (`--n 100 --n 1000`).
     #[arg(long, default_value = "1000")]
     n: Vec<usize>,
-    /// Concurrent requests of the bench's own client (creates and the limit's writes).
-    #[arg(long, default_value_t = 32)]
+    /// Objects in flight of the bench's own client (creates, and the limit's writes): high enough
+    /// that the kube-apiserver, not the client, is what binds.
+    #[arg(long, default_value_t = 128)]
     client_concurrency: usize,
     /// Operator `--concurrency`.
     #[arg(long, default_value_t = 32)]
@@ -94,6 +95,13 @@ struct Args {
     /// Run the operator under `nice -n 19` (a shared machine).
     #[arg(long)]
     nice: bool,
+    /// Replace the table between `<!-- bench:begin -->` and `<!-- bench:end -->` in this file
+    /// (README.md) with this run's.
+    #[arg(long)]
+    readme: Option<PathBuf>,
+    /// The command line to show above the table in the README.
+    #[arg(long, env = "BENCH_COMMAND", default_value = "make bench")]
+    command: String,
 }
 
 /// One scenario's measurements.
@@ -234,6 +242,18 @@ async fn main() -> anyhow::Result<()> {
         "runs": runs.iter().map(Run::json).collect::<Vec<_>>(),
         "peer": peer,
     });
+    let table = markdown(&runs, peer.as_ref(), &args, &stamp);
+    std::fs::write(args.out_dir.join(format!("{stamp}.md")), &table)?;
+    if let Some(readme) = &args.readme {
+        let text = std::fs::read_to_string(readme)?;
+        let (begin, end) = ("<!-- bench:begin -->\n", "<!-- bench:end -->");
+        let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+            bail!("{} has no {begin:?} … {end:?} markers", readme.display());
+        };
+        let updated = format!("{}{begin}{table}{}", &text[..b], &text[e..]);
+        std::fs::write(readme, updated)?;
+        println!("updated the table in {}", readme.display());
+    }
     let json_path = args.out_dir.join(format!("{stamp}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)?;
     let svg_path = args.out_dir.join(format!("{stamp}.svg"));
@@ -482,6 +502,8 @@ impl Bench {
             ])
             .args(["--concurrency", &self.args.concurrency.to_string()])
             .args(["--aep-requests-per-second", &rps.to_string()])
+            // One sandbox, thousands of runs: the emulator's cap is lifted, so is the operator's.
+            .args(["--max-runs-per-sandbox-per-day", "100000000"])
             .args(["--operation-poll-interval", op_poll, "--run-poll-interval", run_poll])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -739,6 +761,100 @@ fn print_table(runs: &[Run], args: &Args) {
          operator --concurrency {} --aep-requests-per-second {} (poll 200ms; realistic: defaults 5s/15s)",
         args.client_concurrency, args.concurrency, args.rps
     );
+}
+
+/// The README's table: every scenario of this run, with the ratios the targets are about.
+fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> String {
+    let limit_of = |n: usize| {
+        runs.iter()
+            .find(|r| r.name == format!("limit-{n}"))
+            .map(|r| r.wall_secs)
+    };
+    let one = runs.iter().find(|r| r.name == "realistic-1").map(|r| r.wall_secs);
+    let sum = |m: &BTreeMap<String, f64>| m.values().sum::<f64>();
+    let mut out = format!(
+        "Run `{stamp}` (`bench/results/{stamp}.json`), command: `{}`; {} CPUs.\n\n\
+         | scenario | N | time to all Ready | vs | p50 | p99 | AEP req/object | kube req/object | peak RSS | CPU |\n\
+         |---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n",
+        args.command,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    for r in runs {
+        let rss = r.peak_rss_mib.map_or("-".to_owned(), |m| format!("{m:.1} MiB"));
+        let cpu = r.cpu_secs.map_or("-".to_owned(), |c| format!("{c:.2} s"));
+        if r.name.starts_with("steady") {
+            let per_min = |k: &str| {
+                r.extra
+                    .get(k)
+                    .and_then(Value::as_object)
+                    .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum::<f64>())
+            };
+            out.push_str(&format!(
+                "| steady state, {}s window | {} | - | - | - | - | {:.0} / min | {:.0} / min (all clients) | {rss} | {cpu} |\n",
+                r.wall_secs,
+                r.n,
+                per_min("aep_requests_per_minute"),
+                per_min("kube_requests_per_minute"),
+            ));
+            continue;
+        }
+        let (label, vs) = if let Some(rest) = r.name.strip_prefix("limit-") {
+            (
+                format!("limit: create + {WRITES_PER_OBJECT} writes, no logic ({rest})"),
+                "floor".to_owned(),
+            )
+        } else if r.name.starts_with("realistic") {
+            let vs = match (r.n, one) {
+                (1, _) => "one audience's own latency".to_owned(),
+                (_, Some(o)) => format!("{:.2} × one audience", r.wall_secs / o),
+                _ => "-".to_owned(),
+            };
+            ("operator, realistic AEP latency".to_owned(), vs)
+        } else {
+            let vs = limit_of(r.n).map_or("-".to_owned(), |l| format!("{:.2} × the limit", r.wall_secs / l));
+            let what = if r.name.ends_with("rps10") {
+                "operator, zero-latency AEP, default 10 req/s"
+            } else {
+                "operator, zero-latency AEP"
+            };
+            (what.to_owned(), vs)
+        };
+        let aep = sum(&r.aep_per_object);
+        out.push_str(&format!(
+            "| {label} | {} | {:.1} s | {vs} | {:.1} s | {:.1} s | {} | {:.1} | {rss} | {cpu} |\n",
+            r.n,
+            r.wall_secs,
+            r.p50_secs,
+            r.p99_secs,
+            if aep > 0.0 { format!("{aep:.2}") } else { "-".to_owned() },
+            sum(&r.kube_per_object),
+        ));
+    }
+    if let Some(p) = peer {
+        let per = p["secs_per_audience"].as_f64().unwrap_or(0.0);
+        let n = p["n"].as_u64().unwrap_or(0);
+        let realistic = runs
+            .iter()
+            .find(|r| r.name.starts_with("realistic") && r.n as u64 == n)
+            .map(|r| r.wall_secs);
+        out.push_str(&format!(
+            "| peer: sequential aepp-style script, realistic latency | {} timed | {per:.1} s per audience | - | | | {} | - | - | - |\n",
+            p["k"],
+            p["requests_per_audience"]
+                .as_object()
+                .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum::<f64>())
+        ));
+        out.push_str(&format!(
+            "| peer **extrapolated** to N (not run) | {n} | ≈ {:.0} s ({:.1} h) | {} | | | | | | |\n",
+            per * n as f64,
+            per * n as f64 / 3600.0,
+            realistic.map_or("-".to_owned(), |w| format!(
+                "{:.0} × the operator's realistic run",
+                per * n as f64 / w
+            )),
+        ));
+    }
+    out
 }
 
 /// Objects Ready over time, one line per scenario (limit and zero-latency operator runs).

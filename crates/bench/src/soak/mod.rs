@@ -181,10 +181,10 @@ fn default_model() -> Settings {
 
 /// AEP faults while the chaos lasts: about a fifth of the requests, before and after the work.
 fn chaos_faults(f: &mut Faults, mode: LostMode) {
-    f.rate_limit_probability = 0.05;
+    f.rate_limit_probability = 0.06;
     f.retry_after_secs = 2;
-    f.server_error_probability = 0.04;
-    f.unavailable_probability = 0.03;
+    f.server_error_probability = 0.05;
+    f.unavailable_probability = 0.04;
     f.hang_ms = 4000;
     for lost in [
         &mut f.lost_answers.create,
@@ -192,7 +192,7 @@ fn chaos_faults(f: &mut Faults, mode: LostMode) {
         &mut f.lost_answers.patch,
         &mut f.lost_answers.delete,
     ] {
-        lost.probability = 0.2;
+        lost.probability = 0.25;
         lost.mode = mode;
     }
 }
@@ -251,6 +251,8 @@ impl Soak {
             format!("--aep-ims-url={url}"),
             format!("--aep-requests-per-second={}", cfg.rps),
             "--concurrency=16".into(),
+            // The emulator's daily cap is out of reach too: the soak is about faults, not budgets.
+            "--max-runs-per-sandbox-per-day=1000000".into(),
             "--aep-request-timeout=3s".into(),
             "--operation-poll-interval=1s".into(),
             "--run-poll-interval=1s".into(),
