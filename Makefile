@@ -57,7 +57,7 @@ bench: envtest
 ## The chaos soak (crates/bench/src/soak): SOAK_N (1000) ExternalAudiences for SOAK_MINUTES (20)
 ## through operator SIGKILLs, kube-apiserver/etcd/emulator restarts, a 2-minute AEP outage and
 ## faults before and after the work; prints the invariant table, exit 1 if one fails. SOAK_SEED,
-## SOAK_RPS optional. Not part of `make test` (its 100-object, 3-minute smoke is: tests/soak_smoke.rs).
+## SOAK_RPS optional. Not part of `make test` (its 100-object, 3-minute smoke is: tests/soak/smoke.rs).
 soak: envtest
 	$(CARGO) build --locked --release -q -p audience-operator --bin controller -p bench --bin soak
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" \

@@ -105,6 +105,9 @@ impl Default for Metrics {
         for category in ["kube", "credentials", "finalizer"] {
             let _zero = reconcile_failures.get_or_create(&CategoryLabels { category });
         }
+        for outcome in ["started", "succeeded", "failed"] {
+            let _zero = ingestion_runs.get_or_create(&OutcomeLabels { outcome });
+        }
         Metrics {
             registry,
             reconcile_runs,
@@ -160,5 +163,23 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboards_series_exist_before_the_first_failure_or_run() {
+        let text = Metrics::default().encode();
+        for series in [
+            r#"externalaudience_reconcile_failures_total{category="kube"} 0"#,
+            r#"externalaudience_ingestion_runs_total{outcome="started"} 0"#,
+            r#"externalaudience_ingestion_runs_total{outcome="succeeded"} 0"#,
+            r#"externalaudience_ingestion_runs_total{outcome="failed"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
     }
 }

@@ -354,6 +354,17 @@ async fn invalid_specs_are_refused_with_field_named_messages() {
     if ok || !out.contains("must not contain whitespace") || !out.contains("identity field") {
         failures.push(format!("invalid sample: applied={ok}: {out}"));
     }
+    // The nightly-refresh sample (README's worked example) is accepted.
+    let nightly = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/samples/nightly-refresh.yaml"
+    ))
+    .expect("sample")
+    .replace("namespace: marketing", &format!("namespace: {ns}"));
+    let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&nightly));
+    if !ok {
+        failures.push(format!("nightly-refresh sample refused: {out}"));
+    }
     // And the valid object is accepted.
     let (ok, out) = apply(&valid(&ns, "good"));
     if !ok {

@@ -90,8 +90,10 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
         "--leader-elect".to_owned(),
         format!("--leader-elect-lease-name=lease-{}", env.ns),
         "--leader-elect-namespace=audience-operator".to_owned(),
-        "--leader-elect-lease-duration=4s".to_owned(),
-        "--leader-elect-grace=1s".to_owned(),
+        // The holder renews `grace` before the lease ends, so a frozen leader's lease is still
+        // valid for at least `grace` (5 s): the 2.5 s frozen-leader window below stays inside it.
+        "--leader-elect-lease-duration=8s".to_owned(),
+        "--leader-elect-grace=5s".to_owned(),
     ];
     let dir = support::control_plane().dir();
     let (log_a, log_b) = (

@@ -1,6 +1,8 @@
 //! End to end on the real control plane + AEP emulator + operator process (issue: core
 //! lifecycle). The operator runs with the ServiceAccount identity and `deploy/` RBAC.
 
+#[path = "soak/smoke.rs"]
+mod soak_smoke;
 mod support;
 
 use std::time::Duration;
@@ -377,8 +379,10 @@ async fn reaching_the_per_audience_run_limit_stalls_with_what_to_do() {
             && msg.contains("1 per audience"),
         "{msg}"
     );
-    // Not an endless RunDeferred: no further start-run attempts.
+    // Known before AEP refuses: the second run was never sent. And not an endless RunDeferred:
+    // no further start-run attempts.
     let sent = env.emulator.stats().received("start_run");
+    assert_eq!(sent, 1, "the run over the limit was not sent");
     let n = requests_over(&env, Duration::from_secs(8)).await;
     assert_eq!(
         env.emulator.stats().received("start_run"),
@@ -556,21 +560,28 @@ async fn the_sandbox_run_budget_defers_by_priority_sends_nothing_meanwhile_and_r
     let (ok, out) = env.apply_yaml(&yaml.join("\n---\n"));
     assert!(ok, "{out}");
     let tomorrow = jiff::Timestamp::from_second((jiff::Timestamp::now().as_second() / 86_400 + 1) * 86_400).unwrap();
-    // Day 1: five run (the oldest objects first, then by name), three wait for tomorrow.
-    for (i, n) in names.iter().enumerate() {
-        if i < 5 {
-            env.wait_ready(n, READY_TIMEOUT).await;
-        } else {
-            env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
-                let (status, reason, message) = condition(o, "Reconciling");
-                status == "True"
-                    && reason == "RunDeferred"
-                    && message.contains("(5/5 runs today, UTC)")
-                    && message.contains(&tomorrow.to_string())
-            })
-            .await;
+    let deferred_until = |o: &audience_operator::api::ExternalAudience, until: jiff::Timestamp| {
+        let (status, reason, message) = condition(o, "Reconciling");
+        status == "True"
+            && reason == "RunDeferred"
+            && message.contains("(5/5 runs today, UTC)")
+            && message.contains(&until.to_string())
+    };
+    // Day 1: five run (first come, first served: nobody was waiting yet), three wait for tomorrow.
+    let (ran, waiting) = support::wait_for("5 Ready and 3 deferred", READY_TIMEOUT, || async {
+        let mut ran = Vec::new();
+        let mut waiting = Vec::new();
+        for n in &names {
+            let o = env.get(n).await;
+            if is_ready(&o) {
+                ran.push(n.clone());
+            } else if deferred_until(&o, tomorrow) {
+                waiting.push(n.clone());
+            }
         }
-    }
+        (ran.len() == 5 && waiting.len() == 3).then_some((ran, waiting))
+    })
+    .await;
     assert_eq!(env.emulator.stats().runs_started, 5, "exactly five runs that day");
     // Deferred objects send nothing (and the Ready ones have nothing to send).
     let before: u64 = env.emulator.stats().received.values().sum();
@@ -579,44 +590,55 @@ async fn the_sandbox_run_budget_defers_by_priority_sends_nothing_meanwhile_and_r
     assert_eq!(after, before, "no AEP request while deferred");
 
     // A spec change on a Ready object: it waits too, but goes before the scheduled refreshes.
+    let changed = ran[0].clone();
     env.merge_spec(
-        &names[0],
+        &changed,
         serde_json::json!({"description": "Changed while the budget is spent"}),
     )
     .await;
-    env.wait_obj(&names[0], "the expected budget/expiry state", READY_TIMEOUT, |o| {
-        condition(o, "Reconciling").1 == "RunDeferred"
+    env.wait_obj(&changed, "deferred spec change", READY_TIMEOUT, |o| {
+        deferred_until(o, tomorrow)
     })
     .await;
 
-    // The next day (both clocks): 3 deferred first runs + the spec change go first (4), then one
-    // of the 4 scheduled refreshes (same due time: by name); the other three wait again.
+    // The next day (both clocks): the 3 deferred first runs and the spec change go first (4),
+    // then one of the 4 scheduled refreshes (same due time); the other three wait again.
     env.emulator.advance_clock(DAY);
     restart_with_clock(&mut env, "24h");
-    let day2_ready: Vec<&String> = [0, 1, 5, 6, 7].iter().map(|i| &names[*i]).collect();
-    for n in &day2_ready {
-        env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
-            is_ready(o)
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.last_run.as_ref())
-                    .and_then(|r| r.start_time.as_ref())
-                    .is_some_and(|t| t.0 >= tomorrow)
-        })
-        .await;
+    let ran_on_day2 = |o: &audience_operator::api::ExternalAudience| {
+        is_ready(o)
+            && o.status
+                .as_ref()
+                .and_then(|s| s.last_run.as_ref())
+                .and_then(|r| r.start_time.as_ref())
+                .is_some_and(|t| t.0 >= tomorrow)
+    };
+    for n in waiting.iter().chain(std::iter::once(&changed)) {
+        env.wait_obj(n, "run on day 2", READY_TIMEOUT, ran_on_day2).await;
     }
     let day3 = jiff::Timestamp::from_second(tomorrow.as_second() + 86_400).unwrap();
-    for n in &names[2..5] {
-        env.wait_obj(n, "the expected budget/expiry state", READY_TIMEOUT, |o| {
-            let (_, reason, message) = condition(o, "Reconciling");
-            reason == "RunDeferred" && message.contains("(5/5 runs today, UTC)") && message.contains(&day3.to_string())
-        })
-        .await;
-    }
-    assert_eq!(env.emulator.stats().runs_started, 10, "five more runs on day 2");
-    let changed = env.status(&names[0]).await;
+    let (refreshed, still) = support::wait_for("1 scheduled refresh ran, 3 wait for day 3", READY_TIMEOUT, || async {
+        let mut refreshed = Vec::new();
+        let mut still = Vec::new();
+        for n in &ran[1..] {
+            let o = env.get(n).await;
+            if ran_on_day2(&o) {
+                refreshed.push(n.clone());
+            } else if deferred_until(&o, day3) {
+                still.push(n.clone());
+            }
+        }
+        (refreshed.len() == 1 && still.len() == 3).then_some((refreshed, still))
+    })
+    .await;
     assert_eq!(
-        changed.last_run.map(|r| r.generation),
+        env.emulator.stats().runs_started,
+        10,
+        "five more runs on day 2: {refreshed:?} ran, {still:?} wait"
+    );
+    let st = env.status(&changed).await;
+    assert_eq!(
+        st.last_run.map(|r| r.generation),
         Some(2),
         "the spec change jumped the queue"
     );

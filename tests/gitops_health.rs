@@ -43,6 +43,12 @@ const EXPECTED: &[(&str, &str, Option<&str>)] = &[
     ("Stalled (operation failed)", "Failed", Some("Degraded")),
     ("Paused (was Ready)", "Current", Some("Suspended")),
     ("deleting (AEP refuses)", "Terminating", None),
+    (
+        "data expiring soon (Ready, DataExpiring=True)",
+        "Current",
+        Some("Healthy"),
+    ),
+    ("data expired (Stalled/DataExpired)", "Failed", Some("Degraded")),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +169,34 @@ async fn every_state_gets_the_kstatus_and_argo_cd_verdict_users_expect() {
         .await,
     );
 
+    // Data expiry: one day of TTL is within the 72 h warning window from the start; then the
+    // operator's clock moves past it.
+    let brief = env
+        .seed_named("brief", "Brief members")
+        .replace("ttlInDays: 40", "ttlInDays: 1");
+    let (ok, out) = env.apply_yaml(&brief);
+    assert!(ok, "kubectl apply: {out}");
+    captured.push(
+        capture_when(&env, "brief", "data expiring soon", |o| {
+            is_ready(o)
+                && o.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "DataExpiring" && c.status == "True" && c.reason == "DataExpiringSoon")
+                })
+        })
+        .await,
+    );
+    env.extra_flags.push("--clock-offset=25h".into());
+    env.stop_operator(false);
+    env.start_operator();
+    captured.push(
+        capture_when(&env, "brief", "data expired", |o| {
+            condition_is(o, "Stalled", "True") && condition_reason(o, "Stalled") == "DataExpired"
+        })
+        .await,
+    );
+
     // The dashboard asks only for metrics this operator serves.
     let exposition = scrape_metrics(&env).await;
 
@@ -188,10 +222,10 @@ async fn every_state_gets_the_kstatus_and_argo_cd_verdict_users_expect() {
     // Clean up before judging, so a wrong verdict leaves no object behind.
     annotate_paused(&raw, "loyalty-members", None).await;
     env.emulator.update_faults(|f| f.refuse_delete_in_use = false);
-    for name in ["loyalty-members", "doomed"] {
+    for name in ["loyalty-members", "doomed", "brief"] {
         env.api().delete(name, &DeleteParams::default()).await.expect("delete");
     }
-    for name in ["loyalty-members", "doomed", "leaving"] {
+    for name in ["loyalty-members", "doomed", "leaving", "brief"] {
         wait_gone(&env.api(), name, TIMEOUT).await;
     }
     env.stop_operator(false);

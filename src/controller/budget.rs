@@ -52,8 +52,13 @@ struct Ledger {
     day: i64,
     used: u32,
     seeded: bool,
+    /// Objects were already waiting for this budget when this process started: gather claims
+    /// after the start too, so that their order holds.
+    contended: bool,
     /// Waiting claims: (priority, due since, object) → last renewed.
     claims: BTreeMap<(Priority, Timestamp, ObjectKey), Timestamp>,
+    /// Granted to these objects today, start not yet confirmed (a refund gives it back).
+    granted: std::collections::HashSet<ObjectKey>,
 }
 
 /// The budget of every (org, sandbox), for one operator process.
@@ -90,7 +95,8 @@ impl RunBudget {
     }
 
     /// Claims a run for `key`. `seed` counts the runs already started today in this sandbox
-    /// (from the objects' status); it is called once per day and process.
+    /// (from the objects' status) and says whether objects were waiting for the budget; it is
+    /// called once per day and process.
     #[allow(clippy::too_many_arguments)]
     pub fn claim(
         &self,
@@ -100,7 +106,7 @@ impl RunBudget {
         priority: Priority,
         due_since: Timestamp,
         now: Timestamp,
-        seed: impl FnOnce(i64) -> u32,
+        seed: impl FnOnce(i64) -> (u32, bool),
     ) -> Grant {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
         let ledger = ledgers.entry((org.to_owned(), sandbox.to_owned())).or_default();
@@ -109,9 +115,10 @@ impl RunBudget {
             ledger.day = today;
             ledger.used = 0;
             ledger.seeded = false;
+            ledger.granted.clear();
         }
         if !ledger.seeded {
-            ledger.used = seed(today);
+            (ledger.used, ledger.contended) = seed(today);
             ledger.seeded = true;
         }
         let stale = now - jiff::SignedDuration::try_from(STALE_CLAIM).unwrap_or(jiff::SignedDuration::MAX);
@@ -120,8 +127,15 @@ impl RunBudget {
         ledger.claims.insert(me.clone(), now);
         let tomorrow = day_start(today + 1);
         // Gather first: after this process started, and after midnight.
-        let gathered = self.started.max(day_start(today))
-            + jiff::SignedDuration::try_from(self.gather).unwrap_or(jiff::SignedDuration::ZERO);
+        // After midnight (everyone deferred wakes then), and after this process started if
+        // objects were already waiting (a restart must not reorder them).
+        let gather = jiff::SignedDuration::try_from(self.gather).unwrap_or(jiff::SignedDuration::ZERO);
+        let since = if ledger.contended {
+            self.started.max(day_start(today))
+        } else {
+            day_start(today)
+        };
+        let gathered = since + gather;
         if now < gathered {
             return Grant::Wait {
                 used: ledger.used,
@@ -133,6 +147,7 @@ impl RunBudget {
         if ledger.used.saturating_add(ahead) < self.limit {
             ledger.claims.remove(&me);
             ledger.used += 1;
+            ledger.granted.insert(key.clone());
             Grant::Go
         } else {
             Grant::Wait {
@@ -143,14 +158,24 @@ impl RunBudget {
         }
     }
 
-    /// A granted run that was not started after all (AEP did not process it): the budget is
-    /// given back.
-    pub fn refund(&self, org: &str, sandbox: &str, now: Timestamp) {
+    /// A run granted to `key` today was not started after all (AEP did not process it, or it was
+    /// never sent): the budget is given back. Nothing happens for a run this process did not
+    /// grant today (after a restart the count comes from the runs recorded in status).
+    pub fn refund(&self, org: &str, sandbox: &str, key: &ObjectKey, now: Timestamp) {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = ledgers.get_mut(&(org.to_owned(), sandbox.to_owned()))
             && l.day == utc_day(now)
+            && l.granted.remove(key)
         {
             l.used = l.used.saturating_sub(1);
+        }
+    }
+
+    /// The run granted to `key` was started: it stays counted.
+    pub fn confirm(&self, org: &str, sandbox: &str, key: &ObjectKey) {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = ledgers.get_mut(&(org.to_owned(), sandbox.to_owned())) {
+            l.granted.remove(key);
         }
     }
 
@@ -208,7 +233,7 @@ mod tests {
                 Priority::Scheduled,
                 now,
                 now,
-                |_| 0,
+                |_| (0, false),
             ));
         }
         assert_eq!(grants.iter().filter(|g| **g == Grant::Go).count(), 5);
@@ -224,11 +249,11 @@ mod tests {
         }
         // Another sandbox, another org: their own budgets.
         assert_eq!(
-            b.claim("org", "dev", &key("x"), Priority::Scheduled, now, now, |_| 0),
+            b.claim("org", "dev", &key("x"), Priority::Scheduled, now, now, |_| (0, false)),
             Grant::Go
         );
         assert_eq!(
-            b.claim("org2", "prod", &key("y"), Priority::Scheduled, now, now, |_| 0),
+            b.claim("org2", "prod", &key("y"), Priority::Scheduled, now, now, |_| (0, false)),
             Grant::Go
         );
     }
@@ -241,14 +266,16 @@ mod tests {
         // Day 1: the budget is spent (2 runs seeded from status); four scheduled claims wait.
         let day1 = t("2026-11-29T10:00:10Z");
         for (k, d) in scheduled {
-            let g = b.claim("org", "prod", &key(k), Priority::Scheduled, due(d), day1, |_| 2);
+            let g = b.claim("org", "prod", &key(k), Priority::Scheduled, due(d), day1, |_| (2, true));
             assert!(matches!(g, Grant::Wait { used: 2, limit: 2, .. }), "{g:?}");
         }
         // They all wake just after midnight, and a spec change arrives: nothing is granted while
         // claims are gathered.
         let woke = t("2026-11-30T00:00:02Z");
         for (k, d) in scheduled {
-            let g = b.claim("org", "prod", &key(k), Priority::Scheduled, due(d), woke, |_| 0);
+            let g = b.claim("org", "prod", &key(k), Priority::Scheduled, due(d), woke, |_| {
+                (0, false)
+            });
             assert_eq!(
                 g,
                 Grant::Wait {
@@ -258,7 +285,9 @@ mod tests {
                 }
             );
         }
-        b.claim("org", "prod", &key("spec"), Priority::Demand, woke, woke, |_| 0);
+        b.claim("org", "prod", &key("spec"), Priority::Demand, woke, woke, |_| {
+            (0, false)
+        });
         // Then, whatever order they ask in: the spec change and the oldest scheduled (s1) run.
         let after = t("2026-11-30T00:00:06Z");
         let mut ran = Vec::new();
@@ -269,7 +298,7 @@ mod tests {
             ("spec", Priority::Demand, woke),
             ("s1", Priority::Scheduled, due("06:00")),
         ] {
-            match b.claim("org", "prod", &key(k), p, d, after, |_| 0) {
+            match b.claim("org", "prod", &key(k), p, d, after, |_| (0, false)) {
                 Grant::Go => ran.push(k),
                 Grant::Wait { used, limit, until } => {
                     assert_eq!((used, limit), (2, 2), "{k}: the budget is promised to those ahead");
@@ -288,7 +317,7 @@ mod tests {
         let g = b.claim("org", "prod", &key("a"), Priority::Demand, now, now, |day| {
             seeded += 1;
             assert_eq!(day, utc_day(now));
-            2
+            (2, false)
         });
         assert_eq!(g, Grant::Go, "2 seeded + this one = 3");
         assert!(matches!(
@@ -298,31 +327,64 @@ mod tests {
             Grant::Wait { used: 3, .. }
         ));
         assert_eq!(seeded, 1);
-        b.refund("org", "prod", now);
+        b.refund("org", "prod", &key("b"), now);
+        assert!(
+            matches!(
+                b.claim("org", "prod", &key("b"), Priority::Demand, now, now, |_| (0, false)),
+                Grant::Wait { .. }
+            ),
+            "b was never granted: nothing to give back"
+        );
+        b.refund("org", "prod", &key("a"), now);
         assert_eq!(
-            b.claim("org", "prod", &key("b"), Priority::Demand, now, now, |_| 0),
+            b.claim("org", "prod", &key("b"), Priority::Demand, now, now, |_| (0, false)),
             Grant::Go
         );
         // AEP says the sandbox's cap is reached (runs started elsewhere count too).
         let other = t("2026-11-29T13:00:00Z");
         b.spent("org", "dev", other);
         assert!(matches!(
-            b.claim("org", "dev", &key("c"), Priority::Demand, other, other, |_| 0),
+            b.claim("org", "dev", &key("c"), Priority::Demand, other, other, |_| (0, false)),
             Grant::Wait { used: 3, limit: 3, .. }
         ));
+    }
+
+    #[test]
+    fn claims_are_gathered_after_a_restart_only_when_objects_were_waiting() {
+        let now = t("2026-11-29T10:00:01Z");
+        let calm = RunBudget::new(5, t(START), GATHER);
+        assert_eq!(
+            calm.claim("org", "prod", &key("a"), Priority::Scheduled, now, now, |_| (0, false)),
+            Grant::Go
+        );
+        let busy = RunBudget::new(5, t(START), GATHER);
+        assert_eq!(
+            busy.claim("org", "prod", &key("a"), Priority::Scheduled, now, now, |_| (3, true)),
+            Grant::Wait {
+                used: 3,
+                limit: 5,
+                until: t("2026-11-29T10:00:05Z")
+            }
+        );
     }
 
     #[test]
     fn claims_of_deleted_or_silent_objects_do_not_block_others() {
         let b = RunBudget::new(1, t(START), GATHER);
         let day1 = t("2026-11-29T10:00:10Z");
-        b.claim("org", "prod", &key("gone"), Priority::Demand, day1, day1, |_| 1);
-        b.claim("org", "prod", &key("silent"), Priority::Demand, day1, day1, |_| 1);
+        b.claim("org", "prod", &key("gone"), Priority::Demand, day1, day1, |_| {
+            (1, false)
+        });
+        b.claim("org", "prod", &key("silent"), Priority::Demand, day1, day1, |_| {
+            (1, false)
+        });
         b.forget(&key("gone"));
         // Next day, after the gather window and long after "silent" last asked.
         let later = t("2026-11-30T01:00:00Z");
         assert_eq!(
-            b.claim("org", "prod", &key("new"), Priority::Scheduled, later, later, |_| 0),
+            b.claim("org", "prod", &key("new"), Priority::Scheduled, later, later, |_| (
+                0, false
+            )),
             Grant::Go
         );
     }

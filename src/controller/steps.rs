@@ -386,6 +386,8 @@ impl Pass<'_> {
         if let Some(t) = &pending.scheduled_for {
             self.status.last_scheduled_time = Some(t.clone());
         }
+        let org = self.status.org_id.clone().unwrap_or_default();
+        self.ctx.budget.confirm(&org, &self.obj.spec.sandbox, &self.key());
         let day = pending.since.0.strftime("%Y-%m-%d").to_string();
         let counts = self.status.run_counts.get_or_insert_with(Default::default);
         counts.total += 1;
@@ -422,7 +424,9 @@ impl Pass<'_> {
                 RunWindow::Day => "today (UTC)",
             };
             let msg = format!(
-                "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience:                  no run is sent (AEP would refuse it). Extend the data's TTL instead of re-ingesting                  (spec.expiration.autoExtend), or manage a new audience with a new ExternalAudience",
+                "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience, \
+                 so no run is sent (AEP would refuse it): extend the data's TTL instead of re-ingesting \
+                 (spec.expiration.autoExtend), or manage a new audience with a new ExternalAudience",
                 limit.max
             );
             return Some(Outcome::blocked(
@@ -449,14 +453,16 @@ impl Pass<'_> {
             .ctx
             .budget
             .claim(&org, &sandbox, &self.key(), priority, since, now, |day| {
-                runs_started_on(objects, &org, &sandbox, day)
+                budget_seed(objects, &org, &sandbox, day)
             });
         match grant {
             Grant::Go => None,
             Grant::Wait { used, limit, until } => {
                 let wait = Duration::try_from(until.duration_since(now)).unwrap_or_default();
                 let msg = format!(
-                    "Run deferred: the run budget of sandbox {sandbox:?} is used ({used}/{limit} runs today, UTC);                      this run can start at {until} (spec changes and run requests first, then scheduled refreshes,                      oldest first). Nothing is sent to AEP until then"
+                    "Run deferred: the run budget of sandbox {sandbox:?} is used ({used}/{limit} runs today, UTC); \
+                     this run can start at {until} (spec changes and run requests first, then scheduled refreshes, \
+                     oldest first). Nothing is sent to AEP until then"
                 );
                 Some(
                     Outcome::with(
@@ -522,7 +528,7 @@ impl Pass<'_> {
                 if e.message().contains("per sandbox") {
                     self.ctx.budget.spent(&org, &sandbox, now);
                 } else {
-                    self.ctx.budget.refund(&org, &sandbox, now);
+                    self.ctx.budget.refund(&org, &sandbox, &self.key(), now);
                 }
                 match e.kind() {
                     ErrorKind::NotFound => self.audience_missing(audience_id).await,
@@ -601,7 +607,12 @@ impl Pass<'_> {
                 ))
             }
             None => {
+                // The start never happened: its share of the run budget is given back.
                 self.status.run_pending = None;
+                let org = self.status.org_id.clone().unwrap_or_default();
+                self.ctx
+                    .budget
+                    .refund(&org, &self.obj.spec.sandbox, &self.key(), now().0);
                 Ok(Outcome::planned(Next::After(Duration::ZERO)))
             }
         }
@@ -788,22 +799,32 @@ fn run_message(run: &aep::Run) -> Option<String> {
     })
 }
 
-/// Runs started on UTC day `day` by the objects of (org, sandbox), from their status (the run
-/// budget's count after a restart).
-fn runs_started_on(objects: &Store<ExternalAudience>, org: &str, sandbox: &str, day: i64) -> u32 {
-    objects
-        .state()
+/// The run budget's state after a restart, from the objects of (org, sandbox) in the cache: the
+/// runs they started on UTC day `day` (each records its runs' start times), and whether any of
+/// them was waiting (`RunDeferred`).
+fn budget_seed(objects: &Store<ExternalAudience>, org: &str, sandbox: &str, day: i64) -> (u32, bool) {
+    let state = objects.state();
+    let statuses: Vec<_> = state
         .iter()
         .filter(|o| o.spec.sandbox == sandbox)
         .filter_map(|o| o.status.as_ref())
         .filter(|st| st.org_id.as_deref() == Some(org))
+        .collect();
+    let used = statuses
+        .iter()
         .flat_map(|st| st.last_run.iter().chain(st.run_history.iter()))
         .filter(|r| {
             r.start_time
                 .as_ref()
                 .is_some_and(|t| t.0.as_second().div_euclid(86_400) == day)
         })
-        .count() as u32
+        .count() as u32;
+    let waiting = statuses.iter().any(|st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == reasons::RUN_DEFERRED)
+    });
+    (used, waiting)
 }
 
 impl Pass<'_> {

@@ -65,10 +65,10 @@ struct Args {
     /// Operator `--aep-requests-per-second` for the non-binding runs.
     #[arg(long, default_value_t = 1000)]
     rps: u32,
-    /// Also run the operator at its default rate limit (10 requests/s).
+    /// Also run the operator at its default rate limit (10 requests/s), on the smallest N.
     #[arg(long)]
     default_rps: bool,
-    /// Steady-state window after the first operator run, seconds (0: skip).
+    /// Steady-state window after the operator run of the largest N, seconds (0: skip).
     #[arg(long, default_value_t = 60)]
     steady_secs: u64,
     /// Objects for the realistic-latency run (0: skip).
@@ -176,18 +176,22 @@ async fn main() -> anyhow::Result<()> {
     let started = jiff::Timestamp::now();
 
     let mut runs = Vec::new();
-    let mut first_operator = true;
+    let smallest = args.n.iter().copied().min().unwrap_or(0);
+    let largest = args.n.iter().copied().max().unwrap_or(0);
+    let mut steady_done = false;
     for &n in &args.n {
         runs.push(bench.limit(n).await?);
         let (run, op) = bench.operator(&format!("operator-{n}"), n, args.rps, None).await?;
         runs.push(run);
-        if first_operator && args.steady_secs > 0 {
+        // The steady window follows the largest N: idle cost with the most objects Ready.
+        if n == largest && !steady_done && args.steady_secs > 0 {
             runs.push(bench.steady(n, op).await?);
+            steady_done = true;
         } else {
             op.stop().await;
         }
-        first_operator = false;
-        if args.default_rps {
+        // The default rate limit on the smallest N only (10 requests/s is slow by design).
+        if args.default_rps && n == smallest {
             let (run, op) = bench.operator(&format!("operator-{n}-rps10"), n, 10, None).await?;
             op.stop().await;
             runs.push(run);

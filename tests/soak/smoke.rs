@@ -1,5 +1,7 @@
 //! The chaos soak's smoke (`make soak` at N = 100 for 3 minutes): the same script and the same
-//! invariants as the full soak (`crates/bench/src/soak`), so a regression shows up in CI.
+//! invariants as the full soak (`crates/bench/src/soak`), so a regression shows up in CI. A module
+//! of `tests/e2e_lifecycle.rs`, so that its minutes overlap the long lifecycle tests (test
+//! binaries run one after another); it starts its own control plane, emulator and operator.
 //!
 //! Operator SIGKILLs, kube-apiserver and etcd restarts, emulator restarts with its state file, an
 //! AEP outage and faults before and after the work, spec changes, run requests and deletions
