@@ -250,11 +250,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(args.out_dir.join(format!("{stamp}.md")), &table)?;
     if let Some(readme) = &args.readme {
         let text = std::fs::read_to_string(readme)?;
-        let (begin, end) = ("<!-- bench:begin -->\n", "<!-- bench:end -->");
-        let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
-            bail!("{} has no {begin:?} … {end:?} markers", readme.display());
-        };
-        let updated = format!("{}{begin}{table}{}", &text[..b], &text[e..]);
+        let updated = between_markers(&text, &table).with_context(|| readme.display().to_string())?;
         std::fs::write(readme, updated)?;
         println!("updated the table in {}", readme.display());
     }
@@ -767,6 +763,19 @@ fn print_table(runs: &[Run], args: &Args) {
     );
 }
 
+/// `text` with what lies between `<!-- bench:begin -->` and `<!-- bench:end -->` replaced by
+/// `table`.
+fn between_markers(text: &str, table: &str) -> anyhow::Result<String> {
+    let (begin, end) = ("<!-- bench:begin -->\n", "<!-- bench:end -->");
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        bail!("no {begin:?} … {end:?} markers");
+    };
+    if e < b {
+        bail!("{end:?} comes before {begin:?}");
+    }
+    Ok(format!("{}{begin}{table}{}", &text[..b], &text[e..]))
+}
+
 /// The README's table: every scenario of this run, with the ratios the targets are about.
 fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> String {
     let limit_of = |n: usize| {
@@ -932,4 +941,61 @@ fn chart(runs: &[Run]) -> String {
         );
     }
     s + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(name: &str, n: usize, wall: f64) -> Run {
+        Run {
+            name: name.into(),
+            n,
+            wall_secs: wall,
+            p50_secs: wall / 2.0,
+            p99_secs: wall,
+            aep_per_object: BTreeMap::from([("create_audience".to_owned(), 1.0), ("start_run".to_owned(), 1.0)]),
+            kube_per_object: BTreeMap::from([("PATCH externalaudiences/status".to_owned(), 6.0)]),
+            peak_rss_mib: Some(50.0),
+            cpu_secs: Some(1.5),
+            ..Run::default()
+        }
+    }
+
+    #[test]
+    fn the_readme_table_shows_the_ratios_and_replaces_only_its_own_section() {
+        let args = Args::parse_from([
+            "bench",
+            "--kubeconfig",
+            "k",
+            "--operator-kubeconfig",
+            "o",
+            "--emulator-url",
+            "u",
+        ]);
+        let runs = vec![
+            run("limit-1000", 1000, 40.0),
+            run("operator-1000", 1000, 50.0),
+            run("realistic-1", 1, 20.0),
+            run("realistic-1000", 1000, 60.0),
+        ];
+        let peer = json!({"k": 5, "secs_per_audience": 12.0, "n": 1000, "requests_per_audience": {"a": 16.0}});
+        let table = markdown(&runs, Some(&peer), &args, "20261129T000000Z");
+        assert!(
+            table.contains("| operator, zero-latency AEP | 1000 | 50.0 s | 1.25 × the limit |"),
+            "{table}"
+        );
+        assert!(table.contains("| 3.00 × one audience |"), "{table}");
+        assert!(
+            table.contains("≈ 12000 s (3.3 h) | 200 × the operator's realistic run"),
+            "{table}"
+        );
+        let readme = "# T\nbefore\n<!-- bench:begin -->\nold table\n<!-- bench:end -->\nafter\n";
+        let updated = between_markers(readme, "new table\n").unwrap();
+        assert_eq!(
+            updated,
+            "# T\nbefore\n<!-- bench:begin -->\nnew table\n<!-- bench:end -->\nafter\n"
+        );
+        assert!(between_markers("no markers", "x").is_err());
+    }
 }
