@@ -51,17 +51,7 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The kinds of `deploy/` that tests install: the CRD and exactly the RBAC the kustomize base
-/// renders (the Deployment needs a kubelet, which the local control plane has not).
-const INSTALLED_KINDS: &[&str] = &[
-    "CustomResourceDefinition",
-    "Namespace",
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
+use bench::INSTALLED_KINDS;
 
 /// `kubectl kustomize <dir>` filtered to [`INSTALLED_KINDS`], as one multi-document YAML.
 pub fn rendered_install(dir: &str) -> String {

@@ -1,3 +1,40 @@
 //! `make bench` and `make soak` drivers (see `src/main.rs` and [`soak`]).
 
 pub mod soak;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// The kinds of `deploy/` that the harnesses (and the tests) install: the CRD and exactly the
+/// RBAC the kustomize base renders (the Deployment needs a kubelet, which the local control plane
+/// has not).
+pub const INSTALLED_KINDS: &[&str] = &[
+    "CustomResourceDefinition",
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// Creates namespace `ns` with the Secret `aep-credentials` for the emulator's default
+/// credential.
+pub async fn namespace_with_credentials(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+    )
+    .await
+    .with_context(|| format!("creating namespace {ns}"))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "aep-credentials"},
+        "stringData": {"clientId": "local-client", "clientSecret": "local-secret", "orgId": "LOCAL0RG@AdobeOrg"},
+    }))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}

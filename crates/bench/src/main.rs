@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -361,20 +360,7 @@ impl Bench {
     }
 
     async fn namespace(&self, ns: &str) -> anyhow::Result<()> {
-        let nss: Api<Namespace> = Api::all(self.client.clone());
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await
-        .with_context(|| format!("creating namespace {ns}"))?;
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "aep-credentials"},
-            "stringData": {"clientId": "local-client", "clientSecret": "local-secret", "orgId": "LOCAL0RG@AdobeOrg"},
-        }))?;
-        secrets.create(&PostParams::default(), &secret).await?;
-        Ok(())
+        bench::namespace_with_credentials(&self.client, ns).await
     }
 
     async fn emulator_get(&self, path: &str) -> anyhow::Result<Value> {

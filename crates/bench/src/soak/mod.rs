@@ -33,7 +33,7 @@ use aep_emulator::{DuplicateNames, Emulator, Faults, LostMode, RunningEmulator, 
 use anyhow::{Context as _, bail};
 use envtest::{ControlPlane, Watched};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use rand::rngs::StdRng;
@@ -44,16 +44,6 @@ use serde_json::{Value, json};
 use check::{AepFacts, Chaos, ObjectFacts, Policy, RecordedRun, Report, StatusFacts};
 
 const RUN_REQUESTED_AT: &str = "aep.audience-operator.dev/run-requested-at";
-/// Installed from `deploy/` as a user would: the CRD and the RBAC.
-const INSTALLED_KINDS: &[&str] = &[
-    "CustomResourceDefinition",
-    "Namespace",
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
 /// Namespaces: two per pass; the second one of pass 1 is deleted whole midway.
 const NAMESPACES: [&str; 4] = ["soak-a", "soak-b", "soak-c", "soak-d"];
 const DELETED_NAMESPACE: &str = "soak-b";
@@ -562,20 +552,7 @@ impl Soak {
     }
 
     async fn namespace(&self, ns: &str) -> anyhow::Result<()> {
-        let nss: Api<Namespace> = Api::all(self.client.clone());
-        nss.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await
-        .with_context(|| format!("creating namespace {ns}"))?;
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "aep-credentials"},
-            "stringData": {"clientId": "local-client", "clientSecret": "local-secret", "orgId": "LOCAL0RG@AdobeOrg"},
-        }))?;
-        secrets.create(&PostParams::default(), &secret).await?;
-        Ok(())
+        crate::namespace_with_credentials(&self.client, ns).await
     }
 
     /// Creates the objects of pass `pass` (0 or 1): half of N over its two namespaces; one in ten
@@ -936,7 +913,7 @@ fn install(cfg: &Config, kubeconfig: &std::path::Path) -> anyhow::Result<()> {
         .filter(|doc| {
             doc.lines()
                 .find_map(|l| l.strip_prefix("kind: "))
-                .is_some_and(|k| INSTALLED_KINDS.contains(&k.trim()))
+                .is_some_and(|k| crate::INSTALLED_KINDS.contains(&k.trim()))
         })
         .collect::<Vec<_>>()
         .join("\n---\n");
