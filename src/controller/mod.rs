@@ -207,8 +207,15 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         },
         reader.clone(),
     ));
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
         .default_backoff()
+        // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
+        // applied manifest, which would double each object's memory for nothing.
+        .modify(|ea| {
+            ea.managed_fields_mut().clear();
+            ea.annotations_mut().remove(LAST_APPLIED);
+        })
         .reflect(writer)
         // Ready once the cache holds its first full list (the store's own ready signal wakes only
         // one waiter, which the Controller takes).
