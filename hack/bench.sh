@@ -49,8 +49,11 @@ kubectl apply --server-side -f deploy/base/rbac.yaml >/dev/null
 peer_k=${PEER_K:-5}
 peer=()
 if [ "$peer_k" -gt 0 ]; then
+  # Extrapolated to the realistic run's N (the operator's run at the same latency), else the last N.
   last_n=${n_list##* }
-  "${nice[@]}" python3 hack/bench/peer.py --url "http://$addr" --k "$peer_k" --n "$last_n" \
+  peer_n=$last_n
+  [ "$realistic" -gt 0 ] && peer_n=$realistic
+  "${nice[@]}" python3 hack/bench/peer.py --url "http://$addr" --k "$peer_k" --n "$peer_n" \
     --operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" --run-delay-ms "${REALISTIC_RUN_DELAY_MS:-10000}" \
     --json "$work/peer.json" >&2
   peer=(--peer-json "$work/peer.json")
@@ -59,7 +62,9 @@ fi
 # The command as typed, for the README's table.
 cmd="make bench"
 for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N DEFAULT_RPS PEER_K TIMEOUT; do
-  [ -n "${!v:-}" ] && cmd="$v=${!v} $cmd"
+  if [ -n "${!v:-}" ]; then
+    case "${!v}" in *" "*) cmd="$v=\"${!v}\" $cmd" ;; *) cmd="$v=${!v} $cmd" ;; esac
+  fi
 done
 export BENCH_COMMAND="$cmd"
 readme=()

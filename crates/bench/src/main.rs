@@ -792,8 +792,8 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
                 "| steady state, {}s window | {} | - | - | - | - | {:.0} / min | {:.0} / min (all clients) | {rss} | {cpu} |\n",
                 r.wall_secs,
                 r.n,
-                per_min("aep_requests_per_minute"),
-                per_min("kube_requests_per_minute"),
+                per_min("aep_requests_per_minute").abs(),
+                per_min("kube_requests_per_minute").abs(),
             ));
             continue;
         }
@@ -811,12 +811,14 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
             ("operator, realistic AEP latency".to_owned(), vs)
         } else {
             let vs = limit_of(r.n).map_or("-".to_owned(), |l| format!("{:.2} × the limit", r.wall_secs / l));
-            let what = if r.name.ends_with("rps10") {
-                "operator, zero-latency AEP, default 10 req/s"
+            if r.name.ends_with("rps10") {
+                (
+                    "operator, zero-latency AEP, default 10 req/s".to_owned(),
+                    "the rate limit binds".to_owned(),
+                )
             } else {
-                "operator, zero-latency AEP"
-            };
-            (what.to_owned(), vs)
+                ("operator, zero-latency AEP".to_owned(), vs)
+            }
         };
         let aep = sum(&r.aep_per_object);
         out.push_str(&format!(
