@@ -221,6 +221,16 @@ impl Context {
             .insert(key, resource_version);
     }
 
+    /// Whether this process wrote the object and the cached copy at `resource_version` is not
+    /// that write (the cache lags behind it, or someone wrote after it).
+    pub fn wrote_since(&self, key: &ObjectKey, resource_version: Option<&str>) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|w| Some(w.as_str()) != resource_version)
+    }
+
     /// Whether an object read from the cache at `resource_version` is exactly what this process
     /// last wrote: the cache then already holds our last write, and a fresh read would return the
     /// same object unless someone else wrote since (which the conditioned marker write catches).

@@ -285,11 +285,15 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
     // The cached object can predate our own last status write. Before any step with an AEP side
     // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call;
     // unless the cache holds exactly our last write (nothing to learn from a GET: a newer write by
-    // someone else makes the step's conditioned marker write fail instead).
+    // someone else makes the step's conditioned marker write fail instead). Any other step reads
+    // afresh too when this process wrote the object since the cached copy: the pass's first write
+    // is conditioned on its base, and a base older than our own write would only conflict (and
+    // repeat the step's AEP read) after the requeue that follows our write outran the watch.
     let fresh;
     let mut obj = cached;
     let key = (ns.clone(), cached.name_any());
-    if step.mutates_aep() && !ctx.holds_last_write(&key, cached.resource_version().as_deref()) {
+    let cache_behind_us = ctx.wrote_since(&key, cached.resource_version().as_deref());
+    if (step.mutates_aep() || cache_behind_us) && !ctx.holds_last_write(&key, cached.resource_version().as_deref()) {
         fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
         if fresh.resource_version() != cached.resource_version() {
             obj = &fresh;
