@@ -38,3 +38,16 @@ pub async fn namespace_with_credentials(client: &kube::Client, ns: &str) -> anyh
     secrets.create(&PostParams::default(), &secret).await?;
     Ok(())
 }
+
+/// Peak resident memory (`VmHWM`) of process `pid`, MiB; `None` once it is gone.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}

@@ -269,15 +269,7 @@ struct Operator {
 
 impl Operator {
     fn rss_mib(&self) -> Option<f64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let kb: f64 = s
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        Some(kb / 1024.0)
+        bench::peak_rss_mib(self.pid)
     }
 
     fn cpu_secs(&self) -> Option<f64> {

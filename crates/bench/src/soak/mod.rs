@@ -521,7 +521,7 @@ impl Soak {
     /// Peak RSS and the reconcile-failure counters of the running operator process.
     async fn scrape_operator(&mut self) {
         if let Some(pid) = self.operator_pid
-            && let Some(rss) = peak_rss_mib(pid)
+            && let Some(rss) = crate::peak_rss_mib(pid)
         {
             self.chaos.peak_rss_mib = self.chaos.peak_rss_mib.max(rss);
         }
@@ -867,18 +867,6 @@ fn status_facts(status: &Value) -> Option<StatusFacts> {
         runs,
         ingested_run_request: status["ingestedRunRequest"].as_str().map(str::to_owned),
     })
-}
-
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = s
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Applies the CRD and RBAC that `deploy/` renders, with the admin kubeconfig.
