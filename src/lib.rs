@@ -14,6 +14,7 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod health;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod server;

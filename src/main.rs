@@ -31,6 +31,9 @@ enum Cmd {
     Run(Box<RunConfig>),
     /// Print the ExternalAudience CRD as YAML.
     Crd,
+    /// Print ExternalAudience manifests for audiences that exist in AEP (or set spec.audienceId
+    /// in existing manifests with --attach-to). Reads only.
+    Import(Box<audience_operator::import::ImportConfig>),
 }
 
 #[tokio::main]
@@ -41,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run(cfg) => run(*cfg).await,
+        Cmd::Import(cfg) => audience_operator::import::run(*cfg).await,
     }
 }
 

@@ -157,6 +157,11 @@ pub fn with_condition(
     out
 }
 
+/// `conditions` without the condition `type_`.
+pub fn without_condition(conditions: &[Condition], type_: &str) -> Vec<Condition> {
+    conditions.iter().filter(|c| c.type_ != type_).cloned().collect()
+}
+
 /// The condition of `type_`, if present.
 pub fn condition<'a>(status: &'a ExternalAudienceStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)

@@ -736,7 +736,8 @@ fn check_accepted(object: &DynamicObject, spec: &Value, known: &[String]) -> Res
         &audience.spec,
         audience.spec.audience_name(&metadata_name),
         Some("k8s-test"),
-    );
+    )
+    .ok_or_else(|| TestCaseError::fail("an accepted object that creates its audience has a sourceSpec"))?;
     let body = serde_json::to_value(&request).map_err(|e| TestCaseError::fail(format!("serialise request: {e}")))?;
     let parsed = validate::create_request(&body).map_err(|detail| {
         TestCaseError::fail(format!(

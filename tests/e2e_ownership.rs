@@ -555,12 +555,14 @@ async fn deleting_with_an_unknown_operation_deletes_only_what_carries_the_object
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
     let foreign =
-        audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", Some("someone-else"));
+        audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", Some("someone-else"))
+            .expect("the seed has a sourceSpec");
     let ours = audience_operator::controller::plan::create_request(
         &seed.spec,
         "Loyalty members",
         Some(&custom_audience_id(&uid(&obj))),
-    );
+    )
+    .expect("the seed has a sourceSpec");
     session.create_audience(&foreign).await.expect("foreign create");
     session.create_audience(&ours).await.expect("our create");
     let before = audiences_named(&env, "Loyalty members");
@@ -685,7 +687,8 @@ async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrad
     let session = AepClient::new(env.emulator.client_config())
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
-    let req = audience_operator::controller::plan::create_request(&spec.spec, "Loyalty members", None);
+    let req = audience_operator::controller::plan::create_request(&spec.spec, "Loyalty members", None)
+        .expect("the seed has a sourceSpec");
     let op = session.create_audience(&req).await.expect("create");
     let aud = support::wait_for("the audience", TIMEOUT, || async {
         session
@@ -698,7 +701,7 @@ async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrad
     let run = session
         .start_run(
             &aud,
-            &audience_operator::controller::plan::start_run_request(&spec.spec),
+            &audience_operator::controller::plan::start_run_request(&spec.spec).expect("the seed has ingestion"),
         )
         .await
         .expect("run");

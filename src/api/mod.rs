@@ -27,6 +27,13 @@ pub const PAUSED: &str = "aep.audience-operator.dev/paused";
 /// equal the pending create's `status.createPendingSince`, so a stale annotation never authorises
 /// a later create.
 pub const RETRY_CREATE: &str = "aep.audience-operator.dev/retry-create";
+/// Annotation holding the object's ownership record ([`OwnershipRecord`], JSON), written by the
+/// controller. Unlike status it survives a backup and restore (Velero, `kubectl get -o yaml`) or a
+/// rebuild from Git that kept it: a restored object re-attaches to its audience after checking it
+/// in AEP, without a create or a run.
+pub const OWNERSHIP_RECORD: &str = "aep.audience-operator.dev/ownership";
+/// Largest ownership record read (bytes); a longer annotation is refused, not parsed.
+pub const OWNERSHIP_RECORD_MAX: usize = 2048;
 /// Prefix of the `customAudienceId` the operator sends with every create: followed by the
 /// object's UID, it marks the audience as this object's and no other's.
 pub const CUSTOM_AUDIENCE_ID_PREFIX: &str = "k8s-";
@@ -60,6 +67,10 @@ pub const RUN_HISTORY_LIMIT: usize = 5;
     validation = Rule::new("has(oldSelf.spec.name) ? (has(self.spec.name) && self.spec.name == oldSelf.spec.name) : !has(self.spec.name)").message("spec.name is immutable: AEP cannot rename an audience; create a new ExternalAudience instead"),
     validation = Rule::new("!has(oldSelf.spec.audienceId) || (has(self.spec.audienceId) && self.spec.audienceId == oldSelf.spec.audienceId)").message("spec.audienceId is immutable once set; create a new ExternalAudience to manage another audience"),
     validation = Rule::new("!has(self.spec.audienceId) || has(oldSelf.spec.audienceId) || !has(oldSelf.status) || (has(oldSelf.status.audienceId) ? oldSelf.status.audienceId == self.spec.audienceId : !has(oldSelf.status.operationId))").message("spec.audienceId can be added to an existing object only while it manages no audience and no create operation is in flight (or to name the audience it already manages, status.audienceId); create a new ExternalAudience to manage another audience"),
+    validation = Rule::new("!has(self.spec.managementPolicy) || self.spec.managementPolicy != 'Observe' || has(self.spec.audienceId)").message("spec.managementPolicy Observe watches an existing audience, so spec.audienceId must name it").field_path(".spec.audienceId").reason(Reason::FieldValueRequired),
+    validation = Rule::new(format!("{CREATES_ITS_AUDIENCE_OR}(has(self.spec.fields) && size(self.spec.fields) > 0)")).message("an object that creates its audience (managementPolicy Manage without spec.audienceId) needs 1 to 41 fields, one of them an identity field").field_path(".spec.fields").reason(Reason::FieldValueRequired),
+    validation = Rule::new(format!("{CREATES_ITS_AUDIENCE_OR}has(self.spec.sourceSpec)")).message("an object that creates its audience (managementPolicy Manage without spec.audienceId) needs the location of its CSV file").field_path(".spec.sourceSpec").reason(Reason::FieldValueRequired),
+    validation = Rule::new(format!("{CREATES_ITS_AUDIENCE_OR}has(self.spec.ingestion)")).message("an object that creates its audience (managementPolicy Manage without spec.audienceId) ingests it, and needs spec.ingestion.dataFilterStartTime").field_path(".spec.ingestion").reason(Reason::FieldValueRequired),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalAudienceSpec {
@@ -89,21 +100,28 @@ pub struct ExternalAudienceSpec {
 
     /// Columns of the CSV file: 1 to 41 fields, at least one of them an identity field
     /// (`identityNs` set). Names, types and identity namespaces are immutable; the `labels` of a
-    /// field can change.
-    #[schemars(length(min = 1, max = 41))]
-    #[x_kube(validation = Rule::new("self.exists(f, has(f.identityNs))").message("spec.fields must contain at least one identity field (a field with identityNs)"))]
+    /// field can change. Required when the object creates its audience (`managementPolicy:
+    /// Manage` without `audienceId`); optional for an adopted or observed audience, whose fields
+    /// AEP does not return (then no field labels are sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 41))]
+    #[x_kube(validation = Rule::new("size(self) == 0 || self.exists(f, has(f.identityNs))").message("spec.fields must contain at least one identity field (a field with identityNs)"))]
     #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g.name == f.name))").message("spec.fields names must be unique"))]
     #[x_kube(validation = Rule::new("self.size() == oldSelf.size() && self.all(f, oldSelf.exists(o, o.name == f.name && o.type == f.type && (has(o.identityNs) ? (has(f.identityNs) && f.identityNs == o.identityNs) : !has(f.identityNs))))").message("spec.fields: field names, types and identity namespaces are immutable (AEP cannot change them; only labels may change): create a new ExternalAudience instead"))]
     pub fields: Vec<AudienceField>,
 
-    /// Where AEP reads the audience's CSV file. Immutable.
+    /// Where AEP reads the audience's CSV file. Immutable. Required when the object creates its
+    /// audience; AEP does not return it for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.sourceSpec is immutable: create a new ExternalAudience instead"))]
-    pub source_spec: SourceSpec,
+    pub source_spec: Option<SourceSpec>,
 
-    /// Days before the ingested data expires, 1 to 90. Updatable in place.
-    #[serde(default = "default_ttl")]
+    /// Days before the ingested data expires, 1 to 90. Updatable in place. When unset, AEP's
+    /// default (30) applies to an audience this object creates, and an adopted audience keeps its
+    /// own (AEP does not return it, so its expiration is then not reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 90))]
-    pub ttl_in_days: i32,
+    pub ttl_in_days: Option<i32>,
 
     /// Audience-level data usage labels, each `<family>/<label>` such as `core/C1`.
     /// Updatable in place (the whole list is replaced).
@@ -124,8 +142,19 @@ pub struct ExternalAudienceSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.originName is immutable: create a new ExternalAudience instead"))]
     pub origin_name: OriginName,
 
-    /// How ingestion runs pick up files.
-    pub ingestion: IngestionSpec,
+    /// How ingestion runs pick up files. Required when the object creates its audience; without
+    /// it, an adopted audience is managed but never ingested (a run request says what is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingestion: Option<IngestionSpec>,
+
+    /// `Manage` (default): create or adopt the audience, keep it in line with this spec, ingest
+    /// it, and delete it per `deletionPolicy`. `Observe`: only read the audience named by
+    /// `audienceId` and its runs, and report whether AEP matches this spec (condition `InSync`);
+    /// nothing is ever created, changed, ingested, extended or deleted in AEP. Switching from
+    /// `Observe` to `Manage` takes the audience over without an ingestion run unless the spec
+    /// owes one.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
 
     /// What happens in AEP when this object is deleted: `Delete` (default) deletes the audience,
     /// `Orphan` leaves it in AEP.
@@ -147,8 +176,19 @@ pub struct ExternalAudienceSpec {
     pub audience_id: Option<String>,
 }
 
-fn default_ttl() -> i32 {
-    30
+/// The start of the root rules that hold only for an object that creates its audience: true for
+/// an observed or adopted one.
+const CREATES_ITS_AUDIENCE_OR: &str =
+    "(has(self.spec.managementPolicy) && self.spec.managementPolicy == 'Observe') || has(self.spec.audienceId) || ";
+
+/// What the controller may do in AEP for an object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create (or adopt), update, ingest and delete the audience.
+    #[default]
+    Manage,
+    /// Only read the audience and its runs; never change anything in AEP.
+    Observe,
 }
 
 /// Reference to a Secret in the object's namespace.
@@ -477,6 +517,27 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_counts: Option<RunCounts>,
 
+    /// When this object's claim on `audienceId` was recorded. When two objects claim one
+    /// audience, the older claim manages it and the other is `Stalled/AudienceClaimed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<Time>,
+
+    /// The AEP endpoint (platform URL) the audience lives in, recorded with `orgId` when the
+    /// first request for it is sent: a Secret that later names another org or endpoint stops the
+    /// object (`OrganizationChanged`) instead of creating the audience again elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_url: Option<String>,
+
+    /// When the current `spec.ingestion.schedule` was first seen: scheduled times before it owe
+    /// no run (adding a schedule to an existing object does not start one at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_since: Option<Time>,
+
+    /// What AEP holds for an observed audience (`managementPolicy: Observe`), and where it
+    /// differs from the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<ObservedAudience>,
+
     /// A problem that only a change can resolve, for the generation it was found at: the
     /// controller makes no AEP call for that generation until the spec (or, where the message
     /// says so, an annotation) changes. Mirrored by the `Stalled` condition.
@@ -493,6 +554,66 @@ pub enum OwnershipProof {
     SpecAudienceId,
     /// It carries the `customAudienceId` only this object sends.
     CustomAudienceId,
+    /// The ownership record this object carries (restored from a backup or a Git repository
+    /// that kept it) names it, and AEP confirmed it: it exists in the recorded org, endpoint and
+    /// sandbox, and carries the recorded `customAudienceId` where AEP echoes one.
+    RestoreRecord,
+    /// Not owned: only observed (`managementPolicy: Observe`).
+    Observed,
+}
+
+/// What AEP holds for an observed audience.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedAudience {
+    /// The audience's name in AEP.
+    pub name: String,
+    /// Its description in AEP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its audience-level labels in AEP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Its lifecycle state in AEP (`published`, `inactive`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_state: Option<String>,
+    /// The spec fields whose value differs in AEP (`name`, `description`, `labels`); empty
+    /// when AEP matches the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<String>,
+}
+
+/// The ownership record kept in the [`OWNERSHIP_RECORD`] annotation: what proves an audience is
+/// the object's, and what was last applied and ingested. Written by the controller; read back
+/// only when the object has no status of its own (after a restore), and then trusted only after
+/// AEP confirms it: an annotation is tenant-writable, so it is bounded and validated, and its
+/// endpoint is only compared with the Secret's, never connected to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OwnershipRecord {
+    /// Format version (1).
+    pub v: u32,
+    /// The audience's id in AEP.
+    pub audience_id: String,
+    /// The `customAudienceId` it was created with, when this object created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_audience_id: Option<String>,
+    /// The IMS org it lives in.
+    pub org_id: String,
+    /// The AEP endpoint it lives in.
+    pub platform_url: String,
+    /// The sandbox it lives in.
+    pub sandbox: String,
+    /// The UID of the object that recorded it.
+    pub claimed_by: String,
+    /// When that object's claim was recorded.
+    pub claimed_at: String,
+    /// Hash of the updatable properties last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_spec_hash: Option<String>,
+    /// Hash of the spec the latest ingestion run was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingested_spec_hash: Option<String>,
 }
 
 /// A terminal problem for one generation (see `status.blocked`).
@@ -593,6 +714,77 @@ impl ExternalAudienceSpec {
     pub fn audience_name<'a>(&'a self, metadata_name: &'a str) -> &'a str {
         self.name.as_deref().unwrap_or(metadata_name)
     }
+
+    /// Whether the controller only observes (`managementPolicy: Observe`).
+    pub fn observes(&self) -> bool {
+        self.management_policy == ManagementPolicy::Observe
+    }
+}
+
+impl OwnershipRecord {
+    /// Parses and validates the annotation's value. The error names the annotation and the rule.
+    pub fn parse(value: &str, sandbox: &str) -> Result<Self, String> {
+        let fail = |rule: &str| format!("annotation {OWNERSHIP_RECORD} is not a valid ownership record: {rule}");
+        if value.len() > OWNERSHIP_RECORD_MAX {
+            return Err(fail(&format!("it is longer than {OWNERSHIP_RECORD_MAX} bytes")));
+        }
+        let record: OwnershipRecord = serde_json::from_str(value)
+            .map_err(|e| fail(&format!("it is not the JSON the controller writes ({e})")))?;
+        if record.v != 1 {
+            return Err(fail(&format!("version {} is not known (1 is)", record.v)));
+        }
+        let id_ok = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+        };
+        if !id_ok(&record.audience_id) {
+            return Err(fail("audienceId must be 1-128 characters of A-Z, a-z, 0-9, _ . : -"));
+        }
+        if record.custom_audience_id.as_deref().is_some_and(|c| !id_ok(c)) {
+            return Err(fail(
+                "customAudienceId must be 1-128 characters of A-Z, a-z, 0-9, _ . : -",
+            ));
+        }
+        let text_ok = |v: &str, max: usize| !v.is_empty() && v.len() <= max && !v.chars().any(char::is_control);
+        if !text_ok(&record.org_id, 256) {
+            return Err(fail("orgId must be 1-256 characters without control characters"));
+        }
+        if !text_ok(&record.platform_url, 512) || url::Url::parse(&record.platform_url).is_err() {
+            return Err(fail("platformUrl must be a URL of at most 512 characters"));
+        }
+        if record.sandbox != sandbox {
+            return Err(fail(&format!(
+                "it names sandbox {:?}, but spec.sandbox is {sandbox:?}",
+                record.sandbox
+            )));
+        }
+        if !text_ok(&record.claimed_by, 128) {
+            return Err(fail("claimedBy must be an object UID"));
+        }
+        if record.claimed_at.parse::<jiff::Timestamp>().is_err() {
+            return Err(fail("claimedAt must be an RFC 3339 time"));
+        }
+        let hash_ok = |h: &str| {
+            let hex = h.strip_prefix("v1:").unwrap_or(h);
+            hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+        };
+        for h in [&record.applied_spec_hash, &record.ingested_spec_hash]
+            .into_iter()
+            .flatten()
+        {
+            if !hash_ok(h) {
+                return Err(fail("spec hashes must be 32 hexadecimal digits, optionally after v1:"));
+            }
+        }
+        Ok(record)
+    }
+
+    /// The annotation's value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The `customAudienceId` an object with this UID sends: unique to the object, so an audience
@@ -614,6 +806,9 @@ pub mod conditions {
     /// `True` while the ingested data expires within the warning window (informational: kstatus
     /// and Argo CD read `Ready`, `Reconciling` and `Stalled`; an expired audience is `Stalled`).
     pub const DATA_EXPIRING: &str = "DataExpiring";
+    /// For an observed audience (`managementPolicy: Observe`): `True` when AEP matches the spec
+    /// (informational: an observed audience that differs is still Ready).
+    pub const IN_SYNC: &str = "InSync";
 }
 
 /// Condition reasons (stable, PascalCase).
@@ -660,6 +855,23 @@ pub mod reasons {
     pub const NOT_EXTERNAL: &str = "NotAnExternalAudience";
     /// Paused by annotation.
     pub const PAUSED: &str = "Paused";
+    /// Stalled: another object manages the audience this object names (the older claim wins).
+    pub const AUDIENCE_CLAIMED: &str = "AudienceClaimed";
+    /// Stalled: the credentials Secret now names another IMS org or AEP endpoint than the one the
+    /// audience lives in.
+    pub const ORGANIZATION_CHANGED: &str = "OrganizationChanged";
+    /// Stalled: the ownership record annotation cannot be read.
+    pub const INVALID_OWNERSHIP_RECORD: &str = "InvalidOwnershipRecord";
+    /// Stalled: the ownership record names an audience AEP does not confirm as this object's.
+    pub const OWNERSHIP_NOT_CONFIRMED: &str = "OwnershipNotConfirmed";
+    /// Reconciling: a restored object is re-attaching to the audience its record names.
+    pub const REATTACHING: &str = "Reattaching";
+    /// `InSync` True: the observed audience matches the spec.
+    pub const IN_SYNC: &str = "InSync";
+    /// `InSync` False: the observed audience differs from the spec.
+    pub const DRIFTED: &str = "Drifted";
+    /// `InSync` Unknown: the audience has not been read yet.
+    pub const NOT_OBSERVED: &str = "NotObserved";
 }
 
 /// Event reasons (stable, PascalCase).
@@ -700,6 +912,12 @@ pub mod events {
     pub const PAUSED: &str = "Paused";
     pub const DELETION_PAUSED: &str = "DeletionPaused";
     pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// A restored object re-attached to the audience its ownership record names.
+    pub const AUDIENCE_REATTACHED: &str = "AudienceReattached";
+    pub const AUDIENCE_CLAIMED: &str = "AudienceClaimed";
+    pub const ORGANIZATION_CHANGED: &str = "OrganizationChanged";
+    /// An observed audience differs from the spec (nothing is changed in AEP).
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
 }
 
 /// The CRD, with the status default that keeps kstatus from reading a fresh object as done.
@@ -758,9 +976,10 @@ mod tests {
             "ingestion": {"dataFilterStartTime": 764245635}
         }))
         .expect("spec");
-        assert_eq!(spec.ttl_in_days, 30);
+        assert_eq!(spec.ttl_in_days, None, "AEP's default applies");
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
-        assert!(spec.ingestion.differential_ingestion);
+        assert_eq!(spec.management_policy, ManagementPolicy::Manage);
+        assert!(spec.ingestion.as_ref().is_some_and(|i| i.differential_ingestion));
         assert_eq!(spec.audience_name("loyalty"), "loyalty");
     }
 }

@@ -15,12 +15,13 @@ use kube::{
 };
 
 use super::{
-    Error,
+    Error, claims,
     context::Context,
     credentials::{self, CredentialsError},
-    reconcile::Pass,
+    plan,
+    reconcile::{Pass, now},
     seams::AepApi,
-    steps::Found,
+    steps::{Found, elapsed},
 };
 use crate::{
     aep::{ErrorKind, OperationStatus},
@@ -49,28 +50,42 @@ pub(super) async fn cleanup(
     };
     let mut pass = Pass::new(&fresh, ctx, api);
     pass.conditioned = false;
+    pass.claimed_by = claims::claim_of(&fresh).and_then(|mine| ctx.claims.holder(&mine));
     let action = pass.cleanup().await?;
-    // Released: the Secret keeps its in-use finalizer only while other objects use it, and
-    // nothing is kept about this object.
+    // Released in AEP. The Secret keeps its in-use finalizer while other objects use it; this
+    // check runs before this object's finalizer goes (a crash repeats it), and once more after
+    // (`release_unused_secret` from `reconcile`), so that of objects finishing at the same moment
+    // the last one always releases it. Nothing is kept about this object.
     let ns = fresh.namespace().ok_or(Error::MissingNamespace)?;
-    let secret = fresh.spec.credentials_secret_ref.name.clone();
-    match credentials::secret_holders(&ctx.client, &ns, &secret, fresh.metadata.uid.as_deref())
-        .await
-        .map_err(Error::Kube)?
-    {
-        credentials::Holders::None => {
-            credentials::release_secret(&ctx.client, &ns, &secret)
-                .await
-                .map_err(Error::Kube)?;
-            ctx.credentials.invalidate(&ctx.aep, &ns, &secret);
-        }
-        // Others being deleted too: whichever finishes last releases it; a few delayed checks
-        // close the race of two finishing at once.
-        credentials::Holders::Deleting => credentials::spawn_release_check(ctx.client.clone(), ns, secret),
-        credentials::Holders::Live => {}
-    }
+    release_unused_secret(
+        ctx,
+        &ns,
+        &fresh.spec.credentials_secret_ref.name,
+        fresh.metadata.uid.as_deref(),
+    )
+    .await?;
     ctx.forget_object(&pass.key());
     Ok(action)
+}
+
+/// Removes the in-use finalizer of Secret `namespace/name` if no object but `except_uid` still
+/// needs it (live, or being deleted with its cleanup finalizer).
+pub(super) async fn release_unused_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    except_uid: Option<&str>,
+) -> Result<(), Error> {
+    let holders = credentials::secret_holders(&ctx.client, namespace, name, except_uid)
+        .await
+        .map_err(Error::Kube)?;
+    if holders == credentials::Holders::None {
+        credentials::release_secret(&ctx.client, namespace, name)
+            .await
+            .map_err(Error::Kube)?;
+        ctx.credentials.invalidate(&ctx.aep, namespace, name);
+    }
+    Ok(())
 }
 
 /// Whether `namespace` is being deleted (its Secrets can then never come back).
@@ -90,6 +105,31 @@ impl Pass<'_> {
         let st = self.status.clone();
         let never_sent = st.audience_id.is_none() && st.operation_id.is_none() && st.create_pending_since.is_none();
         if never_sent {
+            return release;
+        }
+        if self.obj.spec.observes() || st.ownership == Some(OwnershipProof::Observed) {
+            if let Some(id) = &st.audience_id {
+                self.event(
+                    EventType::Normal,
+                    events::AUDIENCE_ORPHANED,
+                    format!("Left audience {id} in AEP: it was only observed (managementPolicy: Observe)"),
+                )
+                .await;
+            }
+            return release;
+        }
+        if let Some(holder) = self.claimed_by.clone() {
+            // Another object manages the audience this one names: never deleted from here.
+            let id = &holder.audience.1;
+            self.event(
+                EventType::Warning,
+                events::AUDIENCE_NOT_DELETED,
+                format!(
+                    "Left audience {id} in AEP: ExternalAudience {} manages it (its claim is older)",
+                    holder.object_name()
+                ),
+            )
+            .await;
             return release;
         }
         if self.obj.spec.deletion_policy == DeletionPolicy::Delete && super::reconcile::paused(self.obj) {
@@ -151,6 +191,35 @@ impl Pass<'_> {
             }
         };
         let s = self.ctx.aep.session(&creds, &self.obj.spec.sandbox);
+        // The audience lives in the org and endpoint recorded with it: credentials that now name
+        // another are never used for it (deleting there would hit another org's audience, or
+        // nothing), and nothing is sent to the old one without its credentials.
+        let moved_org = st.org_id.as_deref().is_some_and(|o| o != creds.org_id);
+        let moved_endpoint = st
+            .platform_url
+            .as_deref()
+            .is_some_and(|u| u != s.platform_url().as_str());
+        if plan::has_sent(&st) && (moved_org || moved_endpoint) {
+            let msg = format!(
+                "Deletion waits: the credentials Secret {secret:?} now names IMS org {} at {}, but the audience lives in \
+                 org {} at {}. Restore the Secret to delete it in AEP, or set spec.deletionPolicy: Orphan to release \
+                 the object and leave the audience in AEP",
+                creds.org_id,
+                s.platform_url(),
+                st.org_id.as_deref().unwrap_or("?"),
+                st.platform_url.as_deref().unwrap_or("?"),
+            );
+            if self
+                .cleanup_report(Health::stalled(reasons::ORGANIZATION_CHANGED, msg.clone()))
+                .await?
+            {
+                self.event(EventType::Warning, events::ORGANIZATION_CHANGED, msg).await;
+            }
+            return Err(Error::Waiting(
+                "organization changed",
+                self.ctx.timing.credentials_retry,
+            ));
+        }
         let audience_id = match st.audience_id.clone() {
             Some(id) => {
                 if st.ownership.is_none() && !self.cleanup_legacy_owned(&s, &id).await? {
@@ -200,8 +269,7 @@ impl Pass<'_> {
                 Ok(o) => match (o.status, o.audience_id) {
                     (OperationStatus::Success, Some(id)) => {
                         // Record it first: even if deletion then fails, the audience is never lost.
-                        self.status.audience_id = Some(id.clone());
-                        self.status.ownership = Some(OwnershipProof::CreateOperation);
+                        self.claim(&id, OwnershipProof::CreateOperation);
                         self.write_status().await?;
                         return Ok(Resolved::Audience(id));
                     }
@@ -226,9 +294,8 @@ impl Pass<'_> {
         let cid = self.custom_audience_id()?;
         match s.find_audiences_by_custom_id(&cid).await {
             Ok(found) => {
-                if let Some(a) = found.first() {
-                    self.status.audience_id = Some(a.id.clone());
-                    self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+                if let Some(a) = self.live(found).first() {
+                    self.claim(&a.id, OwnershipProof::CustomAudienceId);
                     self.status.create_pending_since = None;
                     self.write_status().await?;
                     return Ok(Resolved::Audience(a.id.clone()));
@@ -241,7 +308,7 @@ impl Pass<'_> {
             }
         }
         if let Some(since) = self.status.create_pending_since.as_ref().map(|t| t.0) {
-            let age = jiff::Timestamp::now().duration_since(since).unsigned_abs();
+            let age = elapsed(since, now().0);
             let settle = self.ctx.timing.create_settle;
             if age < settle {
                 let msg = format!(
@@ -259,7 +326,7 @@ impl Pass<'_> {
         // Nothing proves an audience is ours. Name any that could be, for a human to check.
         let sent_at = self.status.create_pending_since.as_ref().map(|t| t.0.as_second());
         let found = match s.find_audiences_by_name(self.audience_name()).await {
-            Ok(found) => Found::classify(found, &cid, sent_at.or(Some(i64::MIN / 2))),
+            Ok(found) => Found::classify(self.live(found), &cid, sent_at.or(Some(i64::MIN / 2))),
             Err(e) => {
                 return Err(self
                     .cleanup_retry(e, "looking for the audience before deleting")
@@ -267,8 +334,7 @@ impl Pass<'_> {
             }
         };
         if let Some(ours) = found.ours {
-            self.status.audience_id = Some(ours.id.clone());
-            self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+            self.claim(&ours.id, OwnershipProof::CustomAudienceId);
             self.write_status().await?;
             return Ok(Resolved::Audience(ours.id));
         }

@@ -17,7 +17,7 @@ use kube::{
 };
 use rand::Rng;
 
-use super::{budget::RunBudget, credentials::CredentialStore};
+use super::{budget::RunBudget, claims::ClaimIndex, credentials::CredentialStore};
 use crate::{
     aep::AepClient,
     api::ExternalAudience,
@@ -117,6 +117,8 @@ pub struct Context {
     pub budget: RunBudget,
     /// The controller's cache of ExternalAudiences (who still uses a Secret).
     pub objects: Store<ExternalAudience>,
+    /// The audiences the cached objects claim (at most one object manages an audience).
+    pub claims: ClaimIndex,
     failures: Mutex<HashMap<ObjectKey, u32>>,
     /// When each object was last checked for drift.
     resyncs: Mutex<HashMap<ObjectKey, std::time::Instant>>,
@@ -183,6 +185,7 @@ impl Context {
                 options.budget_gather,
             ),
             objects,
+            claims: ClaimIndex::default(),
             failures: Mutex::default(),
             resyncs: Mutex::default(),
             written: Mutex::default(),

@@ -268,52 +268,38 @@ pub async fn secret_holders(
     Ok(holders)
 }
 
-/// Checks a few times, with growing delays, whether the last holder of a Secret is gone, and
-/// releases it then.
-pub fn spawn_release_check(client: kube::Client, namespace: String, name: String) {
-    tokio::spawn(async move {
-        for attempt in 1..=8u64 {
-            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-            match secret_holders(&client, &namespace, &name, None).await {
-                Ok(Holders::None) => {
-                    if let Err(error) = release_secret(&client, &namespace, &name).await {
-                        tracing::warn!(%error, namespace, secret = name, "Could not release the credentials Secret");
-                    }
-                    return;
-                }
-                Ok(Holders::Live) => return,
-                Ok(Holders::Deleting) | Err(_) => {}
-            }
-        }
-    });
-}
-
-/// Removes the in-use finalizer from `namespace/name`. A Secret that is gone,
-/// or carries no such finalizer, needs nothing.
+/// Removes the in-use finalizer from `namespace/name`. A Secret that is gone, or carries no such
+/// finalizer, needs nothing. The patch removes exactly our entry and only if the list did not
+/// change meanwhile; when it did (someone else edited the finalizers), the Secret is read again
+/// and the removal retried, so a release is never silently skipped.
 pub async fn release_secret(client: &kube::Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
-    let Some(secret) = api.get_metadata_opt(name).await? else {
-        return Ok(());
-    };
-    let finalizers = secret.finalizers();
-    let Some(index) = finalizers.iter().position(|f| f == SECRET_FINALIZER) else {
-        return Ok(());
-    };
-    // Remove exactly our entry, and only if the list did not change meanwhile.
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": SECRET_FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
-    ]))
-    .map_err(kube::Error::SerdeError)?;
-    match api
-        .patch_metadata(name, &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Changed meanwhile (or already released): the next release attempt looks again.
-        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e),
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let Some(secret) = api.get_metadata_opt(name).await? else {
+            return Ok(());
+        };
+        let Some(index) = secret.finalizers().iter().position(|f| f == SECRET_FINALIZER) else {
+            return Ok(());
+        };
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": SECRET_FINALIZER},
+            {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+        ]))
+        .map_err(kube::Error::SerdeError)?;
+        match api
+            .patch_metadata(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // Gone meanwhile: nothing left to release.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            // The list changed under us: read it again.
+            Err(kube::Error::Api(s)) if (s.code == 422 || s.code == 409) && attempt < ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

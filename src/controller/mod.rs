@@ -4,6 +4,7 @@
 //! The steps themselves live in [`reconcile`]; the decisions in [`plan`] (pure).
 
 pub mod budget;
+pub mod claims;
 mod cleanup;
 pub mod context;
 pub mod credentials;
@@ -37,7 +38,7 @@ pub use credentials::CredentialStore;
 
 use crate::{
     aep::{AepClient, ClientConfig},
-    api::{ExternalAudience, MANAGER, conditions},
+    api::{ExternalAudience, MANAGER, OWNERSHIP_RECORD, conditions},
     config::RunConfig,
     health::Health,
     metrics::Metrics,
@@ -123,11 +124,23 @@ fn deletion(obj: &ExternalAudience) -> Option<u64> {
     Some(u64::from(obj.metadata.deletion_timestamp.is_some()))
 }
 
+/// The annotations a pass reacts to: all but the ownership record, which the controller itself
+/// writes after its status (it is read back only after a restore, when there is no status).
+fn user_annotations(obj: &ExternalAudience) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.annotations()
+        .iter()
+        .filter(|(k, _)| k.as_str() != OWNERSHIP_RECORD)
+        .for_each(|kv| kv.hash(&mut hasher));
+    Some(hasher.finish())
+}
+
 /// What a pass must react to: the spec (generation), annotations (run requests, pause, resync
-/// interval, retry-create), finalizers and deletion — not status.
+/// interval, retry-create), finalizers and deletion — not status, not the ownership record.
 pub fn triggers() -> impl Predicate<ExternalAudience> + Clone {
     predicates::generation
-        .combine(predicates::annotations)
+        .combine(user_annotations)
         .combine(predicates::finalizers)
         .combine(deletion)
 }
@@ -208,6 +221,11 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         reader.clone(),
     ));
     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    // Claims are indexed from the same stream, before the store sees each event: when the store
+    // shows an object, the index holds every claim recorded before it. When an object lets go of
+    // an audience, the other objects claiming it are looked at again.
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let claims_ctx = ctx.clone();
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
         .default_backoff()
         // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
@@ -215,6 +233,22 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         .modify(|ea| {
             ea.managed_fields_mut().clear();
             ea.annotations_mut().remove(LAST_APPLIED);
+        })
+        .inspect(move |event| {
+            let claims = &claims_ctx.claims;
+            let others = match event {
+                Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => claims.apply(ea),
+                Ok(watcher::Event::Delete(ea)) => claims.delete(ea),
+                Ok(watcher::Event::Init) => {
+                    claims.relisting();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => claims.relisted(),
+                Err(_) => Vec::new(),
+            };
+            for other in claims::refs(others) {
+                let _ = wake.unbounded_send(other);
+            }
         })
         .reflect(writer)
         // Ready once the cache holds its first full list (the store's own ready signal wakes only
@@ -253,7 +287,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
-    let mut controller = Controller::for_stream(triggers, reader);
+    let mut controller = Controller::for_stream(triggers, reader).reconcile_on(woken);
     if cfg.watch_secrets {
         // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.
         let secrets = match &cfg.namespace {

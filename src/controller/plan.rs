@@ -22,11 +22,20 @@ use crate::{
         SourceSpec, StartRunRequest, UpsAudience,
     },
     api::{
-        self, Blocked, ExternalAudienceSpec, ExternalAudienceStatus, RETRY_CREATE, RUN_REQUESTED_AT, RunState,
-        conditions, reasons,
+        self, Blocked, ExternalAudienceSpec, ExternalAudienceStatus, OWNERSHIP_RECORD, OwnershipProof, OwnershipRecord,
+        RETRY_CREATE, RUN_REQUESTED_AT, RunState, conditions, reasons,
     },
     status::Health,
 };
+
+use super::claims::Claim;
+
+/// The IMS org and AEP endpoint of the credentials a pass loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    pub org_id: &'a str,
+    pub platform_url: &'a str,
+}
 
 /// What the planner sees.
 #[derive(Clone, Debug)]
@@ -41,6 +50,35 @@ pub struct Facts<'a> {
     pub retry_create: Option<&'a str>,
     /// The latest `spec.ingestion.schedule` time not yet served, if one is due.
     pub schedule_due: Option<Time>,
+    /// The org and endpoint of the credentials this pass uses (`None` when not read).
+    pub endpoint: Option<Endpoint<'a>>,
+    /// Another object's claim that wins over this object's on the same audience.
+    pub claimed_by: Option<&'a Claim>,
+    /// The ownership record annotation, parsed (`None` without one).
+    pub record: Option<&'a Result<OwnershipRecord, String>>,
+}
+
+impl Facts<'_> {
+    /// Facts about the object alone (no credentials read, no other objects known).
+    pub fn of_object<'a>(
+        generation: i64,
+        audience_name: &'a str,
+        spec: &'a ExternalAudienceSpec,
+        status: &'a ExternalAudienceStatus,
+    ) -> Facts<'a> {
+        Facts {
+            generation,
+            audience_name,
+            spec,
+            status,
+            run_request: None,
+            retry_create: None,
+            schedule_due: None,
+            endpoint: None,
+            claimed_by: None,
+            record: None,
+        }
+    }
 }
 
 /// The one step a pass performs.
@@ -65,6 +103,13 @@ pub enum Step {
     StartRun { audience_id: String },
     /// Record a problem only a change can resolve (no AEP call).
     Block { reason: &'static str, message: String },
+    /// Stalled by something outside the spec that may change on its own (another object's claim,
+    /// the Secret's org): no AEP call, look again later.
+    Held { reason: &'static str, message: String },
+    /// Re-attach to the audience the ownership record names, after checking it in AEP (reads only).
+    Reattach { audience_id: String },
+    /// Read the audience and its runs and report them (`managementPolicy: Observe`; reads only).
+    Observe { audience_id: String },
     /// A problem only a change can resolve is recorded for this generation: wait.
     Wait,
     /// Converged (or a failed run awaits a change): check for drift when due.
@@ -84,6 +129,9 @@ impl Step {
             Step::RecoverRun { .. } => "recover_run",
             Step::StartRun { .. } => "start_run",
             Step::Block { .. } => "block",
+            Step::Held { .. } => "held",
+            Step::Reattach { .. } => "reattach",
+            Step::Observe { .. } => "observe",
             Step::Wait => "wait",
             Step::Idle { .. } => "idle",
         }
@@ -154,12 +202,15 @@ struct IngestProjection<'a> {
     name: &'a str,
     description: &'a str,
     fields: Vec<FieldProjection<'a>>,
-    source: SourceProjection<'a>,
-    ttl_in_days: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<SourceProjection<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_in_days: Option<i32>,
     labels: &'a [String],
     audience_type: &'static str,
     origin_name: &'static str,
-    ingestion: IngestionProjection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingestion: Option<IngestionProjection>,
 }
 
 /// The properties AEP can update in place.
@@ -169,7 +220,8 @@ struct UpdatableProjection<'a> {
     description: &'a str,
     labels: &'a [String],
     field_labels: Vec<(&'a str, &'a [String])>,
-    ttl_in_days: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_in_days: Option<i32>,
 }
 
 fn field_type_str(t: api::FieldType) -> &'static str {
@@ -211,22 +263,22 @@ fn ingest_projection<'a>(spec: &'a ExternalAudienceSpec, audience_name: &'a str)
                 labels: &f.labels,
             })
             .collect(),
-        source: SourceProjection {
-            path: &spec.source_spec.path,
-            r#type: source_kind_str(spec.source_spec.type_),
+        source: spec.source_spec.as_ref().map(|src| SourceProjection {
+            path: &src.path,
+            r#type: source_kind_str(src.type_),
             source_type: SOURCE_TYPE_CLOUD_STORAGE,
-            cloud_type: spec.source_spec.cloud_type.map(cloud_type_str),
-            base_connection_id: spec.source_spec.base_connection_id.as_deref(),
-        },
+            cloud_type: src.cloud_type.map(cloud_type_str),
+            base_connection_id: src.base_connection_id.as_deref(),
+        }),
         ttl_in_days: spec.ttl_in_days,
         labels: &spec.labels,
         audience_type: AUDIENCE_TYPE_PEOPLE,
         origin_name: ORIGIN_CUSTOM_UPLOAD,
-        ingestion: IngestionProjection {
-            data_filter_start_time: spec.ingestion.data_filter_start_time,
-            data_filter_end_time: spec.ingestion.data_filter_end_time,
-            differential_ingestion: spec.ingestion.differential_ingestion,
-        },
+        ingestion: spec.ingestion.as_ref().map(|i| IngestionProjection {
+            data_filter_start_time: i.data_filter_start_time,
+            data_filter_end_time: i.data_filter_end_time,
+            differential_ingestion: i.differential_ingestion,
+        }),
     }
 }
 
@@ -312,7 +364,8 @@ mod legacy {
         #[serde(skip_serializing_if = "Option::is_none")]
         description: Option<&'a str>,
         fields: Vec<Field<'a>>,
-        source_spec: Source<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source_spec: Option<Source<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ttl_in_days: Option<u32>,
         #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -360,25 +413,25 @@ mod legacy {
                     labels: &f.labels,
                 })
                 .collect(),
-            source_spec: Source {
+            source_spec: spec.source_spec.as_ref().map(|src| Source {
                 params: Params {
-                    path: &spec.source_spec.path,
-                    r#type: source_kind_str(spec.source_spec.type_),
+                    path: &src.path,
+                    r#type: source_kind_str(src.type_),
                     source_type: super::SOURCE_TYPE_CLOUD_STORAGE,
-                    cloud_type: spec.source_spec.cloud_type.map(super::cloud_type_str),
-                    base_connection_id: spec.source_spec.base_connection_id.as_deref(),
+                    cloud_type: src.cloud_type.map(super::cloud_type_str),
+                    base_connection_id: src.base_connection_id.as_deref(),
                 },
-            },
-            ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+            }),
+            ttl_in_days: spec.ttl_in_days.and_then(|t| u32::try_from(t).ok()),
             labels: &spec.labels,
             audience_type: super::AUDIENCE_TYPE_PEOPLE,
             origin_name: super::ORIGIN_CUSTOM_UPLOAD,
         };
-        let run = Run {
-            data_filter_start_time: spec.ingestion.data_filter_start_time,
-            data_filter_end_time: spec.ingestion.data_filter_end_time,
-            differential_ingestion: spec.ingestion.differential_ingestion,
-        };
+        let run = spec.ingestion.as_ref().map(|i| Run {
+            data_filter_start_time: i.data_filter_start_time,
+            data_filter_end_time: i.data_filter_end_time,
+            differential_ingestion: i.differential_ingestion,
+        });
         digest(&(create, run))
     }
 
@@ -394,7 +447,7 @@ mod legacy {
                     labels: &f.labels,
                 })
                 .collect(),
-            ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+            ttl_in_days: spec.ttl_in_days.and_then(|t| u32::try_from(t).ok()),
         })
     }
 }
@@ -413,13 +466,15 @@ fn field_type(t: api::FieldType) -> FieldType {
     }
 }
 
-/// The create request for a spec, marked with the object's `customAudienceId`.
+/// The create request for a spec, marked with the object's `customAudienceId`; `None` without
+/// `spec.sourceSpec` (the CRD requires it for an object that creates its audience).
 pub fn create_request(
     spec: &ExternalAudienceSpec,
     audience_name: &str,
     custom_audience_id: Option<&str>,
-) -> CreateAudienceRequest {
-    CreateAudienceRequest {
+) -> Option<CreateAudienceRequest> {
+    let source = spec.source_spec.as_ref()?;
+    Some(CreateAudienceRequest {
         name: audience_name.to_owned(),
         description: spec.description.clone(),
         fields: spec
@@ -434,25 +489,25 @@ pub fn create_request(
             .collect(),
         source_spec: SourceSpec {
             params: SourceParams {
-                path: spec.source_spec.path.clone(),
-                r#type: match spec.source_spec.type_ {
+                path: source.path.clone(),
+                r#type: match source.type_ {
                     api::SourceKind::File => SourcePathType::File,
                     api::SourceKind::Folder => SourcePathType::Folder,
                 },
                 source_type: Some(SOURCE_TYPE_CLOUD_STORAGE.to_owned()),
-                cloud_type: spec.source_spec.cloud_type.map(|c| cloud_type_str(c).to_owned()),
-                base_connection_id: spec.source_spec.base_connection_id.clone(),
+                cloud_type: source.cloud_type.map(|c| cloud_type_str(c).to_owned()),
+                base_connection_id: source.base_connection_id.clone(),
                 encryption: None,
             },
         },
-        ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+        ttl_in_days: spec.ttl_in_days.and_then(|t| u32::try_from(t).ok()),
         labels: spec.labels.clone(),
         audience_type: Some(AUDIENCE_TYPE_PEOPLE.to_owned()),
         origin_name: ORIGIN_CUSTOM_UPLOAD.to_owned(),
         namespace: None,
         tags: Vec::new(),
         custom_audience_id: custom_audience_id.map(str::to_owned),
-    }
+    })
 }
 
 /// The PATCH request carrying every updatable property (replace semantics).
@@ -469,17 +524,18 @@ pub fn patch_request(spec: &ExternalAudienceSpec) -> PatchAudienceRequest {
                 })
                 .collect(),
         ),
-        ttl_in_days: u32::try_from(spec.ttl_in_days).ok(),
+        ttl_in_days: spec.ttl_in_days.and_then(|t| u32::try_from(t).ok()),
     }
 }
 
-/// The start-run request for a spec.
-pub fn start_run_request(spec: &ExternalAudienceSpec) -> StartRunRequest {
-    StartRunRequest {
-        data_filter_start_time: spec.ingestion.data_filter_start_time,
-        data_filter_end_time: spec.ingestion.data_filter_end_time,
-        differential_ingestion: Some(spec.ingestion.differential_ingestion),
-    }
+/// The start-run request for a spec; `None` without `spec.ingestion`.
+pub fn start_run_request(spec: &ExternalAudienceSpec) -> Option<StartRunRequest> {
+    let ingestion = spec.ingestion.as_ref()?;
+    Some(StartRunRequest {
+        data_filter_start_time: ingestion.data_filter_start_time,
+        data_filter_end_time: ingestion.data_filter_end_time,
+        differential_ingestion: Some(ingestion.differential_ingestion),
+    })
 }
 
 // ----- ownership ----------------------------------------------------------------------------------
@@ -532,6 +588,20 @@ pub fn run_owed(f: &Facts<'_>) -> bool {
     spec_changed || requested || f.schedule_due.is_some()
 }
 
+/// The audience's TTL in days as far as this object knows it: the spec's, else AEP's default (30)
+/// for an audience this object created; `None` for an adopted one whose TTL AEP does not return.
+pub fn known_ttl(spec: &ExternalAudienceSpec, status: &ExternalAudienceStatus) -> Option<i32> {
+    const AEP_DEFAULT_TTL_DAYS: i32 = 30;
+    spec.ttl_in_days.or_else(|| {
+        let created_here = status.custom_audience_id.is_some()
+            && !matches!(
+                status.ownership,
+                Some(OwnershipProof::SpecAudienceId | OwnershipProof::Observed)
+            );
+        created_here.then_some(AEP_DEFAULT_TTL_DAYS)
+    })
+}
+
 /// Reasons that releases before `status.blocked` reported as terminal for a generation, read back
 /// from the `Stalled` condition of such objects after an upgrade.
 const LEGACY_TERMINAL: &[&str] = &[
@@ -575,6 +645,63 @@ fn plan(step: Step, health: Health) -> Plan {
     Plan { step, health }
 }
 
+/// Whether this object has sent anything to AEP for an audience (a create, or a claim on one):
+/// from then on the org and endpoint it was sent to are part of its ownership.
+pub fn has_sent(st: &ExternalAudienceStatus) -> bool {
+    st.audience_id.is_some() || st.operation_id.is_some() || st.create_pending_since.is_some()
+}
+
+fn held(reason: &'static str, message: String) -> Plan {
+    plan(
+        Step::Held {
+            reason,
+            message: message.clone(),
+        },
+        Health::stalled(reason, message),
+    )
+}
+
+/// The org or endpoint the credentials now name, if it is not the one the audience lives in.
+fn organization_changed(f: &Facts<'_>) -> Option<String> {
+    let st = f.status;
+    let now = f.endpoint?;
+    if !has_sent(st) {
+        return None;
+    }
+    let org_moved = st.org_id.as_deref().is_some_and(|o| o != now.org_id);
+    let endpoint_moved = st.platform_url.as_deref().is_some_and(|u| u != now.platform_url);
+    if !org_moved && !endpoint_moved {
+        return None;
+    }
+    let what = st.audience_id.as_deref().map_or_else(
+        || "the audience this object is creating".to_owned(),
+        |id| format!("audience {id}"),
+    );
+    Some(format!(
+        "The credentials Secret {:?} now names IMS org {} at {}, but {what} lives in org {} at {}. Nothing is sent to \
+         either org for it (it is never created again elsewhere): restore the Secret's orgId/platformUrl, or create a \
+         new ExternalAudience for the other org",
+        f.spec.credentials_secret_ref.name,
+        now.org_id,
+        now.platform_url,
+        st.org_id.as_deref().unwrap_or("?"),
+        st.platform_url.as_deref().unwrap_or(now.platform_url),
+    ))
+}
+
+/// The message of an object whose audience another object manages.
+pub fn claimed_message(audience_id: &str, sandbox: &str, holder: &Claim) -> String {
+    format!(
+        "Audience {audience_id} in sandbox {sandbox:?} is managed by ExternalAudience {}, whose claim is older{}; this \
+         object sends nothing to AEP for it and never deletes it. Delete this object (a copy, or a second object \
+         naming the same audience), or release the audience from {} first (delete it there with deletionPolicy: \
+         Orphan, or set its managementPolicy: Observe)",
+        holder.object_name(),
+        if holder.recorded { "" } else { " (not yet recorded)" },
+        holder.object_name(),
+    )
+}
+
 /// The next step for the object, and the health its state implies.
 pub fn next_step(f: &Facts<'_>) -> Plan {
     let st = f.status;
@@ -585,6 +712,48 @@ pub fn next_step(f: &Facts<'_>) -> Plan {
         if !retry_confirmed {
             return plan(Step::Wait, Health::stalled(blocked.reason, blocked.message));
         }
+    }
+    if let Some(message) = organization_changed(f) {
+        return held(reasons::ORGANIZATION_CHANGED, message);
+    }
+    if let Some(holder) = f.claimed_by {
+        return held(
+            reasons::AUDIENCE_CLAIMED,
+            claimed_message(&holder.audience.1, &holder.audience.0, holder),
+        );
+    }
+    if f.spec.observes() {
+        // The CRD requires spec.audienceId with Observe.
+        let Some(id) = f.spec.audience_id.clone().or_else(|| st.audience_id.clone()) else {
+            return held(
+                reasons::AUDIENCE_NOT_FOUND,
+                "spec.managementPolicy Observe needs spec.audienceId to name the audience to observe".to_owned(),
+            );
+        };
+        return plan(
+            Step::Observe {
+                audience_id: id.clone(),
+            },
+            Health::progressing(
+                reasons::CREATING,
+                format!("Reading audience {id} (managementPolicy: Observe)"),
+            ),
+        );
+    }
+    if let Some(id) = &st.audience_id
+        && st.ownership == Some(OwnershipProof::Observed)
+    {
+        // Switched from Observe to Manage: take the audience over (a claim, then a PATCH; a run
+        // only if the spec owes one).
+        return plan(
+            Step::Adopt {
+                audience_id: id.clone(),
+            },
+            Health::progressing(
+                reasons::CREATING,
+                format!("Taking over audience {id} (managementPolicy: Manage)"),
+            ),
+        );
     }
     let Some(audience_id) = st.audience_id.clone() else {
         // A create in flight is finished first, whatever else changed: its audience is never
@@ -611,6 +780,49 @@ pub fn next_step(f: &Facts<'_>) -> Plan {
                     ),
                 ),
             );
+        }
+        // A record of an audience this object already lost (deleted behind its back, then
+        // re-created) names nothing to re-attach to.
+        let record = f
+            .record
+            .filter(|r| !matches!(r, Ok(rec) if st.lost_audience_ids.contains(&rec.audience_id)));
+        match record {
+            Some(Ok(record)) if f.spec.audience_id.as_ref().is_none_or(|id| *id == record.audience_id) => {
+                return plan(
+                    Step::Reattach {
+                        audience_id: record.audience_id.clone(),
+                    },
+                    Health::progressing(
+                        reasons::REATTACHING,
+                        format!(
+                            "Re-attaching to audience {} named by the ownership record (annotation {OWNERSHIP_RECORD})",
+                            record.audience_id
+                        ),
+                    ),
+                );
+            }
+            Some(Ok(record)) => {
+                return held(
+                    reasons::AUDIENCE_ID_MISMATCH,
+                    format!(
+                        "The ownership record (annotation {OWNERSHIP_RECORD}) names audience {}, but spec.audienceId \
+                         names {}: remove the annotation to adopt spec.audienceId, or remove spec.audienceId to \
+                         re-attach to the recorded audience",
+                        record.audience_id,
+                        f.spec.audience_id.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+            Some(Err(problem)) => {
+                return held(
+                    reasons::INVALID_OWNERSHIP_RECORD,
+                    format!(
+                        "{problem}. Nothing is sent to AEP: remove the annotation (to create or adopt as the spec \
+                         says), or restore the value the controller wrote"
+                    ),
+                );
+            }
+            None => {}
         }
         if let Some(id) = &f.spec.audience_id {
             return plan(
@@ -787,6 +999,9 @@ mod tests {
             run_request,
             retry_create: None,
             schedule_due: None,
+            endpoint: None,
+            claimed_by: None,
+            record: None,
         })
     }
 
@@ -1015,6 +1230,120 @@ mod tests {
     }
 
     #[test]
+    fn ownership_steps_come_before_any_aep_call_in_a_fixed_order() {
+        use crate::api::{ManagementPolicy, OwnershipRecord};
+        let base = spec();
+        let endpoint = Endpoint {
+            org_id: "ORG",
+            platform_url: "https://platform.adobe.io/",
+        };
+        let other_org = Endpoint {
+            org_id: "OTHER",
+            platform_url: "https://platform.adobe.io/",
+        };
+        let holder = Claim {
+            audience: ("prod".into(), "aud".into()),
+            org: Some("ORG".into()),
+            recorded: true,
+            since: None,
+            created: None,
+            object: ("ns".into(), "owner".into()),
+        };
+        let record = Ok(OwnershipRecord {
+            v: 1,
+            audience_id: "rec".into(),
+            custom_audience_id: None,
+            org_id: "ORG".into(),
+            platform_url: "https://platform.adobe.io/".into(),
+            sandbox: "prod".into(),
+            claimed_by: "u".into(),
+            claimed_at: "2026-01-01T00:00:00Z".into(),
+            applied_spec_hash: None,
+            ingested_spec_hash: None,
+        });
+        let bad_record: Result<OwnershipRecord, String> = Err("garbled".into());
+        let recorded = ExternalAudienceStatus {
+            org_id: Some("ORG".into()),
+            ..converged(&base)
+        };
+        let plan_of = |spec: &ExternalAudienceSpec,
+                       status: &ExternalAudienceStatus,
+                       endpoint: Endpoint<'_>,
+                       claimed_by: Option<&Claim>,
+                       record: Option<&Result<OwnershipRecord, String>>| {
+            next_step(&Facts {
+                endpoint: Some(endpoint),
+                claimed_by,
+                record,
+                ..Facts::of_object(1, "loyalty", spec, status)
+            })
+        };
+        let held = |p: &Plan| match &p.step {
+            Step::Held { reason, .. } => *reason,
+            other => panic!("not held: {other:?}"),
+        };
+        // The org first (nothing goes to either org), then another object's claim.
+        let p = plan_of(&base, &recorded, other_org, Some(&holder), None);
+        assert_eq!(held(&p), reasons::ORGANIZATION_CHANGED);
+        assert!(p.health.is_stalled());
+        assert_eq!(
+            held(&plan_of(&base, &recorded, endpoint, Some(&holder), None)),
+            reasons::AUDIENCE_CLAIMED
+        );
+        // Nothing sent yet: the org is free to change.
+        let fresh = ExternalAudienceStatus {
+            org_id: Some("ORG".into()),
+            ..Default::default()
+        };
+        assert_eq!(plan_of(&base, &fresh, other_org, None, None).step, Step::Create);
+        // A restored object re-attaches; a garbled record or one of a lost audience does not.
+        assert_eq!(
+            plan_of(&base, &Default::default(), endpoint, None, Some(&record)).step,
+            Step::Reattach {
+                audience_id: "rec".into()
+            }
+        );
+        assert_eq!(
+            held(&plan_of(&base, &Default::default(), endpoint, None, Some(&bad_record))),
+            reasons::INVALID_OWNERSHIP_RECORD
+        );
+        let lost = ExternalAudienceStatus {
+            lost_audience_ids: vec!["rec".into()],
+            ..Default::default()
+        };
+        assert_eq!(plan_of(&base, &lost, endpoint, None, Some(&record)).step, Step::Create);
+        let mut adopt = base.clone();
+        adopt.audience_id = Some("other".into());
+        assert_eq!(
+            held(&plan_of(&adopt, &Default::default(), endpoint, None, Some(&record))),
+            reasons::AUDIENCE_ID_MISMATCH
+        );
+        // Observe reads; switching back to Manage takes the audience over.
+        let mut observe = base.clone();
+        observe.management_policy = ManagementPolicy::Observe;
+        observe.audience_id = Some("aud".into());
+        assert_eq!(
+            plan_of(&observe, &Default::default(), endpoint, None, None).step,
+            Step::Observe {
+                audience_id: "aud".into()
+            }
+        );
+        let observed = ExternalAudienceStatus {
+            audience_id: Some("aud".into()),
+            ownership: Some(OwnershipProof::Observed),
+            ..Default::default()
+        };
+        let mut manage = observe.clone();
+        manage.management_policy = ManagementPolicy::Manage;
+        assert_eq!(
+            plan_of(&manage, &observed, endpoint, None, None).step,
+            Step::Adopt {
+                audience_id: "aud".into()
+            }
+        );
+    }
+
+    #[test]
     fn spec_audience_id_other_than_the_managed_one_blocks() {
         let mut adopt = spec();
         adopt.audience_id = Some("other".into());
@@ -1044,6 +1373,9 @@ mod tests {
                 run_request: None,
                 retry_create: annotation,
                 schedule_due: None,
+                endpoint: None,
+                claimed_by: None,
+                record: None,
             })
             .step
         };
@@ -1090,7 +1422,7 @@ mod tests {
         assert_eq!(ingest_hash(&a, "n"), ingest_hash(&b, "n"));
         assert_eq!(updatable_hash(&a), updatable_hash(&b));
         let mut c = a.clone();
-        c.ttl_in_days = 40;
+        c.ttl_in_days = Some(40);
         assert_ne!(updatable_hash(&a), updatable_hash(&c));
         assert_ne!(ingest_hash(&a, "n"), ingest_hash(&c, "n"));
         // The create request now carries a customAudienceId; the owed-run hash does not move.
@@ -1131,6 +1463,9 @@ mod tests {
             run_request: None,
             retry_create: None,
             schedule_due: None,
+            endpoint: None,
+            claimed_by: None,
+            record: None,
         });
         assert!(matches!(plan.step, Step::Idle { .. }), "{plan:?}");
         assert_eq!(plan.health.reason(), reasons::READY);
@@ -1181,7 +1516,20 @@ mod tests {
         assert_eq!(v["fields"][0]["identityNs"], "email");
         assert_eq!(v["audienceType"], "people");
         assert_eq!(v["originName"], "CUSTOM_UPLOAD");
-        assert_eq!(v["ttlInDays"], 30);
+        assert!(
+            v.get("ttlInDays").is_none(),
+            "without spec.ttlInDays AEP's default applies"
+        );
         assert_eq!(v["customAudienceId"], "k8s-uid");
+        let mut with_ttl = spec();
+        with_ttl.ttl_in_days = Some(40);
+        let v = serde_json::to_value(create_request(&with_ttl, "Loyalty members", None)).expect("json");
+        assert_eq!(v["ttlInDays"], 40);
+        let mut adopted = spec();
+        adopted.source_spec = None;
+        assert!(
+            create_request(&adopted, "x", None).is_none(),
+            "no create without a sourceSpec"
+        );
     }
 }

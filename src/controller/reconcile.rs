@@ -31,20 +31,21 @@ use serde_json::json;
 
 use super::{
     Error,
+    claims::{self, Claim},
     context::Context,
     credentials::{self, CredentialsError},
     expiry,
-    plan::{self, Facts, Plan, Step},
+    plan::{self, Endpoint, Facts, Plan, Step},
     schedule::Schedule,
     seams::{AepApi, StatusApi},
 };
 use crate::{
     aep::{self, ErrorKind},
     api::{
-        Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, PAUSED, RETRY_CREATE, RUN_REQUESTED_AT,
-        conditions, custom_audience_id, events, reasons,
+        Blocked, ExternalAudience, ExternalAudienceStatus, FINALIZER, MANAGER, OWNERSHIP_RECORD, OwnershipProof,
+        OwnershipRecord, PAUSED, RETRY_CREATE, RUN_REQUESTED_AT, conditions, custom_audience_id, events, reasons,
     },
-    status::{Health, conditions_for, stable_message, with_condition, with_paused},
+    status::{Health, conditions_for, stable_message, with_condition, with_paused, without_condition},
 };
 
 /// When to come back after a pass.
@@ -118,14 +119,31 @@ pub async fn reconcile(obj: Arc<ExternalAudience>, ctx: Arc<Context>) -> Result<
     let ns = obj.namespace().ok_or(Error::MissingNamespace)?;
     let api = Api::<ExternalAudience>::namespaced(ctx.client.clone(), &ns);
     let started = std::time::Instant::now();
+    let cleaned_up = std::sync::atomic::AtomicBool::new(false);
+    let secret = obj.spec.credentials_secret_ref.name.clone();
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(obj) => apply(&obj, &ctx, &api).await,
-            FinalizerEvent::Cleanup(obj) => super::cleanup::cleanup(&obj, &ctx, &api).await,
+            FinalizerEvent::Cleanup(obj) => {
+                let done = super::cleanup::cleanup(&obj, &ctx, &api).await;
+                cleaned_up.store(done.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                done
+            }
         }
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() && cleaned_up.load(std::sync::atomic::Ordering::Relaxed) {
+        // This object's finalizer is gone: of objects that finished at the same moment, each saw
+        // the others still holding the Secret before; now the last of them sees none.
+        for attempt in 1..=3u64 {
+            match super::cleanup::release_unused_secret(&ctx, &ns, &secret, None).await {
+                Ok(()) => break,
+                Err(e) if attempt == 3 => tracing::warn!(error = %e, "Could not release the credentials Secret"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * attempt)).await,
+            }
+        }
+    }
     ctx.metrics.observe_reconcile(started.elapsed());
     result
 }
@@ -162,6 +180,12 @@ pub(super) struct Pass<'a> {
     /// (its base may be stale) and for markers; false for writes that record what our own
     /// confirmed base led to (facts that must not be dropped).
     pub(super) conditioned: bool,
+    /// The org and endpoint of the credentials this pass uses: (org id, platform URL).
+    pub(super) endpoint: Option<(String, String)>,
+    /// Another object's claim that wins over this object's, if any.
+    pub(super) claimed_by: Option<Claim>,
+    /// The ownership record annotation, parsed.
+    pub(super) record: Option<Result<OwnershipRecord, String>>,
 }
 
 /// How long after a scheduled time its pass runs (never before it).
@@ -281,7 +305,18 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
             .map_err(Error::Kube)?;
     }
     let session = ctx.aep.session(&creds, &cached.spec.sandbox);
-    let mut step = Pass::new(cached, ctx, api).plan().step;
+    let endpoint = (creds.org_id.clone(), session.platform_url().to_string());
+    fn prepare<'p>(
+        obj: &'p ExternalAudience,
+        ctx: &'p Context,
+        api: &'p Api<ExternalAudience>,
+        endpoint: &(String, String),
+    ) -> Pass<'p> {
+        let mut pass = Pass::new(obj, ctx, api);
+        pass.prepare(ctx, endpoint);
+        pass
+    }
+    let mut step = prepare(cached, ctx, api, &endpoint).plan().step;
     // The cached object can predate our own last status write. Before any step with an AEP side
     // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call;
     // unless the cache holds exactly our last write (nothing to learn from a GET: a newer write by
@@ -297,12 +332,24 @@ async fn apply_once(cached: &ExternalAudience, ctx: &Context, api: &Api<External
         fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
         if fresh.resource_version() != cached.resource_version() {
             obj = &fresh;
-            step = Pass::new(obj, ctx, api).plan().step;
+            step = prepare(obj, ctx, api, &endpoint).plan().step;
         }
     }
-    let mut pass = Pass::new(obj, ctx, api);
+    let mut pass = prepare(obj, ctx, api, &endpoint);
+    // An audience this object adopted or re-attached to is acted on only once the cache shows
+    // the claim: the claim index has then seen every claim recorded before it, so a second
+    // object that claimed the same audience a moment earlier is known (and wins).
+    if step.mutates_aep()
+        && matches!(
+            pass.status.ownership,
+            Some(OwnershipProof::SpecAudienceId | OwnershipProof::RestoreRecord)
+        )
+        && cached.status.as_ref().and_then(|s| s.claimed_at.as_ref()) != pass.original.claimed_at.as_ref()
+    {
+        tracing::debug!(?step, "Waiting for the cache to show this object's claim");
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     pass.status.credentials_secret = Some(secret_name.clone());
-    pass.status.org_id = Some(creds.org_id.clone());
     tracing::debug!(?step, "Planned step");
     ctx.metrics.count_step(step.name());
     let out = pass.run(step, &session).await?;
@@ -323,7 +370,37 @@ impl<'a> Pass<'a> {
             rv: obj.resource_version(),
             conditioned: true,
             status,
+            endpoint: None,
+            claimed_by: None,
+            record: None,
         }
+    }
+
+    /// Gathers the facts beyond the object: the credentials' org and endpoint (recorded in status
+    /// while nothing was sent yet, so that they become part of the ownership with the first
+    /// request), the ownership record annotation, and another object's winning claim.
+    pub(super) fn prepare(&mut self, ctx: &Context, endpoint: &(String, String)) {
+        let st = &mut self.status;
+        if !plan::has_sent(st) || st.org_id.is_none() {
+            st.org_id = Some(endpoint.0.clone());
+        }
+        if !plan::has_sent(st) || st.platform_url.is_none() {
+            st.platform_url = Some(endpoint.1.clone());
+        }
+        // A claim recorded by a release before claims were dated counts from the object's creation.
+        if st.audience_id.is_some() && st.claimed_at.is_none() && st.ownership != Some(OwnershipProof::Observed) {
+            st.claimed_at = self.obj.metadata.creation_timestamp.clone();
+        }
+        self.endpoint = Some(endpoint.clone());
+        self.record = self
+            .obj
+            .annotations()
+            .get(OWNERSHIP_RECORD)
+            .map(|v| OwnershipRecord::parse(v, &self.obj.spec.sandbox));
+        self.claimed_by = claims::claim_of(self.obj).and_then(|mut mine| {
+            mine.org = mine.org.or_else(|| Some(endpoint.0.clone()));
+            ctx.claims.holder(&mine)
+        });
     }
 
     /// The plan for the status as it is now (after whatever the step changed).
@@ -361,6 +438,12 @@ impl<'a> Pass<'a> {
             run_request: self.run_request(),
             retry_create: self.retry_create(),
             schedule_due: self.schedule_due(),
+            endpoint: self
+                .endpoint
+                .as_ref()
+                .map(|(org_id, platform_url)| Endpoint { org_id, platform_url }),
+            claimed_by: self.claimed_by.as_ref(),
+            record: self.record.as_ref(),
         }
     }
 
@@ -374,7 +457,9 @@ impl<'a> Pass<'a> {
 
     /// `spec.expiration.autoExtend` and the data within the warning window (at most once per TTL).
     fn extend_due(&self) -> bool {
-        let ttl = self.obj.spec.ttl_in_days;
+        let Some(ttl) = plan::known_ttl(&self.obj.spec, &self.status) else {
+            return false;
+        };
         self.obj.spec.expiration.as_ref().is_some_and(|e| e.auto_extend)
             && expiry::extend_due(
                 expiry::compute(&self.status, ttl).as_ref(),
@@ -386,7 +471,9 @@ impl<'a> Pass<'a> {
 
     /// `spec.ingestion.schedule` and `timeZone`, parsed (`Ok(None)` without a schedule).
     pub(super) fn schedule(&self) -> Result<Option<Schedule>, String> {
-        let ingestion = &self.obj.spec.ingestion;
+        let Some(ingestion) = &self.obj.spec.ingestion else {
+            return Ok(None);
+        };
         ingestion
             .schedule
             .as_deref()
@@ -395,14 +482,15 @@ impl<'a> Pass<'a> {
     }
 
     /// The latest scheduled time not yet served: after the last one a run was started for, or
-    /// after the object's creation (its first run covers what came before).
+    /// after the schedule was first seen (a schedule added to an existing object owes nothing
+    /// for the times before it; a new object's first run covers what came before).
     pub(super) fn schedule_due(&self) -> Option<Time> {
         let schedule = self.schedule().ok()??;
         let after = self
             .status
             .last_scheduled_time
             .as_ref()
-            .or(self.obj.metadata.creation_timestamp.as_ref())?;
+            .or(self.status.schedule_since.as_ref())?;
         schedule.latest_due(after.0, now().0).map(Time)
     }
 
@@ -430,7 +518,12 @@ impl<'a> Pass<'a> {
         // that is otherwise in sync is Stalled: only a run (or an extension) brings it back.
         let at = now();
         let warning = self.ctx.timing.expiration_warning;
-        self.status.data_expiration = expiry::compute(&self.status, self.obj.spec.ttl_in_days);
+        // Expiry is computed for the data this object ingests (with a TTL it knows); an observed
+        // audience's is AEP's business.
+        self.status.data_expiration = match plan::known_ttl(&self.obj.spec, &self.status) {
+            Some(ttl) if !self.obj.spec.observes() => expiry::compute(&self.status, ttl),
+            _ => None,
+        };
         let expiration = self.status.data_expiration.clone();
         let state = expiry::state(expiration.as_ref(), at.0, warning);
         let mut event = out.event;
@@ -485,9 +578,47 @@ impl<'a> Pass<'a> {
                 &at,
             );
         }
+        if expiration.is_none() {
+            self.status.conditions = without_condition(&self.status.conditions, conditions::DATA_EXPIRING);
+        }
+        self.status.conditions = match &self.status.observed {
+            Some(observed) if self.obj.spec.observes() => {
+                let (in_sync, reason, message) = if observed.differences.is_empty() {
+                    (true, reasons::IN_SYNC, "AEP matches the spec".to_owned())
+                } else {
+                    (
+                        false,
+                        reasons::DRIFTED,
+                        format!(
+                            "AEP differs from the spec in {} (managementPolicy: Observe: nothing is changed in AEP)",
+                            observed.differences.join(", ")
+                        ),
+                    )
+                };
+                with_condition(
+                    &self.status.conditions,
+                    &self.original.conditions,
+                    conditions::IN_SYNC,
+                    in_sync,
+                    reason,
+                    message,
+                    self.generation,
+                    &at,
+                )
+            }
+            _ => without_condition(&self.status.conditions, conditions::IN_SYNC),
+        };
+        if !self.obj.spec.observes() {
+            self.status.observed = None;
+        }
         let expiry_wake = expiry::next_check(expiration.as_ref(), at.0, warning);
         // The next scheduled time: shown, and this object is looked at again then.
         let schedule = self.schedule().ok().flatten();
+        if schedule.is_none() {
+            self.status.schedule_since = None;
+        } else if self.status.schedule_since.is_none() {
+            self.status.schedule_since = Some(now());
+        }
         let next_scheduled = schedule.as_ref().and_then(|s| s.next_after(now().0));
         self.status.next_scheduled_time = next_scheduled.map(Time);
         let wake = next_scheduled
@@ -504,6 +635,7 @@ impl<'a> Pass<'a> {
                 self.event(type_, reason, note).await;
             }
         }
+        self.write_record().await?;
         let key = self.key();
         Ok(match out.next {
             Next::After(d) => {
@@ -565,6 +697,60 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
+    /// The ownership record the status implies: for an audience this object manages, with its
+    /// org, endpoint and claim time recorded.
+    pub(super) fn desired_record(&self) -> Option<OwnershipRecord> {
+        let st = &self.original;
+        if self.obj.spec.observes() || matches!(st.ownership, None | Some(OwnershipProof::Observed)) {
+            return None;
+        }
+        Some(OwnershipRecord {
+            v: 1,
+            audience_id: st.audience_id.clone()?,
+            custom_audience_id: st.custom_audience_id.clone(),
+            org_id: st.org_id.clone()?,
+            platform_url: st.platform_url.clone()?,
+            sandbox: self.obj.spec.sandbox.clone(),
+            claimed_by: self.obj.metadata.uid.clone()?,
+            claimed_at: st.claimed_at.as_ref()?.0.to_string(),
+            applied_spec_hash: st.applied_spec_hash.clone(),
+            ingested_spec_hash: st.ingested_spec_hash.clone(),
+        })
+    }
+
+    /// Keeps the ownership record annotation in line with what status (as written) says, so a
+    /// backup taken now can be restored without a create or a run. Only a change in what a
+    /// restore needs is written: the audience, its org and endpoint, the claim, and the spec last
+    /// ingested (with the one last applied as it stood then).
+    async fn write_record(&mut self) -> Result<(), Error> {
+        let Some(want) = self.desired_record() else {
+            return Ok(());
+        };
+        let have = self
+            .obj
+            .annotations()
+            .get(OWNERSHIP_RECORD)
+            .and_then(|v| OwnershipRecord::parse(v, &self.obj.spec.sandbox).ok());
+        if let Some(mut have) = have {
+            // A PATCH alone is not recorded: the run that follows it is (every updatable
+            // property is part of what a run ingests).
+            have.applied_spec_hash = want.applied_spec_hash.clone();
+            if have == want {
+                return Ok(());
+            }
+        }
+        let updated = self
+            .api
+            .patch_annotation(&self.name, MANAGER, OWNERSHIP_RECORD, Some(want.to_annotation()))
+            .await
+            .map_err(Error::Kube)?;
+        self.rv = updated.resource_version();
+        if let Some(rv) = &self.rv {
+            self.ctx.wrote(self.key(), rv.clone());
+        }
+        Ok(())
+    }
+
     /// Persists a pending marker before a non-idempotent call, conditioned on the object not
     /// having changed since it was read: [`Error::Stale`] when it had (the call is not made; the
     /// pass re-plans from a fresh copy).
@@ -574,7 +760,7 @@ impl<'a> Pass<'a> {
     }
 
     pub(super) async fn run(&mut self, step: Step, s: &impl AepApi) -> Result<Outcome, Error> {
-        if !matches!(step, Step::Wait) {
+        if !matches!(step, Step::Wait | Step::Held { .. }) {
             // Whatever blocked an earlier generation (or was confirmed away) no longer holds.
             self.status.blocked = None;
         }
@@ -588,6 +774,20 @@ impl<'a> Pass<'a> {
             Step::RecoverRun { audience_id } => self.recover_run(s, &audience_id).await,
             Step::StartRun { audience_id } => self.start_run(s, &audience_id).await,
             Step::Block { reason, message } => Ok(Outcome::blocked(reason, message, events::AEP_ERROR)),
+            Step::Held { reason, message } => {
+                let event = match reason {
+                    reasons::AUDIENCE_CLAIMED => events::AUDIENCE_CLAIMED,
+                    reasons::ORGANIZATION_CHANGED => events::ORGANIZATION_CHANGED,
+                    _ => events::AEP_ERROR,
+                };
+                Ok(Outcome::with(
+                    Health::stalled(reason, message.clone()),
+                    Next::After(self.ctx.timing.credentials_retry),
+                )
+                .note(EventType::Warning, event, message))
+            }
+            Step::Reattach { audience_id } => self.reattach(s, &audience_id).await,
+            Step::Observe { audience_id } => self.observe(s, &audience_id).await,
             Step::Wait => Ok(Outcome::planned(Next::Await)),
             Step::Idle { audience_id } if self.extend_due() => self.extend_ttl(s, &audience_id).await,
             Step::Idle { audience_id } => self.idle(s, &audience_id).await,

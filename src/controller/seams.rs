@@ -82,7 +82,7 @@ impl AepApi for Session {
     }
 }
 
-/// The status subresource of one kind of object.
+/// The status subresource of one kind of object, and the one annotation the controller keeps.
 pub trait StatusApi: Send + Sync {
     /// Applies a JSON patch to `/status` of object `name` as field manager `manager`.
     fn patch_status<'a>(
@@ -90,6 +90,16 @@ pub trait StatusApi: Send + Sync {
         name: &'a str,
         manager: &'a str,
         patch: json_patch::Patch,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>>;
+
+    /// Sets (or, with `None`, removes) annotation `key` of object `name` as field manager
+    /// `manager` (a merge patch of that one key).
+    fn patch_annotation<'a>(
+        &'a self,
+        name: &'a str,
+        manager: &'a str,
+        key: &'a str,
+        value: Option<String>,
     ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>>;
 }
 
@@ -106,6 +116,23 @@ impl StatusApi for Api<ExternalAudience> {
                 ..PatchParams::default()
             };
             Api::patch_status(self, name, &params, &Patch::Json::<()>(patch)).await
+        })
+    }
+
+    fn patch_annotation<'a>(
+        &'a self,
+        name: &'a str,
+        manager: &'a str,
+        key: &'a str,
+        value: Option<String>,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+        Box::pin(async move {
+            let params = PatchParams {
+                field_manager: Some(manager.to_owned()),
+                ..PatchParams::default()
+            };
+            let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+            Api::patch(self, name, &params, &Patch::Merge(patch)).await
         })
     }
 }

@@ -114,6 +114,7 @@ impl AepApi for FakeAep {
 struct FakeStatus {
     obj: Mutex<ExternalAudience>,
     writes: Mutex<usize>,
+    annotation_writes: Mutex<usize>,
 }
 
 impl StatusApi for FakeStatus {
@@ -146,6 +147,26 @@ impl StatusApi for FakeStatus {
             Ok(updated)
         })
     }
+
+    fn patch_annotation<'a>(
+        &'a self,
+        _name: &'a str,
+        _manager: &'a str,
+        key: &'a str,
+        value: Option<String>,
+    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+        Box::pin(async move {
+            let mut obj = self.obj.lock().expect("obj");
+            match value {
+                Some(v) => obj.annotations_mut().insert(key.to_owned(), v),
+                None => obj.annotations_mut().remove(key),
+            };
+            let next = obj.resource_version().unwrap_or_default().parse::<u64>().unwrap_or(1) + 1;
+            obj.metadata.resource_version = Some(next.to_string());
+            *self.annotation_writes.lock().expect("writes") += 1;
+            Ok(obj.clone())
+        })
+    }
 }
 
 fn object(status: ExternalAudienceStatus) -> ExternalAudience {
@@ -158,7 +179,8 @@ fn object(status: ExternalAudienceStatus) -> ExternalAudience {
             "sandbox": "prod",
             "fields": [{"name": "ppid", "type": "string", "identityNs": "email"}],
             "sourceSpec": {"path": "a/b.csv", "type": "file"},
-            "ingestion": {"dataFilterStartTime": 764245635}
+            "ingestion": {"dataFilterStartTime": 764245635},
+            "ttlInDays": 30
         }
     }))
     .expect("object");
@@ -201,6 +223,7 @@ async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> 
     let store = FakeStatus {
         obj: Mutex::new(obj.clone()),
         writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
     };
     let mut pass = Pass::new(&obj, &ctx, &store);
     let out = pass.run(step, aep).await.expect("step");
@@ -213,6 +236,18 @@ async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> 
 
 fn err(call: Call, kind: ErrorKind) -> AepError {
     AepError::synthetic(call, kind, format!("{kind} from AEP"))
+}
+
+/// Queues the answers of the confirmation that follows a 404: both lookups say it is gone.
+fn confirms_gone(aep: &FakeAep) {
+    aep.audience
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::GetAudience, ErrorKind::NotFound)));
+    aep.runs
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::ListRuns, ErrorKind::NotFound)));
 }
 
 const KINDS: [ErrorKind; 8] = [
@@ -480,6 +515,9 @@ async fn update_and_adopt_under_every_error_kind() {
             .lock()
             .expect("q")
             .push_back(Err(err(Call::PatchAudience, kind)));
+        if kind == ErrorKind::NotFound {
+            confirms_gone(&aep);
+        }
         let status = ExternalAudienceStatus {
             applied_spec_hash: None,
             ..created()
@@ -535,6 +573,9 @@ async fn start_run_under_every_error_kind() {
             .push_back(Err(err(Call::StartRun, kind)));
         if matches!(kind, ErrorKind::NotNow { .. }) {
             aep.runs.lock().expect("q").push_back(Ok(Vec::new()));
+        }
+        if kind == ErrorKind::NotFound {
+            confirms_gone(&aep);
         }
         let (st, next, writes) = run_step(
             created(),
@@ -600,6 +641,9 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
     for kind in KINDS {
         let aep = FakeAep::default();
         aep.run.lock().expect("q").push_back(Err(err(Call::GetRun, kind)));
+        if kind == ErrorKind::NotFound {
+            confirms_gone(&aep);
+        }
         let (st, next, _) = run_step(
             ready(),
             Step::PollRun {
@@ -610,15 +654,34 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         )
         .await;
         assert_eq!(aep.mutating_calls(), 0, "{kind}: polling sends nothing");
-        assert_eq!(
-            st.last_run.as_ref().map(|r| r.status),
-            Some(RunState::Processing),
-            "{kind}"
-        );
+        if kind == ErrorKind::NotFound {
+            // Confirmed gone: the missing-audience policy (re-create), never a Stalled for ever.
+            assert!(
+                st.audience_id.is_none() && st.lost_audience_ids == ["aud"],
+                "{kind}: {st:?}"
+            );
+            assert!(st.last_run.is_none() && st.run_history.len() == 1, "{kind}");
+        } else {
+            assert_eq!(
+                st.last_run.as_ref().map(|r| r.status),
+                Some(RunState::Processing),
+                "{kind}"
+            );
+        }
         assert_common("poll_run", kind, &st, next);
 
         let aep = FakeAep::default();
         aep.runs.lock().expect("q").push_back(Err(err(Call::ListRuns, kind)));
+        if kind == ErrorKind::NotFound {
+            aep.audience
+                .lock()
+                .expect("q")
+                .push_back(Err(err(Call::GetAudience, ErrorKind::NotFound)));
+            aep.runs
+                .lock()
+                .expect("q")
+                .push_back(Err(err(Call::ListRuns, ErrorKind::NotFound)));
+        }
         let pending = ExternalAudienceStatus {
             run_pending: Some(RunPending {
                 since: super::reconcile::now(),
@@ -638,7 +701,11 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         )
         .await;
         assert_eq!(aep.mutating_calls(), 0, "{kind}: no second start while unsure");
-        assert!(st.run_pending.is_some(), "{kind}: marker kept");
+        if kind == ErrorKind::NotFound {
+            assert!(st.audience_id.is_none(), "{kind}: confirmed gone");
+        } else {
+            assert!(st.run_pending.is_some(), "{kind}: marker kept");
+        }
         assert_common("recover_run", kind, &st, next);
 
         let aep = FakeAep::default();
@@ -688,6 +755,7 @@ async fn a_stale_base_never_sends_the_mutating_call() {
     let store = FakeStatus {
         obj: Mutex::new(newer),
         writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
     };
     let aep = FakeAep::default();
     let mut pass = Pass::new(&obj, &ctx, &store);
@@ -721,6 +789,7 @@ async fn a_malformed_resync_annotation_is_reported_not_ignored() {
     let store = FakeStatus {
         obj: Mutex::new(obj.clone()),
         writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
     };
     let aep = FakeAep::default();
     let mut pass = Pass::new(&obj, &ctx, &store);
@@ -852,6 +921,7 @@ async fn run_step_in(ctx: &Context, obj: ExternalAudience, step: Step, aep: &Fak
     let store = FakeStatus {
         obj: Mutex::new(obj.clone()),
         writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
     };
     let mut pass = Pass::new(&obj, ctx, &store);
     let out = pass.run(step, aep).await.expect("step");
@@ -1054,4 +1124,626 @@ async fn auto_extend_extends_once_within_the_window_and_not_again_that_period() 
         !again.calls.lock().expect("calls").contains(&"extend_ttl"),
         "once per period"
     );
+}
+
+// ----- life of a cluster: ownership that survives restore, claims, org, observe ---------------------
+
+const ORG: &str = "ORG@AdobeOrg";
+const PLATFORM: &str = "https://platform.adobe.io/";
+
+/// Runs one step for `obj` after gathering the pass's facts as the operator does (the
+/// credentials' org and endpoint, the record annotation, the claim index); returns the written
+/// object and how many annotation writes were made.
+async fn run_prepared(ctx: &Context, obj: ExternalAudience, aep: &FakeAep) -> (ExternalAudience, Step, usize) {
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
+    };
+    let mut pass = Pass::new(&obj, ctx, &store);
+    pass.prepare(ctx, &(ORG.to_owned(), PLATFORM.to_owned()));
+    let step = pass.plan().step;
+    let out = pass.run(step.clone(), aep).await.expect("step");
+    pass.finish(out).await.expect("finish");
+    let written = store.obj.lock().expect("obj").clone();
+    let annotations = *store.annotation_writes.lock().expect("writes");
+    (written, step, annotations)
+}
+
+fn record_for(obj: &ExternalAudience, cid: Option<&str>) -> crate::api::OwnershipRecord {
+    crate::api::OwnershipRecord {
+        v: 1,
+        audience_id: "aud".into(),
+        custom_audience_id: cid.map(str::to_owned),
+        org_id: ORG.into(),
+        platform_url: PLATFORM.into(),
+        sandbox: "prod".into(),
+        claimed_by: "the-original-uid".into(),
+        claimed_at: "2026-01-01T00:00:00Z".into(),
+        applied_spec_hash: Some(plan::updatable_hash(&obj.spec)),
+        ingested_spec_hash: Some(plan::ingest_hash(&obj.spec, "loyalty")),
+    }
+}
+
+/// An object as a restore brings it back: the record annotation, no status.
+fn restored(cid: Option<&str>) -> ExternalAudience {
+    let mut obj = object(ExternalAudienceStatus::default());
+    obj.status = None;
+    let record = record_for(&obj, cid).to_annotation();
+    obj.annotations_mut()
+        .insert(crate::api::OWNERSHIP_RECORD.to_owned(), record);
+    obj
+}
+
+fn ups(id: &str, echoed: &str) -> UpsAudience {
+    serde_json::from_value(json!({
+        "id": id, "audienceId": echoed, "name": "loyalty", "imsOrgId": ORG,
+        "sandbox": {"sandboxId": "s", "sandboxName": "prod", "type": "production", "default": true},
+        "type": "ExternalSegment", "originName": "CUSTOM_UPLOAD", "lifecycleState": "published"
+    }))
+    .expect("ups")
+}
+
+fn aep_run(id: &str, status: &str, created_at: i64) -> Run {
+    serde_json::from_value(json!({"runId": id, "audienceId": "aud", "status": status, "createdAt": created_at}))
+        .expect("run")
+}
+
+#[tokio::test]
+async fn a_restored_object_reattaches_after_aep_confirms_it_and_owes_no_patch_and_no_run() {
+    let ctx = context();
+    let obj = restored(Some("k8s-the-original-uid"));
+    let aep = FakeAep::default();
+    aep.audience
+        .lock()
+        .expect("q")
+        .push_back(Ok(ups("aud", "k8s-the-original-uid")));
+    aep.runs
+        .lock()
+        .expect("q")
+        .push_back(Ok(vec![aep_run("r0", "SUCCESS", 100), aep_run("r1", "SUCCESS", 200)]));
+    let (written, step, annotations) = run_prepared(&ctx, obj, &aep).await;
+    assert_eq!(
+        step,
+        Step::Reattach {
+            audience_id: "aud".into()
+        }
+    );
+    assert_eq!(aep.mutating_calls(), 0, "reads only");
+    let st = written.status.clone().expect("status");
+    assert_eq!(st.audience_id.as_deref(), Some("aud"));
+    assert_eq!(st.ownership, Some(crate::api::OwnershipProof::RestoreRecord));
+    assert_eq!(
+        st.custom_audience_id.as_deref(),
+        Some("k8s-the-original-uid"),
+        "the proof it was created with"
+    );
+    assert_eq!(
+        st.last_run.as_ref().map(|r| r.run_id.as_str()),
+        Some("r1"),
+        "the latest run"
+    );
+    assert_eq!(st.run_counts.as_ref().map(|c| c.total), Some(2));
+    assert!(st.claimed_at.is_some() && st.org_id.as_deref() == Some(ORG));
+    // The record now names this object as the claimant.
+    assert_eq!(annotations, 1);
+    let record = crate::api::OwnershipRecord::parse(&written.annotations()[crate::api::OWNERSHIP_RECORD], "prod")
+        .expect("record");
+    assert_eq!(record.claimed_by, "u-1");
+    // The next pass is idle and Ready: nothing owed.
+    let mut next = written.clone();
+    next.metadata.resource_version = Some("9".into());
+    let store = FakeStatus {
+        obj: Mutex::new(next.clone()),
+        writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
+    };
+    let mut pass = Pass::new(&next, &ctx, &store);
+    pass.prepare(&ctx, &(ORG.to_owned(), PLATFORM.to_owned()));
+    let plan = pass.plan();
+    assert_eq!(
+        plan.step,
+        Step::Idle {
+            audience_id: "aud".into()
+        }
+    );
+    assert_eq!(plan.health.reason(), reasons::READY);
+}
+
+#[tokio::test]
+async fn a_record_aep_does_not_confirm_sends_nothing_and_says_what_to_do() {
+    // Another customAudienceId echoed: not this record's audience.
+    let ctx = context();
+    let aep = FakeAep::default();
+    aep.audience
+        .lock()
+        .expect("q")
+        .push_back(Ok(ups("aud", "k8s-someone-else")));
+    let (written, _, annotations) = run_prepared(&ctx, restored(Some("k8s-the-original-uid")), &aep).await;
+    let st = written.status.expect("status");
+    assert!(st.audience_id.is_none() && annotations == 0);
+    assert_eq!(
+        reason(&st, "Stalled").as_deref(),
+        Some(reasons::OWNERSHIP_NOT_CONFIRMED)
+    );
+    assert!(condition_of(&st, "Stalled").message.contains("remove the annotation"));
+    // Gone from AEP.
+    let aep = FakeAep::default();
+    aep.audience
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::GetAudience, ErrorKind::NotFound)));
+    let (written, _, _) = run_prepared(&ctx, restored(None), &aep).await;
+    assert_eq!(
+        reason(&written.status.expect("status"), "Stalled").as_deref(),
+        Some(reasons::OWNERSHIP_NOT_CONFIRMED)
+    );
+    assert_eq!(aep.mutating_calls(), 0);
+    // A record of another org: not even read in AEP.
+    let mut other = restored(None);
+    let mut rec = record_for(&other, None);
+    rec.org_id = "OTHER@AdobeOrg".into();
+    other
+        .annotations_mut()
+        .insert(crate::api::OWNERSHIP_RECORD.to_owned(), rec.to_annotation());
+    let aep = FakeAep::default();
+    let (written, _, _) = run_prepared(&ctx, other, &aep).await;
+    assert_eq!(
+        reason(&written.status.expect("status"), "Stalled").as_deref(),
+        Some(reasons::ORGANIZATION_CHANGED)
+    );
+    assert!(
+        aep.calls.lock().expect("calls").is_empty(),
+        "nothing sent to either org"
+    );
+    // A record that does not parse: named, and nothing sent.
+    let mut garbled = restored(None);
+    garbled.annotations_mut().insert(
+        crate::api::OWNERSHIP_RECORD.to_owned(),
+        "{\"v\":1,\"audienceId\":\"../x\"}".into(),
+    );
+    let aep = FakeAep::default();
+    let (written, _, _) = run_prepared(&ctx, garbled, &aep).await;
+    let st = written.status.expect("status");
+    assert_eq!(
+        reason(&st, "Stalled").as_deref(),
+        Some(reasons::INVALID_OWNERSHIP_RECORD)
+    );
+    assert!(
+        condition_of(&st, "Stalled")
+            .message
+            .contains(crate::api::OWNERSHIP_RECORD)
+    );
+    assert!(aep.calls.lock().expect("calls").is_empty());
+}
+
+#[tokio::test]
+async fn a_second_claimant_is_stalled_naming_the_owner_and_sends_nothing() {
+    let ctx = context();
+    // The owner, in the index with a recorded claim.
+    let mut owner = object(ExternalAudienceStatus {
+        org_id: Some(ORG.into()),
+        claimed_at: Some(super::reconcile::now()),
+        ownership: Some(crate::api::OwnershipProof::SpecAudienceId),
+        ..ready()
+    });
+    owner.metadata.name = Some("owner".into());
+    owner.spec.audience_id = Some("aud".into());
+    ctx.claims.apply(&owner);
+    // A second object naming the same audience, and a clone carrying the owner's record.
+    let mut second = object(ExternalAudienceStatus::default());
+    second.metadata.name = Some("second".into());
+    second.spec.audience_id = Some("aud".into());
+    let mut clone = restored(Some("k8s-u-1"));
+    clone.metadata.name = Some("clone".into());
+    for obj in [second, clone] {
+        ctx.claims.apply(&obj);
+        let aep = FakeAep::default();
+        let (written, step, annotations) = run_prepared(&ctx, obj.clone(), &aep).await;
+        assert!(
+            matches!(step, Step::Held { reason, .. } if reason == reasons::AUDIENCE_CLAIMED),
+            "{step:?}"
+        );
+        assert!(
+            aep.calls.lock().expect("calls").is_empty(),
+            "nothing sent on its behalf"
+        );
+        assert_eq!(annotations, 0);
+        let st = written.status.expect("status");
+        assert!(
+            condition_of(&st, "Stalled")
+                .message
+                .contains("ExternalAudience ns/owner")
+        );
+        assert!(st.audience_id.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_secret_naming_another_org_stops_the_object_before_any_request() {
+    let ctx = context();
+    for status in [
+        ExternalAudienceStatus {
+            org_id: Some("FIRST@AdobeOrg".into()),
+            ..ready()
+        },
+        // A create in flight: its operation lives in the first org too.
+        ExternalAudienceStatus {
+            org_id: Some("FIRST@AdobeOrg".into()),
+            operation_id: Some("op".into()),
+            ..Default::default()
+        },
+        ExternalAudienceStatus {
+            org_id: Some(ORG.into()),
+            platform_url: Some("https://other.example/".into()),
+            ..ready()
+        },
+    ] {
+        let aep = FakeAep::default();
+        let (written, step, _) = run_prepared(&ctx, object(status.clone()), &aep).await;
+        assert!(
+            matches!(step, Step::Held { reason, .. } if reason == reasons::ORGANIZATION_CHANGED),
+            "{step:?}"
+        );
+        assert!(
+            aep.calls.lock().expect("calls").is_empty(),
+            "nothing sent to either org"
+        );
+        let st = written.status.expect("status");
+        assert_eq!(st.org_id, status.org_id, "the recorded org is kept");
+    }
+    // Before anything was sent, the org simply follows the Secret.
+    let aep = FakeAep::default();
+    aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+    aep.create
+        .lock()
+        .expect("q")
+        .push_back(Ok(serde_json::from_value(json!({"operationId": "op"})).expect("answer")));
+    let (written, step, _) = run_prepared(
+        &ctx,
+        object(ExternalAudienceStatus {
+            org_id: Some("FIRST@AdobeOrg".into()),
+            ..Default::default()
+        }),
+        &aep,
+    )
+    .await;
+    assert_eq!(step, Step::Create);
+    let st = written.status.expect("status");
+    assert_eq!(
+        (st.org_id.as_deref(), st.platform_url.as_deref()),
+        (Some(ORG), Some(PLATFORM))
+    );
+}
+
+#[tokio::test]
+async fn observe_reads_reports_drift_and_never_sends_a_mutating_request() {
+    let ctx = context();
+    let mut obj = object(ExternalAudienceStatus::default());
+    obj.spec.management_policy = crate::api::ManagementPolicy::Observe;
+    obj.spec.audience_id = Some("aud".into());
+    obj.spec.description = Some("what Git says".into());
+    let mut found = ups("aud", "aud");
+    found.description = Some("what AEP says".into());
+    let aep = FakeAep::default();
+    aep.audience.lock().expect("q").push_back(Ok(found));
+    aep.runs
+        .lock()
+        .expect("q")
+        .push_back(Ok(vec![aep_run("r1", "SUCCESS", 100)]));
+    let (written, step, annotations) = run_prepared(&ctx, obj.clone(), &aep).await;
+    assert_eq!(
+        step,
+        Step::Observe {
+            audience_id: "aud".into()
+        }
+    );
+    assert_eq!(aep.mutating_calls(), 0);
+    assert_eq!(annotations, 0, "no ownership record for an observed audience");
+    let st = written.status.clone().expect("status");
+    assert_eq!(reason(&st, "Ready").as_deref(), Some(reasons::READY));
+    let in_sync = condition_of(&st, "InSync");
+    assert_eq!(
+        (in_sync.status.as_str(), in_sync.reason.as_str()),
+        ("False", reasons::DRIFTED)
+    );
+    assert!(in_sync.message.contains("description"));
+    assert_eq!(
+        st.observed.as_ref().map(|o| o.differences.clone()),
+        Some(vec!["description".to_owned()])
+    );
+    assert_eq!(st.ownership, Some(crate::api::OwnershipProof::Observed));
+    assert!(st.data_expiration.is_none());
+    // A run request annotation changes nothing for an observer.
+    let mut requested = written.clone();
+    requested
+        .annotations_mut()
+        .insert(crate::api::RUN_REQUESTED_AT.to_owned(), "now".into());
+    let aep = FakeAep::default();
+    aep.audience.lock().expect("q").push_back(Ok(ups("aud", "aud")));
+    aep.runs.lock().expect("q").push_back(Ok(Vec::new()));
+    let (_, step, _) = run_prepared(&ctx, requested, &aep).await;
+    assert_eq!(
+        step,
+        Step::Observe {
+            audience_id: "aud".into()
+        }
+    );
+    assert_eq!(aep.mutating_calls(), 0);
+    // Switched to Manage: the audience is taken over (a claim), without a run.
+    let mut managed = written.clone();
+    managed.spec.management_policy = crate::api::ManagementPolicy::Manage;
+    let aep = FakeAep::default();
+    aep.audience.lock().expect("q").push_back(Ok(ups("aud", "aud")));
+    let (written, step, _) = run_prepared(&ctx, managed, &aep).await;
+    assert_eq!(
+        step,
+        Step::Adopt {
+            audience_id: "aud".into()
+        }
+    );
+    let st = written.status.expect("status");
+    assert_eq!(st.ownership, Some(crate::api::OwnershipProof::SpecAudienceId));
+    assert!(st.observed.is_none() && st.conditions.iter().all(|c| c.type_ != "InSync"));
+    assert!(
+        plan::ingest_hash_matches(st.ingested_spec_hash.as_deref(), &written.spec, "loyalty"),
+        "no run owed"
+    );
+}
+
+#[tokio::test]
+async fn a_conflicted_marker_write_gives_the_run_budget_back() {
+    let ctx = context_with(1);
+    let obj = object(ExternalAudienceStatus {
+        org_id: Some(ORG.into()),
+        ..created()
+    });
+    let newer = {
+        let mut o = obj.clone();
+        o.metadata.resource_version = Some("7".into());
+        o
+    };
+    let store = FakeStatus {
+        obj: Mutex::new(newer),
+        writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
+    };
+    let aep = FakeAep::default();
+    let mut pass = Pass::new(&obj, &ctx, &store);
+    let result = pass
+        .run(
+            Step::StartRun {
+                audience_id: "aud".into(),
+            },
+            &aep,
+        )
+        .await;
+    assert!(matches!(result, Err(Error::Stale)));
+    // The one run of the day is still there for another object.
+    let now = super::reconcile::now().0;
+    let grant = ctx.budget.claim(
+        ORG,
+        "prod",
+        &("ns".to_owned(), "other".to_owned()),
+        super::budget::Priority::Demand,
+        now,
+        now,
+        |_| (0, false),
+    );
+    assert_eq!(grant, super::budget::Grant::Go);
+}
+
+#[tokio::test]
+async fn a_marker_from_a_clock_ahead_never_shortens_the_settle_window() {
+    let ahead = super::reconcile::now().0 + jiff::SignedDuration::from_hours(1);
+    let aep = FakeAep::default();
+    aep.find_by_custom_id.lock().expect("q").push_back(Ok(Vec::new()));
+    aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+    let status = ExternalAudienceStatus {
+        create_pending_since: Some(Time(ahead)),
+        custom_audience_id: Some("k8s-u-1".into()),
+        ..Default::default()
+    };
+    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    assert_eq!(aep.mutating_calls(), 0, "no create before the window has passed");
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::CONFIRMING_CREATE));
+}
+
+#[tokio::test]
+async fn a_resent_create_answered_409_keeps_the_marker_and_looks_for_proof_again() {
+    let long_ago = super::reconcile::now().0 - jiff::SignedDuration::from_hours(1);
+    let aep = FakeAep::default();
+    aep.find_by_custom_id.lock().expect("q").push_back(Ok(Vec::new()));
+    aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+    aep.create
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::CreateAudience, ErrorKind::Conflict)));
+    let status = ExternalAudienceStatus {
+        create_pending_since: Some(Time(long_ago)),
+        custom_audience_id: Some("k8s-u-1".into()),
+        ..Default::default()
+    };
+    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    assert_eq!(aep.mutating_calls(), 1, "the create was sent again once");
+    assert!(
+        st.create_pending_since.is_some(),
+        "the marker stays: the first create may have made it"
+    );
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::CONFIRMING_CREATE));
+    assert_ne!(reason(&st, "Stalled").as_deref(), Some(reasons::NAME_TAKEN));
+}
+
+#[tokio::test]
+async fn a_lost_or_deleted_audience_is_never_recovered_by_its_custom_id() {
+    let mut deleted = ups("gone", "k8s-u-1");
+    deleted.lifecycle_state = Some("deleted".into());
+    let lost = ups("lost", "k8s-u-1");
+    let aep = FakeAep::default();
+    aep.find_by_custom_id
+        .lock()
+        .expect("q")
+        .push_back(Ok(vec![deleted, lost]));
+    aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
+    let status = ExternalAudienceStatus {
+        create_pending_since: Some(super::reconcile::now()),
+        custom_audience_id: Some("k8s-u-1".into()),
+        lost_audience_ids: vec!["lost".into()],
+        ..Default::default()
+    };
+    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    assert!(
+        st.audience_id.is_none(),
+        "neither is this object's live audience: {st:?}"
+    );
+    assert!(st.create_pending_since.is_some());
+}
+
+#[tokio::test]
+async fn a_404_on_the_audience_routes_is_confirmed_before_it_counts_as_gone() {
+    // PATCH says 404, but the audience exists: try again, never re-create.
+    let aep = FakeAep::default();
+    aep.patch
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::PatchAudience, ErrorKind::NotFound)));
+    aep.audience.lock().expect("q").push_back(Ok(ups("aud", "aud")));
+    let (st, next, _) = run_step(
+        ExternalAudienceStatus {
+            applied_spec_hash: None,
+            ..created()
+        },
+        Step::Update {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(st.audience_id.as_deref(), Some("aud"));
+    assert!(st.lost_audience_ids.is_empty());
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RETRYING));
+    assert!(matches!(next, Next::After(_)));
+    // The run is unknown but the audience exists: the run is reported failed, never re-started.
+    let aep = FakeAep::default();
+    aep.run
+        .lock()
+        .expect("q")
+        .push_back(Err(err(Call::GetRun, ErrorKind::NotFound)));
+    aep.audience.lock().expect("q").push_back(Ok(ups("aud", "aud")));
+    let (st, _, _) = run_step(
+        ready(),
+        Step::PollRun {
+            audience_id: "aud".into(),
+            run_id: "r1".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(st.last_run.as_ref().map(|r| r.status), Some(RunState::Failed));
+    assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::RUN_FAILED));
+    assert_eq!(aep.mutating_calls(), 0);
+}
+
+#[tokio::test]
+async fn the_sandbox_cap_is_settled_by_elimination_not_by_aep_wording() {
+    let refused = || Err(err(Call::StartRun, ErrorKind::NotNow { retry_after: None }));
+    let claim_other = |ctx: &Context| {
+        let now = super::reconcile::now().0;
+        ctx.budget.claim(
+            ORG,
+            "prod",
+            &("ns".to_owned(), "other".to_owned()),
+            super::budget::Priority::Demand,
+            now,
+            now,
+            |_| (0, false),
+        )
+    };
+    // No run in progress, under the per-audience limit: the sandbox's cap.
+    let ctx = context();
+    let aep = FakeAep::default();
+    aep.start_run.lock().expect("q").push_back(refused());
+    aep.runs
+        .lock()
+        .expect("q")
+        .push_back(Ok(vec![aep_run("r0", "SUCCESS", 100)]));
+    let st = run_step_in(
+        &ctx,
+        object(ExternalAudienceStatus {
+            org_id: Some(ORG.into()),
+            ..created()
+        }),
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
+    assert!(
+        matches!(claim_other(&ctx), super::budget::Grant::Wait { .. }),
+        "the day is spent for the sandbox"
+    );
+    // A run in progress explains the refusal: the sandbox's budget is untouched.
+    let ctx = context();
+    let aep = FakeAep::default();
+    aep.start_run.lock().expect("q").push_back(refused());
+    aep.runs
+        .lock()
+        .expect("q")
+        .push_back(Ok(vec![aep_run("r0", "PROCESSING", 100)]));
+    let st = run_step_in(
+        &ctx,
+        object(ExternalAudienceStatus {
+            org_id: Some(ORG.into()),
+            ..created()
+        }),
+        Step::StartRun {
+            audience_id: "aud".into(),
+        },
+        &aep,
+    )
+    .await;
+    assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
+    assert_eq!(claim_other(&ctx), super::budget::Grant::Go);
+}
+
+#[tokio::test]
+async fn a_schedule_added_to_an_existing_object_owes_no_run_for_the_times_before_it() {
+    let ctx = context();
+    let mut obj = object(ExternalAudienceStatus {
+        last_run: ready().last_run.map(|r| IngestionRun {
+            status: RunState::Success,
+            ..r
+        }),
+        ..ready()
+    });
+    obj.metadata.creation_timestamp = Some(Time(super::reconcile::now().0 - jiff::SignedDuration::from_hours(5)));
+    if let Some(i) = obj.spec.ingestion.as_mut() {
+        i.schedule = Some("0 * * * *".into());
+    }
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
+    };
+    let pass = Pass::new(&obj, &ctx, &store);
+    assert_eq!(
+        pass.schedule_due(),
+        None,
+        "hours since the object's creation owe nothing"
+    );
+    assert_eq!(
+        pass.plan().step,
+        Step::Idle {
+            audience_id: "aud".into()
+        }
+    );
+    // Once the schedule was first seen, its times count from then.
+    let mut seen = obj.clone();
+    if let Some(st) = seen.status.as_mut() {
+        st.schedule_since = Some(Time(super::reconcile::now().0 - jiff::SignedDuration::from_hours(2)));
+    }
+    let pass = Pass::new(&seen, &ctx, &store);
+    assert!(pass.schedule_due().is_some());
 }

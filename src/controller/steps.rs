@@ -28,12 +28,34 @@ use super::{
 use crate::{
     aep::{self, ErrorKind, OperationStatus, RunStatus, UpsAudience},
     api::{
-        ExternalAudience, IngestionRun, OwnershipProof, RESYNC_INTERVAL, RUN_HISTORY_LIMIT, RunPending, RunState,
-        events, reasons,
+        ExternalAudience, IngestionRun, OWNERSHIP_RECORD, ObservedAudience, OwnershipProof, RESYNC_INTERVAL,
+        RUN_HISTORY_LIMIT, RunCounts, RunPending, RunState, events, reasons,
     },
     config::{MissingAudiencePolicy, RunWindow},
     status::{Health, stable_message},
 };
+
+/// Whether an audience record is one AEP deleted (it may still be listed, e.g. by the
+/// `customAudienceId` lookup, which also returns inactive and deleted audiences).
+pub(super) fn is_deleted(a: &UpsAudience) -> bool {
+    a.lifecycle_state
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("deleted"))
+}
+
+/// Time from `since` to `now` on the operator's clock; zero when `since` lies ahead (a marker
+/// written by a replica whose clock runs ahead counts as just written, never as long ago).
+pub(super) fn elapsed(since: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
+/// Whether an audience still exists, after a 404 on one of its routes.
+pub(super) enum Presence {
+    /// Both lookups say it is gone.
+    Gone,
+    /// A lookup still finds it.
+    Exists,
+}
 
 /// Audiences found by name, split by what proves (or disproves) they are this object's.
 #[derive(Default)]
@@ -58,6 +80,22 @@ impl Found {
 }
 
 impl Pass<'_> {
+    /// Records the claim on `audience_id` (with its proof and when it was made).
+    pub(super) fn claim(&mut self, audience_id: &str, proof: OwnershipProof) {
+        self.status.audience_id = Some(audience_id.to_owned());
+        self.status.ownership = Some(proof);
+        self.status.claimed_at = Some(now());
+    }
+
+    /// Drops audiences that cannot be this object's live audience: deleted ones, and ones it
+    /// lost before (deleted behind its back, then re-created).
+    pub(super) fn live(&self, found: Vec<UpsAudience>) -> Vec<UpsAudience> {
+        found
+            .into_iter()
+            .filter(|a| !is_deleted(a) && !self.status.lost_audience_ids.contains(&a.id))
+            .collect()
+    }
+
     // ----- create -----------------------------------------------------------------------------
 
     fn name_taken(&self, holder: Option<&str>, detail: &str) -> Outcome {
@@ -66,8 +104,11 @@ impl Pass<'_> {
         let msg = match holder {
             Some(id) => format!(
                 "AEP audience name {name:?} in sandbox {sandbox:?} already belongs to audience {id}, which this object \
-                 cannot prove it created. To manage that audience, set spec.audienceId: {id}; otherwise choose another \
-                 spec.name (in a new ExternalAudience)"
+                 cannot prove it created. To manage that audience, set spec.audienceId: {id} (for manifests rebuilt \
+                 from Git: `controller import --sandbox {sandbox} --secret {secret} --namespace {ns} --attach-to \
+                 <manifest folder>` writes it into them); otherwise choose another spec.name (in a new ExternalAudience)",
+                secret = self.obj.spec.credentials_secret_ref.name,
+                ns = self.obj.namespace().unwrap_or_default(),
             ),
             None => format!(
                 "AEP refused to create audience {name:?} in sandbox {sandbox:?}: {detail}. Another audience holds the \
@@ -82,7 +123,7 @@ impl Pass<'_> {
         let cid = self.custom_audience_id()?;
         let name = self.audience_name().to_owned();
         let found = match s.find_audiences_by_name(&name).await {
-            Ok(found) => Found::classify(found, &cid, None),
+            Ok(found) => Found::classify(self.live(found), &cid, None),
             Err(e) => return Ok(self.failure(&e, "looking up the audience name")),
         };
         if let Some(ours) = found.ours {
@@ -91,15 +132,25 @@ impl Pass<'_> {
         if let Some(holder) = found.foreign.first() {
             return Ok(self.name_taken(Some(&holder.id), ""));
         }
-        self.send_create(s, cid).await
+        self.send_create(s, cid, false).await
     }
 
-    /// Marker first (conditioned on the object not having changed), then the POST.
-    async fn send_create(&mut self, s: &impl AepApi, cid: String) -> Result<Outcome, Error> {
+    /// Marker first (conditioned on the object not having changed), then the POST. `resend`: a
+    /// create whose answer was lost was sent before (its outcome is settled as unknown, not as
+    /// "nothing", until proof says otherwise).
+    async fn send_create(&mut self, s: &impl AepApi, cid: String, resend: bool) -> Result<Outcome, Error> {
+        let Some(req) = plan::create_request(&self.obj.spec, self.audience_name(), Some(&cid)) else {
+            return Ok(Outcome::blocked(
+                reasons::REJECTED,
+                "spec.sourceSpec: Required value: the audience must be created, and AEP needs the location of its CSV \
+                 file (or set spec.audienceId to adopt an existing audience)"
+                    .to_owned(),
+                events::AEP_ERROR,
+            ));
+        };
         self.status.create_pending_since = Some(now());
         self.status.custom_audience_id = Some(cid.clone());
         self.write_marker().await?;
-        let req = plan::create_request(&self.obj.spec, self.audience_name(), Some(&cid));
         match s.create_audience(&req).await {
             Ok(resp) => {
                 tracing::info!(operation_id = %resp.operation_id, "Requested audience creation");
@@ -117,6 +168,23 @@ impl Pass<'_> {
                 ))
             }
             Err(e) => match e.kind() {
+                // After a lost create, the name may be held by the audience that create made
+                // (visible only now): the outcome stays unknown, the marker stays, and the next
+                // pass looks for proof again.
+                ErrorKind::Conflict if resend => {
+                    let msg = stable_message(&format!(
+                        "AEP refused the new create of audience {:?} ({}): the audience an earlier create of this \
+                         object (whose answer was lost) may have made could hold the name; looking for it by proof \
+                         before anything is sent again",
+                        self.audience_name(),
+                        e.message()
+                    ));
+                    Ok(Outcome::with(
+                        Health::progressing(reasons::CONFIRMING_CREATE, msg.clone()),
+                        Next::After(self.ctx.timing.operation_poll),
+                    )
+                    .note(EventType::Warning, events::AEP_ERROR, msg))
+                }
                 // AEP refused: nothing was created, and a name conflict is not proof of anything.
                 ErrorKind::Conflict => {
                     self.status.create_pending_since = None;
@@ -148,8 +216,7 @@ impl Pass<'_> {
     /// Records an audience found carrying this object's `customAudienceId`.
     async fn record_recovered(&mut self, audience_id: &str) -> Result<Outcome, Error> {
         tracing::info!(audience_id, "Found the audience by its customAudienceId");
-        self.status.audience_id = Some(audience_id.to_owned());
-        self.status.ownership = Some(OwnershipProof::CustomAudienceId);
+        self.claim(audience_id, OwnershipProof::CustomAudienceId);
         self.status.create_pending_since = None;
         // The create carried the spec of its time: PATCH once to be sure.
         self.status.applied_spec_hash = None;
@@ -167,11 +234,8 @@ impl Pass<'_> {
     /// the settle window); an audience nobody can attribute stops for a human.
     pub(super) async fn recover_create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
         let cid = self.custom_audience_id()?;
-        let marker_at = self
-            .status
-            .create_pending_since
-            .as_ref()
-            .map_or_else(jiff::Timestamp::now, |t| t.0);
+        let clock = now().0;
+        let marker_at = self.status.create_pending_since.as_ref().map_or(clock, |t| t.0);
         // After an operation AEP forgot, the create may be older than the marker (the id is kept
         // as a record until the audience is lost and re-created).
         let sent_at = if self.status.lost_operation_id.is_some() {
@@ -181,21 +245,21 @@ impl Pass<'_> {
         };
         match s.find_audiences_by_custom_id(&cid).await {
             Ok(found) => {
-                if let Some(a) = found.first() {
+                if let Some(a) = self.live(found).first() {
                     return self.record_recovered(&a.id).await;
                 }
             }
             Err(e) => return Ok(self.failure(&e, "looking for the audience by customAudienceId")),
         }
         let found = match s.find_audiences_by_name(self.audience_name()).await {
-            Ok(found) => Found::classify(found, &cid, Some(sent_at)),
+            Ok(found) => Found::classify(self.live(found), &cid, Some(sent_at)),
             Err(e) => return Ok(self.failure(&e, "looking for the audience by name")),
         };
         if let Some(ours) = found.ours {
             return self.record_recovered(&ours.id).await;
         }
         let settle = self.ctx.timing.create_settle;
-        let age = jiff::Timestamp::now().duration_since(marker_at).unsigned_abs();
+        let age = elapsed(marker_at, clock);
         if age < settle {
             let remaining = settle - age;
             let msg = format!(
@@ -219,7 +283,7 @@ impl Pass<'_> {
             let token = plan::retry_create_token(&self.status).unwrap_or_default();
             if self.retry_create() == Some(token.as_str()) {
                 tracing::info!("Create of unknown outcome confirmed absent by the user; creating again");
-                return self.send_create(s, cid).await;
+                return self.send_create(s, cid, true).await;
             }
             let candidates: Vec<&UpsAudience> = found.unattributable.iter().collect();
             let msg = plan::create_outcome_unknown_message(
@@ -241,7 +305,7 @@ impl Pass<'_> {
         }
         // Proven absent: the lost create made nothing.
         tracing::info!("No audience with the name exists after the settle window; creating again");
-        self.send_create(s, cid).await
+        self.send_create(s, cid, true).await
     }
 
     pub(super) async fn poll_operation(&mut self, s: &impl AepApi, operation_id: &str) -> Result<Outcome, Error> {
@@ -253,8 +317,7 @@ impl Pass<'_> {
         match (op.status, op.audience_id) {
             (OperationStatus::Success, Some(id)) => {
                 tracing::info!(audience_id = %id, "Audience created");
-                self.status.audience_id = Some(id.clone());
-                self.status.ownership = Some(OwnershipProof::CreateOperation);
+                self.claim(&id, OwnershipProof::CreateOperation);
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
                     events::AUDIENCE_CREATED,
@@ -312,10 +375,11 @@ impl Pass<'_> {
                 ),
                 events::AEP_ERROR,
             )),
+            Ok(a) if is_deleted(&a) => Ok(self.adopt_missing(audience_id)),
             Ok(_) => {
-                self.status.audience_id = Some(audience_id.to_owned());
+                self.claim(audience_id, OwnershipProof::SpecAudienceId);
                 self.status.adopted = true;
-                self.status.ownership = Some(OwnershipProof::SpecAudienceId);
+                self.status.observed = None;
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = None;
                 self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
@@ -325,19 +389,274 @@ impl Pass<'_> {
                     format!("Adopted audience {audience_id}"),
                 ))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Re-checked on a long interval: the audience may still be on its way to lookups.
-                let msg = format!(
-                    "spec.audienceId {audience_id} does not exist in sandbox {:?}",
-                    self.obj.spec.sandbox
-                );
-                Ok(Outcome::with(
-                    Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
-                    Next::After(self.ctx.timing.credentials_retry),
-                )
-                .note(EventType::Warning, events::AEP_ERROR, msg))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(self.adopt_missing(audience_id)),
             Err(e) => Ok(self.failure(&e, "reading the audience to adopt")),
+        }
+    }
+
+    /// A restored object (no status, an ownership record): re-attach to the recorded audience
+    /// once AEP confirms it is the one the record describes. Reads only: the recorded spec hashes
+    /// come back with it, so no PATCH and no run is owed unless the spec really changed.
+    pub(super) async fn reattach(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let Some(Ok(record)) = self.record.clone() else {
+            return Ok(Outcome::planned(Next::After(Duration::ZERO)));
+        };
+        let retry = self.ctx.timing.credentials_retry;
+        let not_confirmed = |why: String| {
+            let msg = stable_message(&format!(
+                "The ownership record (annotation {OWNERSHIP_RECORD}) names audience {audience_id}, but {why}. Nothing \
+                 is sent to AEP for it: restore what changed, or remove the annotation to create a new audience (or \
+                 set spec.audienceId to adopt one)"
+            ));
+            Ok(Outcome::with(
+                Health::stalled(reasons::OWNERSHIP_NOT_CONFIRMED, msg.clone()),
+                Next::After(retry),
+            )
+            .note(EventType::Warning, events::AEP_ERROR, msg))
+        };
+        if let Some((org, platform)) = &self.endpoint
+            && (record.org_id != *org || record.platform_url != *platform)
+        {
+            let msg = format!(
+                "The ownership record (annotation {OWNERSHIP_RECORD}) says audience {audience_id} lives in IMS org {} \
+                 at {}, but the credentials Secret {:?} names org {org} at {platform}. Nothing is sent to either org \
+                 for it: restore the Secret, or remove the annotation to create a new audience in the Secret's org",
+                record.org_id, record.platform_url, self.obj.spec.credentials_secret_ref.name
+            );
+            return Ok(Outcome::with(
+                Health::stalled(reasons::ORGANIZATION_CHANGED, msg.clone()),
+                Next::After(retry),
+            )
+            .note(EventType::Warning, events::ORGANIZATION_CHANGED, msg));
+        }
+        let found = match s.get_audience(audience_id).await {
+            Ok(a) => a,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return not_confirmed(format!("it does not exist in sandbox {:?}", self.obj.spec.sandbox));
+            }
+            Err(e) => return Ok(self.failure(&e, "reading the recorded audience")),
+        };
+        if is_deleted(&found) {
+            return not_confirmed("AEP reports it deleted".to_owned());
+        }
+        if !found.is_external() {
+            return not_confirmed(format!(
+                "it is a {} audience, not an external one",
+                found.r#type.as_deref().unwrap_or("non-external")
+            ));
+        }
+        if let Some(org) = found.ims_org_id.as_deref()
+            && org != record.org_id
+        {
+            return not_confirmed(format!("AEP says it belongs to org {org}"));
+        }
+        if let Some(sandbox) = found.sandbox.as_ref().map(|s| s.sandbox_name.as_str())
+            && !sandbox.is_empty()
+            && sandbox != self.obj.spec.sandbox
+        {
+            return not_confirmed(format!("AEP says it lives in sandbox {sandbox:?}"));
+        }
+        // AEP echoes a caller's identifier in the record's audienceId (the system id otherwise).
+        if let (Some(recorded), Some(echoed)) = (&record.custom_audience_id, found.audience_id.as_deref())
+            && echoed != found.id
+            && echoed != recorded
+        {
+            return not_confirmed(format!(
+                "it carries customAudienceId {echoed:?}, not the recorded {recorded:?}"
+            ));
+        }
+        let runs = match s.list_runs(audience_id).await {
+            Ok(runs) => runs,
+            Err(e) => return Ok(self.failure(&e, "reading the recorded audience's runs")),
+        };
+        tracing::info!(audience_id, "Re-attached to the audience named by the ownership record");
+        self.claim(audience_id, OwnershipProof::RestoreRecord);
+        self.status.custom_audience_id = record.custom_audience_id.clone();
+        self.status.applied_spec_hash = record.applied_spec_hash.clone();
+        self.status.ingested_spec_hash = record.ingested_spec_hash.clone();
+        self.status.create_pending_since = None;
+        self.record_runs_seen(&runs);
+        Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
+            EventType::Normal,
+            events::AUDIENCE_REATTACHED,
+            format!(
+                "Re-attached to audience {audience_id} named by the ownership record (checked in AEP: org {}, sandbox \
+                 {:?}{}); nothing was created or ingested",
+                record.org_id,
+                self.obj.spec.sandbox,
+                if record.custom_audience_id.is_some() && found.audience_id.as_deref() != Some(found.id.as_str()) {
+                    ", customAudienceId"
+                } else {
+                    ""
+                }
+            ),
+        ))
+    }
+
+    /// Takes what AEP's runs list says into status: the latest run, and the runs counted against
+    /// the per-audience limit.
+    fn record_runs_seen(&mut self, runs: &[aep::Run]) {
+        let latest = runs.iter().max_by_key(|r| r.created_at.unwrap_or_default());
+        self.status.last_run = latest.map(|r| {
+            let state = run_state(&r.status);
+            IngestionRun {
+                run_id: r.run_id.clone(),
+                generation: self.generation,
+                status: state,
+                start_time: r
+                    .created_at
+                    .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                    .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+                end_time: None,
+                message: run_message(r),
+            }
+        });
+        let today = now().0.as_second().div_euclid(86_400);
+        self.status.run_counts = Some(RunCounts {
+            total: u32::try_from(runs.len()).unwrap_or(u32::MAX),
+            day: now().0.strftime("%Y-%m-%d").to_string(),
+            today: u32::try_from(
+                runs.iter()
+                    .filter(|r| r.created_at.is_some_and(|t| t.div_euclid(86_400) == today))
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+        });
+    }
+
+    /// `managementPolicy: Observe`: read the audience and its runs, and say where AEP differs
+    /// from the spec. Reads only.
+    pub(super) async fn observe(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let interval = self.resync_interval().unwrap_or(self.ctx.timing.resync);
+        let again = if interval.is_zero() {
+            Next::Await
+        } else {
+            Next::After(interval)
+        };
+        let missing = |this: &Self| {
+            let msg = format!(
+                "Audience {audience_id} (spec.audienceId) does not exist in sandbox {:?}; looking again later \
+                 (managementPolicy: Observe: nothing is created)",
+                this.obj.spec.sandbox
+            );
+            Ok(Outcome::with(
+                Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
+                Next::After(this.ctx.timing.credentials_retry),
+            )
+            .note(EventType::Warning, events::AUDIENCE_MISSING, msg))
+        };
+        let found = match s.get_audience(audience_id).await {
+            Ok(a) if !is_deleted(&a) => a,
+            Ok(_) => return missing(self),
+            Err(e) if e.kind() == ErrorKind::NotFound => return missing(self),
+            Err(e) => return Ok(self.failure(&e, "reading the observed audience")),
+        };
+        let runs = match s.list_runs(audience_id).await {
+            Ok(runs) => runs,
+            Err(e) if e.kind() == ErrorKind::NotFound => return missing(self),
+            Err(e) => return Ok(self.failure(&e, "reading the observed audience's runs")),
+        };
+        let mut differences = Vec::new();
+        if found.name != self.audience_name() {
+            differences.push("name".to_owned());
+        }
+        if found.description.as_deref().unwrap_or("") != self.obj.spec.description.as_deref().unwrap_or("") {
+            differences.push("description".to_owned());
+        }
+        let (mut have, mut want) = (found.labels.clone(), self.obj.spec.labels.clone());
+        have.sort();
+        want.sort();
+        if have != want {
+            differences.push("labels".to_owned());
+        }
+        let observed = ObservedAudience {
+            name: found.name.clone(),
+            description: found.description.clone(),
+            labels: found.labels.clone(),
+            lifecycle_state: found.lifecycle_state.clone(),
+            differences: differences.clone(),
+        };
+        let was = self.original.observed.as_ref().map(|o| o.differences.clone());
+        self.status.audience_id = Some(audience_id.to_owned());
+        self.status.ownership = Some(OwnershipProof::Observed);
+        self.status.claimed_at = None;
+        self.status.observed = Some(observed);
+        self.status.run_pending = None;
+        self.record_runs_seen(&runs);
+        let health = if differences.is_empty() {
+            Health::ready(format!(
+                "Observing audience {audience_id} (managementPolicy: Observe): AEP matches the spec"
+            ))
+        } else {
+            Health::ready(format!(
+                "Observing audience {audience_id} (managementPolicy: Observe): AEP differs from the spec in {}; \
+                 nothing is changed in AEP",
+                differences.join(", ")
+            ))
+        };
+        let mut out = Outcome::with(health, again);
+        if !differences.is_empty() && was.as_ref() != Some(&differences) {
+            out = out.note(
+                EventType::Normal,
+                events::DRIFT_DETECTED,
+                format!(
+                    "Observed audience {audience_id} differs from the spec in {}",
+                    differences.join(", ")
+                ),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The audience to adopt does not exist: re-checked on a long interval (it may still be on
+    /// its way to lookups).
+    fn adopt_missing(&self, audience_id: &str) -> Outcome {
+        let msg = format!(
+            "spec.audienceId {audience_id} does not exist in sandbox {:?}",
+            self.obj.spec.sandbox
+        );
+        Outcome::with(
+            Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
+            Next::After(self.ctx.timing.credentials_retry),
+        )
+        .note(EventType::Warning, events::AEP_ERROR, msg)
+    }
+
+    /// A 404 on one of the audience's routes: both lookups are asked before anything is
+    /// concluded (they may lag behind the service, and a 404 may be about a run, not the
+    /// audience). `Err` carries the outcome of a lookup that failed.
+    pub(super) async fn presence(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Presence, Outcome> {
+        match s.get_audience(audience_id).await {
+            Ok(a) if !is_deleted(&a) => return Ok(Presence::Exists),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(self.failure(&e, "confirming whether the audience still exists")),
+        }
+        match s.list_runs(audience_id).await {
+            Ok(_) => Ok(Presence::Exists),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Presence::Gone),
+            Err(e) => Err(self.failure(&e, "confirming whether the audience still exists")),
+        }
+    }
+
+    /// After a 404 from `what` on the audience: confirmed gone → the missing-audience policy;
+    /// still there → try again soon.
+    pub(super) async fn confirm_missing(
+        &mut self,
+        s: &impl AepApi,
+        audience_id: &str,
+        what: &str,
+    ) -> Result<Outcome, Error> {
+        match self.presence(s, audience_id).await {
+            Ok(Presence::Gone) => self.audience_missing(audience_id).await,
+            Ok(Presence::Exists) => {
+                let msg = format!("AEP answered 404 {what}, but audience {audience_id} still exists; trying again");
+                Ok(Outcome::with(
+                    Health::progressing(reasons::RETRYING, msg),
+                    Next::After(self.ctx.timing.operation_poll),
+                ))
+            }
+            Err(out) => Ok(out),
         }
     }
 
@@ -355,7 +674,7 @@ impl Pass<'_> {
                     format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
                 ))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+            Err(e) if e.kind() == ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to the PATCH").await,
             Err(e) => Ok(self.failure(&e, "updating the audience")),
         }
     }
@@ -476,6 +795,13 @@ impl Pass<'_> {
     }
 
     pub(super) async fn start_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let Some(request) = plan::start_run_request(&self.obj.spec) else {
+            let msg = format!(
+                "spec.ingestion: Required value: an ingestion run of audience {audience_id} is owed (a run request or \
+                 a spec change), but the spec has no spec.ingestion; add spec.ingestion.dataFilterStartTime"
+            );
+            return Ok(Outcome::blocked(reasons::REJECTED, msg, events::AEP_ERROR));
+        };
         if let Some(out) = self.run_allowed(audience_id) {
             return Ok(out);
         }
@@ -488,8 +814,12 @@ impl Pass<'_> {
             scheduled_for: self.schedule_due(),
         };
         self.status.run_pending = Some(pending.clone());
-        self.write_marker().await?;
-        match s.start_run(audience_id, &plan::start_run_request(&self.obj.spec)).await {
+        if let Err(e) = self.write_marker().await {
+            // Nothing was sent: the share of the budget granted for it goes back.
+            self.refund_run();
+            return Err(e);
+        }
+        match s.start_run(audience_id, &request).await {
             Ok(run) => {
                 tracing::info!(audience_id, run_id = %run.run_id, "Started ingestion run");
                 self.ctx.metrics.count_run("started");
@@ -517,21 +847,12 @@ impl Pass<'_> {
                 .note(EventType::Warning, events::AEP_ERROR, msg))
             }
             Err(e) => {
-                // Not processed or refused: no run was started; the budget is given back, unless
-                // AEP says the sandbox's daily cap is reached (runs started elsewhere count too).
+                // Not processed or refused: no run was started; the budget is given back (a
+                // refusal for the sandbox's cap then marks the day as spent).
                 self.status.run_pending = None;
-                let (org, sandbox, now) = (
-                    self.status.org_id.clone().unwrap_or_default(),
-                    self.obj.spec.sandbox.clone(),
-                    now().0,
-                );
-                if e.message().contains("per sandbox") {
-                    self.ctx.budget.spent(&org, &sandbox, now);
-                } else {
-                    self.ctx.budget.refund(&org, &sandbox, &self.key(), now);
-                }
+                self.refund_run();
                 match e.kind() {
-                    ErrorKind::NotFound => self.audience_missing(audience_id).await,
+                    ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to the run start").await,
                     ErrorKind::NotNow { .. } => self.run_refused(s, audience_id, &e).await,
                     _ => Ok(self.failure(&e, "starting an ingestion run")),
                 }
@@ -539,39 +860,75 @@ impl Pass<'_> {
         }
     }
 
-    /// AEP refused a run for now: say so clearly when it is the per-audience limit (it will not
-    /// lift by waiting), otherwise defer.
+    /// Gives the run budget granted to this object back (no run was started).
+    fn refund_run(&self) {
+        let org = self.status.org_id.clone().unwrap_or_default();
+        self.ctx
+            .budget
+            .refund(&org, &self.obj.spec.sandbox, &self.key(), now().0);
+    }
+
+    /// AEP refused a run for now. It documents no text that tells its refusals apart, so the
+    /// reason is settled by elimination from the audience's runs: a run in progress (wait for it),
+    /// the per-audience limit (in either window: it will not lift by waiting), otherwise the
+    /// sandbox's daily cap (runs started outside this operator count too: the day is spent for
+    /// every object of the sandbox).
     async fn run_refused(&mut self, s: &impl AepApi, audience_id: &str, e: &aep::Error) -> Result<Outcome, Error> {
-        let limit = self.ctx.run_limit;
-        if let Ok(runs) = s.list_runs(audience_id).await {
-            let today = jiff::Timestamp::now().as_second().div_euclid(86_400);
-            let counted = runs
-                .iter()
-                .filter(|r| match limit.window {
-                    RunWindow::Lifetime => true,
-                    RunWindow::Day => r.created_at.is_some_and(|t| t.div_euclid(86_400) == today),
-                })
-                .count();
-            if counted >= limit.max as usize {
-                let window = match limit.window {
-                    RunWindow::Lifetime => "in its lifetime",
-                    RunWindow::Day => "today (UTC)",
-                };
-                let msg = stable_message(&format!(
-                    "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience \
-                     (AEP says: {}). No further run can start: extend the data's TTL instead of re-ingesting, or manage \
-                     a new audience with a new ExternalAudience",
-                    limit.max,
-                    e.message()
-                ));
-                return Ok(Outcome::blocked(
-                    reasons::INGESTION_LIMIT_REACHED,
-                    msg,
-                    events::INGESTION_LIMIT_REACHED,
-                ));
-            }
+        let runs = match s.list_runs(audience_id).await {
+            Ok(runs) => runs,
+            Err(_) => return Ok(self.failure(e, "starting an ingestion run")),
+        };
+        if runs.iter().any(|r| !r.status.is_terminal()) {
+            return Ok(self.failure(e, "starting an ingestion run (a run is in progress)"));
         }
-        Ok(self.failure(e, "starting an ingestion run"))
+        let limit = self.ctx.run_limit;
+        let today = now().0.as_second().div_euclid(86_400);
+        let lifetime = runs.len();
+        let on_day = runs
+            .iter()
+            .filter(|r| r.created_at.is_some_and(|t| t.div_euclid(86_400) == today))
+            .count();
+        let counted = match limit.window {
+            RunWindow::Lifetime => lifetime,
+            RunWindow::Day => on_day,
+        };
+        if lifetime >= limit.max as usize || on_day >= limit.max as usize {
+            let window = match limit.window {
+                RunWindow::Lifetime => "in its lifetime",
+                RunWindow::Day => "today (UTC)",
+            };
+            let msg = stable_message(&format!(
+                "Audience {audience_id} has had {counted} ingestion runs {window} ({lifetime} in all, {on_day} today), \
+                 AEP's limit of {} per audience (AEP says: {}). No further run can start: extend the data's TTL \
+                 instead of re-ingesting, or manage a new audience with a new ExternalAudience",
+                limit.max,
+                e.message()
+            ));
+            return Ok(Outcome::blocked(
+                reasons::INGESTION_LIMIT_REACHED,
+                msg,
+                events::INGESTION_LIMIT_REACHED,
+            ));
+        }
+        let (org, sandbox, at) = (
+            self.status.org_id.clone().unwrap_or_default(),
+            self.obj.spec.sandbox.clone(),
+            now().0,
+        );
+        self.ctx.budget.spent(&org, &sandbox, at);
+        let until = super::budget::RunBudget::next_window(at);
+        let msg = stable_message(&format!(
+            "Run deferred: AEP refused to start a run ({}) with none in progress and the audience under its own limit, \
+             so the daily run cap of sandbox {sandbox:?} is reached (runs started outside this operator count too); \
+             no run of this sandbox is sent before {until}",
+            e.message()
+        ));
+        let wait = Duration::try_from(until.duration_since(at)).unwrap_or_default();
+        Ok(Outcome::with(
+            Health::progressing(reasons::RUN_DEFERRED, msg.clone()),
+            Next::Exactly(wait),
+        )
+        .note(EventType::Warning, events::RUN_DEFERRED, msg))
     }
 
     pub(super) async fn recover_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
@@ -580,6 +937,9 @@ impl Pass<'_> {
         };
         let runs = match s.list_runs(audience_id).await {
             Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return self.confirm_missing(s, audience_id, "to the runs list").await;
+            }
             Err(e) => return Ok(self.failure(&e, "listing runs after an interrupted start")),
         };
         let known: Vec<&str> = self
@@ -626,6 +986,26 @@ impl Pass<'_> {
     ) -> Result<Outcome, Error> {
         let run = match s.get_run(audience_id, run_id).await {
             Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return match self.presence(s, audience_id).await {
+                    Ok(Presence::Gone) => self.audience_missing(audience_id).await,
+                    // The audience is there but AEP no longer knows the run: whether it ingested
+                    // is unknown, and a run is never started again by itself.
+                    Ok(Presence::Exists) => {
+                        let msg = format!(
+                            "AEP no longer knows ingestion run {run_id} of audience {audience_id}; whether it ingested \
+                             is unknown"
+                        );
+                        if let Some(last) = self.status.last_run.as_mut() {
+                            last.status = RunState::Failed;
+                            last.end_time = Some(now());
+                            last.message = Some(msg.clone());
+                        }
+                        Ok(Outcome::planned(Next::Await).note(EventType::Warning, events::INGESTION_FAILED, msg))
+                    }
+                    Err(out) => Ok(out),
+                };
+            }
             Err(e) => return Ok(self.failure(&e, "reading the ingestion run")),
         };
         let state = run_state(&run.status);
@@ -760,6 +1140,7 @@ impl Pass<'_> {
                 self.status.run_pending = None;
                 self.status.adopted = false;
                 self.status.ownership = None;
+                self.status.claimed_at = None;
                 self.status.run_counts = None;
                 self.status.data_expiration = None;
                 if let Some(prev) = self.status.last_run.take() {
@@ -831,7 +1212,9 @@ impl Pass<'_> {
     /// `spec.expiration.autoExtend`: one extend-TTL call. Not idempotent: a lost answer is retried
     /// and may extend twice (harmless: the expiration moves one more TTL out).
     pub(super) async fn extend_ttl(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let ttl = self.obj.spec.ttl_in_days;
+        let Some(ttl) = plan::known_ttl(&self.obj.spec, &self.status) else {
+            return Ok(Outcome::planned(Next::After(Duration::ZERO)));
+        };
         let at = now().0;
         let current = crate::controller::expiry::compute(&self.status, ttl);
         match s.extend_ttl(audience_id).await {
@@ -849,7 +1232,7 @@ impl Pass<'_> {
                     msg,
                 ))
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
+            Err(e) if e.kind() == ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to extend-TTL").await,
             Err(e) => Ok(self.failure(&e, "extending the data expiration")),
         }
     }

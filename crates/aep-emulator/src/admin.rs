@@ -180,11 +180,8 @@ async fn mutate_audience(
 async fn delete_audience(State(shared): State<AppState>, Path(id): Path<String>) -> StatusCode {
     let removed = {
         let mut world = shared.lock();
-        let removed = world
-            .store
-            .tenants
-            .values_mut()
-            .any(|t| t.audiences.remove(&id).is_some());
+        let now = world.now_ms();
+        let removed = world.store.tenants.values_mut().any(|t| t.delete_audience(&id, now));
         if removed {
             world.stats.deletes += 1;
         }

@@ -1174,7 +1174,7 @@ fn delete_now(shared: &Shared, caller: &Caller, audience_id: &str, route: Delete
         )
         .into();
     }
-    tenant.audiences.remove(audience_id);
+    tenant.delete_audience(audience_id, now);
     stats.deletes += 1;
     let lost = lose(&mut faults.lost_answers.delete, faults.hang_ms, stats);
     drop(world);
@@ -1319,6 +1319,8 @@ async fn list_ups(
             .audiences
             .values()
             .filter(|a| a.lookup_visible(visibility, now))
+            // Deleted records come back only where inactive ones do.
+            .chain(t.deleted.values().filter(|_| include_inactive))
             .map(|a| a.to_ups(t))
             .collect(),
     };

@@ -64,12 +64,47 @@ pub struct Tenant {
     /// decremented, so runs of audiences deleted since still count.
     #[serde(default)]
     pub runs_per_day: BTreeMap<i64, u32>,
+    /// Deleted audiences, by ID: AEP keeps their records in the `deleted` lifecycle state
+    /// (reference §2.6), listed only by the `property=audienceId==…` lookup, which also returns
+    /// inactive audiences (§2.4); every other route answers 404. Their names and
+    /// `customAudienceId`s are free again. Bounded: the oldest are forgotten.
+    #[serde(default)]
+    pub deleted: BTreeMap<String, AudienceRec>,
 }
+
+/// Deleted audience records kept per tenant.
+const DELETED_KEPT: usize = 10_000;
+
+/// The lifecycle state of a deleted audience.
+pub const LIFECYCLE_DELETED: &str = "deleted";
 
 impl Tenant {
     /// Runs started in the sandbox on `day`.
     pub(crate) fn runs_on(&self, day: i64) -> u32 {
         self.runs_per_day.get(&day).copied().unwrap_or(0)
+    }
+
+    /// Deletes an audience: its record stays, in the `deleted` lifecycle state. Returns whether
+    /// it existed.
+    pub(crate) fn delete_audience(&mut self, id: &str, now: i64) -> bool {
+        let Some(mut rec) = self.audiences.remove(id) else {
+            return false;
+        };
+        rec.lifecycle_state = LIFECYCLE_DELETED.to_owned();
+        rec.updated_at_ms = now;
+        self.deleted.insert(id.to_owned(), rec);
+        while self.deleted.len() > DELETED_KEPT {
+            let oldest = self
+                .deleted
+                .iter()
+                .min_by_key(|(_, r)| r.updated_at_ms)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.deleted.remove(&k),
+                None => break,
+            };
+        }
+        true
     }
 
     /// Logs a run started on `day` and forgets days long past.
@@ -472,6 +507,9 @@ impl Stats {
 pub struct StateView {
     /// Every audience (visible or still being created), by tenant then name.
     pub audiences: Vec<AudienceView>,
+    /// Deleted audiences (records AEP keeps in the `deleted` lifecycle state).
+    #[serde(default)]
+    pub deleted: Vec<AudienceView>,
     /// Every create operation.
     pub operations: Vec<OperationView>,
 }
@@ -618,6 +656,26 @@ impl World {
         let visibility = self.settings.visibility();
         let mut view = StateView::default();
         for tenant in self.store.tenants.values_mut() {
+            for audience in tenant.deleted.values() {
+                view.deleted.push(AudienceView {
+                    org: tenant.org.clone(),
+                    sandbox: tenant.sandbox.clone(),
+                    audience_id: audience.id.clone(),
+                    custom_audience_id: audience.definition.custom_audience_id.clone(),
+                    name: audience.definition.name.clone(),
+                    description: audience.definition.description.clone(),
+                    labels: audience.definition.labels.clone(),
+                    field_labels: BTreeMap::new(),
+                    ttl_in_days: audience.definition.ttl_in_days,
+                    lifecycle_state: audience.lifecycle_state.clone(),
+                    created_at_ms: audience.created_at_ms,
+                    visible: false,
+                    lookup_visible: false,
+                    runs: Vec::new(),
+                    data_expires_at_ms: None,
+                    expired: false,
+                });
+            }
             for audience in tenant.audiences.values_mut() {
                 let visible = audience.ais_visible(visibility, now);
                 let lookup_visible = audience.lookup_visible(visibility, now);

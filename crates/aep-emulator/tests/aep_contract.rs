@@ -307,6 +307,53 @@ async fn delete_removes_the_audience_everywhere() {
 }
 
 #[tokio::test]
+async fn a_deleted_audience_is_kept_as_deleted_and_listed_only_by_its_custom_audience_id() {
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    let mut req = seed_request("Gone soon");
+    req.custom_audience_id = Some("k8s-one".into());
+    let created = s.create_audience(&req).await.unwrap();
+    let id = create_ready_op(&s, &created.operation_id).await;
+    s.delete_audience(&id).await.unwrap();
+    // Every route answers 404, and the plain lists do not show it.
+    assert_eq!(s.get_audience(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(s.list_runs(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(s.find_audiences_by_name("Gone soon").await.unwrap().is_empty());
+    assert!(s.list_audiences(None).await.unwrap().is_empty());
+    // The customAudienceId lookup still lists it, deleted.
+    let found = s.find_audiences_by_custom_id("k8s-one").await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        (found[0].id.as_str(), found[0].lifecycle_state.as_deref()),
+        (id.as_str(), Some("deleted"))
+    );
+    // Its name and customAudienceId are free again.
+    let again = s.create_audience(&req).await.unwrap();
+    let new_id = create_ready_op(&s, &again.operation_id).await;
+    assert_ne!(new_id, id);
+    let found = s.find_audiences_by_custom_id("k8s-one").await.unwrap();
+    assert_eq!(found.len(), 2, "the deleted record and the new audience");
+    let view = emu.state();
+    assert_eq!(view.audiences.len(), 1);
+    assert_eq!(view.deleted.len(), 1);
+    assert_eq!(view.deleted[0].lifecycle_state, "deleted");
+}
+
+#[tokio::test]
+async fn list_audiences_pages_through_the_sandbox_and_filters_by_name() {
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    for i in 0..60 {
+        create_ready(&s, &format!("List {i:02}")).await;
+    }
+    create_ready(&s, "Other").await;
+    create_ready(&session(&emu, "dev2"), "List in another sandbox").await;
+    assert_eq!(s.list_audiences(None).await.unwrap().len(), 61);
+    let some = s.list_audiences(Some("list")).await.unwrap();
+    assert_eq!(some.len(), 60, "contains, case-insensitive, this sandbox only");
+}
+
+#[tokio::test]
 async fn find_by_name_follows_next_links_across_pages_and_matches_exactly() {
     let emu = start(|b| b).await;
     let s = session(&emu, "dev1");

@@ -428,6 +428,27 @@ impl Session {
             .await
     }
 
+    /// Every audience of this sandbox that the plain list returns (not inactive or deleted ones),
+    /// optionally only those whose name contains `name_contains` (case-insensitive, AEP's `name`
+    /// filter): pages through `GET /data/core/ups/audiences` following `_links.next`, at most
+    /// 1,000 pages of 50.
+    pub async fn list_audiences(&self, name_contains: Option<&str>) -> Result<Vec<UpsAudience>, Error> {
+        let mut url = self.ups_url(&["audiences"]);
+        let filter = match name_contains {
+            Some(name) => {
+                url.query_pairs_mut().append_pair("name", name);
+                "name"
+            }
+            None => "limit",
+        };
+        url.query_pairs_mut().append_pair("limit", &FIND_PAGE_SIZE.to_string());
+        let needle = name_contains.map(str::to_lowercase);
+        self.collect_pages(url, filter, |a| {
+            needle.as_deref().is_none_or(|n| a.name.to_lowercase().contains(n))
+        })
+        .await
+    }
+
     /// Audiences of this sandbox carrying `custom_audience_id` (reference §2.4: the `/ups` record's
     /// `audienceId` is the caller's `customAudienceId` for external audiences). Pages through
     /// `GET /data/core/ups/audiences?property=audienceId==…`, which also returns inactive audiences,
@@ -542,7 +563,8 @@ impl Session {
         Some(next)
     }
 
-    fn platform_url(&self) -> &Url {
+    /// The AEP endpoint this session sends to: the Secret's `platformUrl`, else the operator's.
+    pub fn platform_url(&self) -> &Url {
         self.creds
             .platform_url
             .as_ref()
