@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the operator side by side with the kube-apiserver floor (see README "Benchmark").
+# `make bench`: the operator side by side with the kube-apiserver floor (see docs/performance.md).
 #   make bench                                   # N=1000
 #   BENCH_N_LIST="100 1000" make bench           # several sizes, one after another
 #   N=1000 RPS=1000 CONCURRENCY=32 STEADY_SECS=60 REALISTIC_N=1000 DEFAULT_RPS=1 PEER_K=5 make bench
@@ -7,8 +7,8 @@
 # runs crates/bench: the limit (create + the operator's writes with a plain concurrent client),
 # the operator as its own process, the steady state window, optionally realistic AEP latency.
 # Prints one table, writes bench/results/<UTC timestamp>.json, .md and .svg (and
-# bench/ready-over-time.svg), and replaces the table in README.md's Performance section
-# (UPDATE_README=0 leaves README.md alone).
+# bench/ready-over-time.svg), and replaces the table between the bench markers of
+# docs/performance.md (UPDATE_DOC=0 leaves it alone; UPDATE_README=0, its former name, still works).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -59,7 +59,7 @@ if [ "$peer_k" -gt 0 ]; then
   peer=(--peer-json "$work/peer.json")
 fi
 
-# The command as typed, for the README's table.
+# The command as typed, for the table in docs/performance.md.
 cmd="make bench"
 for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N DEFAULT_RPS PEER_K TIMEOUT; do
   if [ -n "${!v:-}" ]; then
@@ -67,8 +67,8 @@ for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N DEFAULT_RPS PEER
   fi
 done
 export BENCH_COMMAND="$cmd"
-readme=()
-[ "${UPDATE_README:-1}" = 1 ] && readme=(--readme README.md)
+doc=()
+[ "${UPDATE_DOC:-${UPDATE_README:-1}}" = 1 ] && doc=(--doc docs/performance.md)
 
 n_args=()
 for n in $n_list; do n_args+=(--n "$n"); done
@@ -79,6 +79,6 @@ extra=()
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
   --realistic-operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" \
   --realistic-run-delay-ms "${REALISTIC_RUN_DELAY_MS:-10000}" \
-  --work-dir "$work" "${peer[@]}" "${extra[@]}" "${readme[@]}"
+  --work-dir "$work" "${peer[@]}" "${extra[@]}" "${doc[@]}"
 latest=$(ls -t bench/results/*.svg | head -1)
 cp "$latest" bench/ready-over-time.svg
