@@ -1,6 +1,7 @@
 //! The emulator's admin API (`/_emulator/*`) and [`AdminClient`], the small typed client that tests
-//! and the benchmark use to read counters and state, inject faults, change settings, and mutate
-//! AEP state behind the operator's back.
+//! and the benchmark use to read counters and state, inject faults, change settings, mutate AEP
+//! state behind the operator's back, and create destination dataflows (which the operator never
+//! creates) and map audiences into them as the AEP UI would.
 //!
 //! Admin routes are not authenticated, not counted in `/_emulator/stats` and not subject to
 //! faults. Listing credentials never returns secrets.
@@ -16,9 +17,16 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use aep::flows::{
+    DestinationKind, EXPORT_MODE_DAILY_FULL, ExportSchedule, FREQUENCIES_FULL, FlowPatchOp, SegmentSelector,
+    SelectorValue, TRIGGER_AFTER_SEGMENT_EVAL,
+};
+use serde_json::Value;
+
 use super::Shared;
-use super::config::{CredentialSpec, Entitlement, Faults, Settings};
-use super::state::{StateView, Stats, Store};
+use super::config::{CredentialSpec, Entitlement, Faults, SelectorIdModel, Settings};
+use super::flows::{FlowRec, SelectorRec, find_audience, normalise};
+use super::state::{StateView, Stats, Store, World};
 
 type AppState = Arc<Shared>;
 
@@ -51,6 +59,182 @@ pub struct CredentialInfo {
     pub entitlement: Entitlement,
 }
 
+/// Body of `POST /_emulator/flows`: a destination dataflow made by its administrator (in AEP,
+/// in the UI; the operator only maps audiences into existing flows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewFlow {
+    /// Sandbox (default `prod`).
+    #[serde(default = "default_sandbox")]
+    pub sandbox: String,
+    /// IMS org; default: the first accepted credential's.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `batch` (an S3 file-based card) or `streaming` (Kinesis).
+    pub kind: DestinationKind,
+    /// `enabled` (default) or `disabled` (a disabled flow exports nothing).
+    #[serde(default = "default_state")]
+    pub state: String,
+}
+
+fn default_sandbox() -> String {
+    "prod".to_owned()
+}
+
+fn default_state() -> String {
+    "enabled".to_owned()
+}
+
+impl NewFlow {
+    /// An enabled flow of the default org.
+    pub fn new(sandbox: impl Into<String>, name: impl Into<String>, kind: DestinationKind) -> Self {
+        NewFlow {
+            sandbox: sandbox.into(),
+            org: None,
+            name: name.into(),
+            description: None,
+            kind,
+            state: default_state(),
+        }
+    }
+}
+
+/// Answer of `POST /_emulator/flows`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowCreated {
+    /// The flow id.
+    pub id: String,
+    /// Its etag.
+    pub etag: String,
+}
+
+/// Body of `POST /_emulator/flows/{id}/selectors`: maps an audience as the AEP UI would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddSelector {
+    /// The audience (`audienceId` is accepted too).
+    #[serde(alias = "audienceId")]
+    pub audience_id: String,
+    /// The selector's `value` to store instead of the UI's (its `id` is set to `audience_id`);
+    /// not validated.
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+impl AddSelector {
+    /// The UI's selector for `audience_id`.
+    pub fn new(audience_id: impl Into<String>) -> Self {
+        AddSelector {
+            audience_id: audience_id.into(),
+            value: None,
+        }
+    }
+}
+
+/// Body of `PATCH /_emulator/flows/{id}`: a change to the flow made behind the operator's back.
+/// Any call gives the flow a new etag (an empty body is a pure concurrent write).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FlowMutation {
+    /// New state: `enabled` or `disabled`.
+    pub state: Option<String>,
+    /// New name.
+    pub name: Option<String>,
+}
+
+/// Who the admin API acts as.
+const ADMIN_ACTOR: &str = "destination-admin@AdobeID";
+
+/// Creates a flow (admin API and [`super::RunningEmulator::create_flow`]).
+pub(crate) fn create_flow_in(world: &mut World, spec: &NewFlow) -> FlowCreated {
+    let now = world.now_ms();
+    let org = spec
+        .org
+        .clone()
+        .or_else(|| world.credentials.first().map(|c| c.org_id.clone()))
+        .unwrap_or_else(|| super::DEFAULT_ORG_ID.to_owned());
+    let flow = FlowRec::new(
+        spec.name.clone(),
+        spec.description.clone(),
+        spec.kind,
+        spec.state.clone(),
+        now,
+        ADMIN_ACTOR.to_owned(),
+    );
+    let created = FlowCreated {
+        id: flow.id.clone(),
+        etag: flow.etag.clone(),
+    };
+    tracing::info!(flow_id = %flow.id, kind = %spec.kind, sandbox = %spec.sandbox, "Flow created through the admin API");
+    world
+        .tenant_mut(&org, &spec.sandbox)
+        .flows
+        .insert(flow.id.clone(), flow);
+    created
+}
+
+/// Maps an audience into a flow as the UI would: the audience's name, and for batch flows a
+/// daily full export after the segmentation job from today; the id model applies. Returns the
+/// new etag, `None` without such a flow.
+pub(crate) fn add_selector_in(world: &mut World, flow_id: &str, add: &AddSelector) -> Option<String> {
+    let now = world.now_ms();
+    let clock = world.export_clock();
+    let ids = world.settings.selector_ids;
+    let tenant = world
+        .store
+        .tenants
+        .values_mut()
+        .find(|t| t.flows.contains_key(flow_id))?;
+    let audiences = &tenant.audiences;
+    let flow = tenant.flows.get_mut(flow_id)?;
+    flow.materialize(&clock);
+    let mut value = match &add.value {
+        Some(v) => serde_json::from_value::<SelectorValue>(v.clone()).unwrap_or_default(),
+        None => SelectorValue::default(),
+    };
+    value.id = Some(add.audience_id.clone());
+    let mut selector = SegmentSelector::platform_segment(value);
+    let audience = find_audience(audiences, &selector);
+    if selector.value.name.is_none() {
+        selector.value.name = audience.map(|a| a.definition.name.clone());
+    }
+    if add.value.is_none() && flow.kind == DestinationKind::Batch {
+        let today = jiff::Timestamp::from_millisecond(now)
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+            .unwrap_or_default();
+        selector.value.export_mode = Some(EXPORT_MODE_DAILY_FULL.to_owned());
+        selector.value.filename_template =
+            Some("%DESTINATION_NAME%_%SEGMENT_ID%_%DATETIME(YYYYMMdd_HHmmss)%".to_owned());
+        selector.value.schedule = Some(ExportSchedule {
+            frequency: Some(FREQUENCIES_FULL[1].to_owned()),
+            trigger_type: Some(TRIGGER_AFTER_SEGMENT_EVAL.to_owned()),
+            start_date: Some(today),
+            ..ExportSchedule::default()
+        });
+    }
+    if ids == SelectorIdModel::Normalise
+        && let Some(audience) = audience
+    {
+        normalise(&mut selector, audience);
+    }
+    let secs = (now / 1000).to_string();
+    selector.value.create_time = Some(secs.clone());
+    selector.value.update_time = Some(secs);
+    let op = FlowPatchOp::add_selector(&selector);
+    flow.selectors.push(SelectorRec {
+        uid: uuid::Uuid::new_v4().to_string(),
+        selector,
+        mapped_at_ms: now,
+        active_from_ms: now,
+    });
+    flow.record_change(vec![serde_json::to_value(op).unwrap_or(Value::Null)], now, ADMIN_ACTOR);
+    tracing::info!(flow_id = %flow_id, audience_id = %add.audience_id, "Audience mapped through the admin API");
+    Some(flow.etag.clone())
+}
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/_emulator/stats", get(stats))
@@ -63,6 +247,10 @@ pub(crate) fn router() -> Router<AppState> {
             "/_emulator/audiences/{id}",
             patch(mutate_audience).delete(delete_audience),
         )
+        .route("/_emulator/flows", post(create_flow))
+        .route("/_emulator/flows/{id}", patch(mutate_flow).delete(delete_flow))
+        .route("/_emulator/flows/{id}/selectors", post(add_selector))
+        .route("/_emulator/flows/{id}/selectors/{audience_id}", delete(remove_selector))
         .route("/_emulator/credentials", get(list_credentials).post(add_credentials))
         .route("/_emulator/credentials/{client_id}", delete(revoke_credentials))
         .route("/_emulator/tokens/revoke", post(revoke_tokens))
@@ -192,6 +380,92 @@ async fn delete_audience(State(shared): State<AppState>, Path(id): Path<String>)
     }
     shared.changed();
     tracing::info!(audience_id = %id, "Audience deleted through the admin API");
+    StatusCode::NO_CONTENT
+}
+
+async fn create_flow(State(shared): State<AppState>, Json(spec): Json<NewFlow>) -> Response {
+    let created = create_flow_in(&mut shared.lock(), &spec);
+    shared.changed();
+    (StatusCode::CREATED, Json(created)).into_response()
+}
+
+async fn add_selector(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    Json(add): Json<AddSelector>,
+) -> Response {
+    let etag = add_selector_in(&mut shared.lock(), &id, &add);
+    match etag {
+        Some(etag) => {
+            shared.changed();
+            Json(FlowCreated { id, etag }).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn remove_selector(
+    State(shared): State<AppState>,
+    Path((id, audience_id)): Path<(String, String)>,
+) -> StatusCode {
+    {
+        let mut world = shared.lock();
+        let now = world.now_ms();
+        let clock = world.export_clock();
+        let Some(flow) = world.store.tenants.values_mut().find_map(|t| t.flows.get_mut(&id)) else {
+            return StatusCode::NOT_FOUND;
+        };
+        flow.materialize(&clock);
+        let before = flow.selectors.len();
+        flow.selectors.retain(|s| !s.selector.names(&audience_id));
+        if flow.selectors.len() != before {
+            flow.record_change(Vec::new(), now, ADMIN_ACTOR);
+        }
+    }
+    shared.changed();
+    tracing::info!(flow_id = %id, audience_id = %audience_id, "Audience unmapped through the admin API");
+    StatusCode::NO_CONTENT
+}
+
+async fn mutate_flow(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<FlowMutation>,
+) -> Response {
+    let etag = {
+        let mut world = shared.lock();
+        let now = world.now_ms();
+        let clock = world.export_clock();
+        let Some(flow) = world.store.tenants.values_mut().find_map(|t| t.flows.get_mut(&id)) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        flow.materialize(&clock);
+        if let Some(state) = change.state {
+            flow.state = state;
+        }
+        if let Some(name) = change.name {
+            flow.name = name;
+        }
+        flow.touch(now, ADMIN_ACTOR);
+        flow.etag.clone()
+    };
+    shared.changed();
+    tracing::info!(flow_id = %id, "Flow changed through the admin API");
+    Json(FlowCreated { id, etag }).into_response()
+}
+
+async fn delete_flow(State(shared): State<AppState>, Path(id): Path<String>) -> StatusCode {
+    let removed = shared
+        .lock()
+        .store
+        .tenants
+        .values_mut()
+        .any(|t| t.flows.remove(&id).is_some());
+    if !removed {
+        return StatusCode::NOT_FOUND;
+    }
+    shared.changed();
+    tracing::info!(flow_id = %id, "Flow deleted through the admin API");
     StatusCode::NO_CONTENT
 }
 
@@ -421,6 +695,47 @@ impl AdminClient {
     /// `DELETE /_emulator/credentials/{client_id}` (also revokes its tokens).
     pub async fn revoke_credentials(&self, client_id: &str) -> Result<(), AdminError> {
         let path = format!("/_emulator/credentials/{}", encode(client_id));
+        self.call(reqwest::Method::DELETE, &path, None::<&()>).await.map(drop)
+    }
+
+    /// `POST /_emulator/flows`: creates a destination dataflow; returns its id.
+    pub async fn create_flow(&self, flow: &NewFlow) -> Result<String, AdminError> {
+        let created: FlowCreated = self.json(reqwest::Method::POST, "/_emulator/flows", Some(flow)).await?;
+        Ok(created.id)
+    }
+
+    /// `POST /_emulator/flows/{id}/selectors`: maps `audience_id` as the AEP UI would (a batch
+    /// flow gets a daily full export after the segmentation job); returns the new etag.
+    pub async fn add_selector(&self, flow_id: &str, audience_id: &str) -> Result<String, AdminError> {
+        self.add_selector_with(flow_id, &AddSelector::new(audience_id)).await
+    }
+
+    /// `POST /_emulator/flows/{id}/selectors` with a selector value of the caller's; returns the
+    /// new etag.
+    pub async fn add_selector_with(&self, flow_id: &str, add: &AddSelector) -> Result<String, AdminError> {
+        let path = format!("/_emulator/flows/{}/selectors", encode(flow_id));
+        let answer: FlowCreated = self.json(reqwest::Method::POST, &path, Some(add)).await?;
+        Ok(answer.etag)
+    }
+
+    /// `DELETE /_emulator/flows/{id}/selectors/{audienceId}`: unmaps every selector naming the
+    /// audience, as someone in the UI would.
+    pub async fn remove_selector(&self, flow_id: &str, audience_id: &str) -> Result<(), AdminError> {
+        let path = format!("/_emulator/flows/{}/selectors/{}", encode(flow_id), encode(audience_id));
+        self.call(reqwest::Method::DELETE, &path, None::<&()>).await.map(drop)
+    }
+
+    /// `PATCH /_emulator/flows/{id}`: changes the flow behind the operator's back (always a new
+    /// etag); returns the new etag.
+    pub async fn mutate_flow(&self, flow_id: &str, change: &FlowMutation) -> Result<String, AdminError> {
+        let path = format!("/_emulator/flows/{}", encode(flow_id));
+        let answer: FlowCreated = self.json(reqwest::Method::PATCH, &path, Some(change)).await?;
+        Ok(answer.etag)
+    }
+
+    /// `DELETE /_emulator/flows/{id}`.
+    pub async fn delete_flow(&self, flow_id: &str) -> Result<(), AdminError> {
+        let path = format!("/_emulator/flows/{}", encode(flow_id));
         self.call(reqwest::Method::DELETE, &path, None::<&()>).await.map(drop)
     }
 

@@ -137,6 +137,32 @@ pub enum RunWindow {
     Day,
 }
 
+/// What a successful flow PATCH answers: the docs disagree (reference "aep-activation-api" §4
+/// #2), so both are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchAnswer {
+    /// 200 `{"id": …, "etag": …}` (the API spec, A-DEST `Patch_Flow_Response`).
+    #[default]
+    Etag,
+    /// 202 Accepted without a body (the batch and streaming tutorials).
+    Accepted,
+}
+
+/// How a flow stores the audience ids of the selectors it is sent (the docs leave it open,
+/// reference "aep-activation-api" §5, §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectorIdModel {
+    /// `value` is stored as sent.
+    #[default]
+    AsSent,
+    /// Like the spec's external-audience example: `value.id` becomes the audience's
+    /// `customAudienceId` when it has one (else its id), `systemSegmentId` its platform id and
+    /// `namespace` `CustomerAudienceUpload`.
+    Normalise,
+}
+
 /// The visibility rule of [`Settings`], small enough to copy next to a borrowed tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Visibility {
@@ -208,6 +234,32 @@ pub struct Settings {
     pub lookup_visibility: LookupVisibility,
     /// Extra delay of the `/ups` lookups in `lagged` mode, milliseconds.
     pub lookup_lag_ms: u64,
+    /// What a successful flow PATCH answers: 200 `{id, etag}` or 202 without a body.
+    pub patch_answer: PatchAnswer,
+    /// How flows store the audience ids of the selectors they are sent.
+    pub selector_ids: SelectorIdModel,
+    /// Audiences one dataflow may hold (guardrail, soft in AEP): a PATCH growing a flow past it
+    /// is refused with 400.
+    pub max_audiences_per_flow: u32,
+    /// Audiences one ad hoc activation job may name (hard guardrail).
+    pub adhoc_max_audiences: u32,
+    /// Time an audience must be past its first scheduled activation in a flow before an ad hoc
+    /// export of it is accepted, milliseconds (the docs say 1 hour, older ones 20 minutes).
+    pub adhoc_min_wait_ms: u64,
+    /// Time from mapping an audience into a streaming flow until its export run starts, ms.
+    pub streaming_export_delay_ms: u64,
+    /// Time an export run (scheduled, streaming or ad hoc) takes, milliseconds.
+    pub export_run_duration_ms: u64,
+    /// UTC hour of the daily batch segmentation job (and of its schedule's cron).
+    pub segmentation_hour_utc: u32,
+    /// UTC minute of the daily batch segmentation job.
+    pub segmentation_minute_utc: u32,
+    /// Time a daily segmentation job takes until `SUCCEEDED`, milliseconds.
+    pub segmentation_job_duration_ms: u64,
+    /// Days of export runs kept and listed by `GET /runs` (at most 366).
+    pub flow_runs_retention_days: u32,
+    /// Largest page of `GET /flows` and `GET /runs` (AEP: 100, also the most this accepts).
+    pub flow_page_max: u32,
 }
 
 impl Default for Settings {
@@ -234,6 +286,18 @@ impl Default for Settings {
             custom_audience_id: CustomAudienceIdModel::Unique,
             lookup_visibility: LookupVisibility::AfterOperation,
             lookup_lag_ms: 0,
+            patch_answer: PatchAnswer::Etag,
+            selector_ids: SelectorIdModel::AsSent,
+            max_audiences_per_flow: 250,
+            adhoc_max_audiences: 80,
+            adhoc_min_wait_ms: 3_600_000,
+            streaming_export_delay_ms: 5_000,
+            export_run_duration_ms: 60_000,
+            segmentation_hour_utc: 1,
+            segmentation_minute_utc: 0,
+            segmentation_job_duration_ms: 1_800_000,
+            flow_runs_retention_days: 7,
+            flow_page_max: 100,
         }
     }
 }
@@ -302,10 +366,15 @@ pub struct LostAnswers {
     pub patch: LostAnswer,
     /// `DELETE …/{id}` (ais and ups): the audience is gone.
     pub delete: LostAnswer,
+    /// `PATCH /flowservice/flows/{id}`: the patch is applied (new etag, selectors changed).
+    pub patch_flow: LostAnswer,
+    /// `POST /activation/disflowprovider/adhocrun`: the export runs have started.
+    pub adhoc_run: LostAnswer,
 }
 
 /// Injected faults (`GET`/`PUT /_emulator/faults`). They apply to the AEP routes
-/// (`/data/core/…`), not to IMS or the admin API. Missing keys take their defaults (no faults).
+/// (`/data/core/…`, `/data/foundation/…`), not to IMS or the admin API. Missing keys take their
+/// defaults (no faults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Faults {
@@ -347,6 +416,11 @@ pub struct Faults {
     pub lost_answers: LostAnswers,
     /// How long a [`LostMode::Timeout`] answer is held before the connection is dropped, ms.
     pub hang_ms: u64,
+    /// Probability (0..1) that someone else (a human in the UI) writes a flow just before a
+    /// PATCH with the current etag is applied: the flow's etag changes, so that PATCH gets 412.
+    pub concurrent_writer_probability: f64,
+    /// The next N flow PATCHes with the current etag meet a concurrent writer (deterministic).
+    pub concurrent_writer_next: u32,
 }
 
 impl Default for Faults {
@@ -370,6 +444,8 @@ impl Default for Faults {
             refuse_delete_in_use: false,
             lost_answers: LostAnswers::default(),
             hang_ms: 30_000,
+            concurrent_writer_probability: 0.0,
+            concurrent_writer_next: 0,
         }
     }
 }
@@ -410,6 +486,31 @@ mod tests {
         assert_eq!(partial.runs_per_audience_window, RunWindow::Day);
         assert_eq!(partial.max_runs_per_audience, 10, "missing keys default");
         assert!(serde_json::from_value::<Settings>(json!({"lookup_visibility": "later"})).is_err());
+    }
+
+    #[test]
+    fn activation_settings_and_faults_have_documented_defaults_and_names() {
+        let value = serde_json::to_value(Settings::default()).unwrap();
+        assert_eq!(value["patch_answer"], "etag");
+        assert_eq!(value["selector_ids"], "as_sent");
+        assert_eq!(value["max_audiences_per_flow"], 250);
+        assert_eq!(value["adhoc_max_audiences"], 80);
+        assert_eq!(value["adhoc_min_wait_ms"], 3_600_000);
+        assert_eq!(value["segmentation_hour_utc"], 1);
+        assert_eq!(value["segmentation_minute_utc"], 0);
+        let partial: Settings =
+            serde_json::from_value(json!({"patch_answer": "accepted", "selector_ids": "normalise"})).unwrap();
+        assert_eq!(partial.patch_answer, PatchAnswer::Accepted);
+        assert_eq!(partial.selector_ids, SelectorIdModel::Normalise);
+        let faults: Faults = serde_json::from_value(json!({
+            "concurrent_writer_next": 1,
+            "lost_answers": {"patch_flow": {"next": 1}, "adhoc_run": {"mode": "error500"}}
+        }))
+        .unwrap();
+        assert_eq!(faults.concurrent_writer_next, 1);
+        assert_eq!(faults.concurrent_writer_probability, 0.0);
+        assert_eq!(faults.lost_answers.patch_flow.next, 1);
+        assert_eq!(faults.lost_answers.adhoc_run.mode, LostMode::Error500);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! A faithful in-memory emulator of the AEP external-audience API, its `/ups/audiences` lookups and
-//! the IMS token endpoint (reference §7.2) — the project's Pebble. Tests start it in-process on
+//! A faithful in-memory emulator of the AEP external-audience API, its `/ups/audiences` lookups,
+//! the activation surface (Flow Service destination dataflows and runs, ad hoc activation,
+//! segmentation jobs and schedules; [`flows`]) and the IMS token endpoint (reference §7.2) — the
+//! project's Pebble. Tests start it in-process on
 //! `127.0.0.1:0` with [`Emulator::builder`]; the `aep-emulator` binary runs it standalone.
 //!
 //! It reuses [`aep::types`] for every body, so client and emulator cannot drift. Lifecycles
@@ -15,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod flows;
 mod routes;
 pub mod state;
 mod tls;
@@ -31,12 +34,17 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use url::Url;
 
-pub use admin::{AdminClient, AdminError, AudienceMutation, Clock, CredentialInfo};
+pub use admin::{
+    AddSelector, AdminClient, AdminError, AudienceMutation, Clock, CredentialInfo, FlowCreated, FlowMutation, NewFlow,
+};
+pub use aep::flows::DestinationKind;
 pub use config::{
     CredentialSpec, CustomAudienceIdModel, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_ORG_ID, DuplicateNames,
-    Entitlement, Faults, LookupVisibility, LostAnswer, LostAnswers, LostMode, RunWindow, Settings, Visibility,
+    Entitlement, Faults, LookupVisibility, LostAnswer, LostAnswers, LostMode, PatchAnswer, RunWindow, SelectorIdModel,
+    Settings, Visibility,
 };
-pub use state::{AudienceView, OperationView, RunView, StateView, Stats};
+pub use flows::RunTrigger;
+pub use state::{AudienceView, ExportRunView, FlowView, OperationView, RunView, StateView, Stats};
 
 use conn::{ConnHandle, KillableListener};
 use state::{Store, World};
@@ -140,8 +148,11 @@ impl EmulatorBuilder {
         self
     }
 
-    /// Operations and runs finish on their first poll.
-    pub fn zero_latency(self) -> Self {
+    /// Operations and runs finish on their first poll; streaming flows export a newly mapped
+    /// audience at once and export runs (every kind) complete as they start.
+    pub fn zero_latency(mut self) -> Self {
+        self.settings.streaming_export_delay_ms = 0;
+        self.settings.export_run_duration_ms = 0;
         self.operation_timing(Duration::ZERO, 0).run_timing(Duration::ZERO, 0)
     }
 
@@ -180,6 +191,7 @@ impl EmulatorBuilder {
                 faults: self.faults,
                 stats,
                 arrivals: HashMap::new(),
+                scheme: if self.tls { "https" } else { "http" },
             }),
             persist: Notify::new(),
         });
@@ -330,6 +342,27 @@ impl RunningEmulator {
     /// Edits the settings in place.
     pub fn update_settings(&self, edit: impl FnOnce(&mut Settings)) {
         edit(&mut self.shared.lock().settings);
+    }
+
+    /// Creates a destination dataflow, as its administrator would in the UI (see
+    /// [`AdminClient::create_flow`]); returns its id.
+    pub fn create_flow(&self, flow: &NewFlow) -> String {
+        let created = admin::create_flow_in(&mut self.shared.lock(), flow);
+        self.shared.changed();
+        created.id
+    }
+
+    /// Maps an audience into a flow as the AEP UI would (see [`AdminClient::add_selector`]);
+    /// returns the flow's new etag, `None` when there is no such flow.
+    pub fn add_selector(&self, flow_id: &str, audience_id: &str) -> Option<String> {
+        let etag = admin::add_selector_in(&mut self.shared.lock(), flow_id, &AddSelector::new(audience_id));
+        self.shared.changed();
+        etag
+    }
+
+    /// One flow of the state view (selectors and export runs), read in-process.
+    pub fn flow(&self, flow_id: &str) -> Option<FlowView> {
+        self.state().flows.into_iter().find(|f| f.flow_id == flow_id)
     }
 
     /// Stops accepting, finishes in-flight requests, writes the state file one last time.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aep_emulator::{
     CredentialSpec, CustomAudienceIdModel, DuplicateNames, Emulator, Entitlement, Faults, LookupVisibility, LostAnswer,
-    LostMode, RunWindow, Settings,
+    LostMode, PatchAnswer, RunWindow, SelectorIdModel, Settings,
 };
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -29,7 +29,16 @@ where
 }
 
 /// Calls `--lose-answers` accepts.
-const LOSABLE_CALLS: [&str; 4] = ["create", "start_run", "patch", "delete"];
+const LOSABLE_CALLS: [&str; 6] = ["create", "start_run", "patch", "delete", "patch_flow", "adhoc_run"];
+
+/// Parses `HH:MM` (UTC) into `(hour, minute)`.
+fn utc_time(s: &str) -> Result<(u32, u32), String> {
+    let parsed = s.split_once(':').and_then(|(h, m)| {
+        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+        (h < 24 && m < 60).then_some((h, m))
+    });
+    parsed.ok_or_else(|| format!("{s:?} is not a UTC time HH:MM"))
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -94,8 +103,9 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_RUN_POLLS", default_value_t = 0)]
     run_polls: u32,
 
-    /// Zero-latency mode: operations and runs finish on their first poll (overrides the timing
-    /// flags; for the benchmark).
+    /// Zero-latency mode: operations and runs finish on their first poll, streaming exports
+    /// start at once and export runs complete as they start (overrides the timing flags; for the
+    /// benchmark).
     #[arg(long, env = "AEP_EMULATOR_ZERO_LATENCY")]
     zero_latency: bool,
 
@@ -155,6 +165,55 @@ struct Args {
     #[arg(long, env = "AEP_EMULATOR_LOOKUP_LAG_MS", default_value_t = 0)]
     lookup_lag_ms: u64,
 
+    /// What a successful flow PATCH answers: etag (200 {id, etag}) or accepted (202, no body).
+    #[arg(long, env = "AEP_EMULATOR_FLOW_PATCH_ANSWER", default_value = "etag",
+          value_parser = choice::<PatchAnswer>(&["etag", "accepted"]))]
+    flow_patch_answer: PatchAnswer,
+
+    /// How flows store selector ids: as_sent, or normalise (value.id = the customAudienceId when
+    /// there is one, systemSegmentId = the audience id, namespace CustomerAudienceUpload).
+    #[arg(long, env = "AEP_EMULATOR_SELECTOR_IDS", default_value = "as_sent",
+          value_parser = choice::<SelectorIdModel>(&["as_sent", "normalise"]))]
+    selector_ids: SelectorIdModel,
+
+    /// Guardrail: audiences one destination dataflow may hold.
+    #[arg(long, env = "AEP_EMULATOR_MAX_AUDIENCES_PER_FLOW", default_value_t = 250)]
+    max_audiences_per_flow: u32,
+
+    /// Guardrail: audiences one ad hoc activation job may name.
+    #[arg(long, env = "AEP_EMULATOR_ADHOC_MAX_AUDIENCES", default_value_t = 80)]
+    adhoc_max_audiences: u32,
+
+    /// Time an audience must be past its first scheduled activation before an ad hoc export,
+    /// milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_ADHOC_MIN_WAIT_MS", default_value_t = 3_600_000)]
+    adhoc_min_wait_ms: u64,
+
+    /// Time from mapping an audience into a streaming flow until its export run, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_STREAMING_EXPORT_DELAY_MS", default_value_t = 5_000)]
+    streaming_export_delay_ms: u64,
+
+    /// Duration of every export run, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_EXPORT_RUN_DURATION_MS", default_value_t = 60_000)]
+    export_run_duration_ms: u64,
+
+    /// UTC time (HH:MM) of the daily batch segmentation job and of its schedule's cron.
+    #[arg(long, env = "AEP_EMULATOR_SEGMENTATION_TIME", default_value = "01:00", value_parser = utc_time)]
+    segmentation_time: (u32, u32),
+
+    /// Duration of the daily segmentation job until SUCCEEDED, milliseconds.
+    #[arg(long, env = "AEP_EMULATOR_SEGMENTATION_JOB_DURATION_MS", default_value_t = 1_800_000)]
+    segmentation_job_duration_ms: u64,
+
+    /// Days of export runs kept and listed by GET /runs.
+    #[arg(long, env = "AEP_EMULATOR_FLOW_RUNS_RETENTION_DAYS", default_value_t = 7)]
+    flow_runs_retention_days: u32,
+
+    /// Fault: probability (0..1) that someone else writes a flow just before a PATCH (its etag
+    /// changes, so that PATCH gets 412).
+    #[arg(long, env = "AEP_EMULATOR_CONCURRENT_WRITER_PROBABILITY", default_value_t = 0.0)]
+    concurrent_writer_probability: f64,
+
     /// Strict mode: a missing x-sandbox-name is 401 and a missing Content-Type on bodies is 400
     /// (default: sandbox `prod`, JSON accepted without the header).
     #[arg(long, env = "AEP_EMULATOR_STRICT")]
@@ -206,7 +265,8 @@ struct Args {
     refuse_delete: bool,
 
     /// Fault: calls whose work is done and whose answer is then lost (comma list of create,
-    /// start_run, patch, delete). Every such answer is lost unless --lose-probability is given.
+    /// start_run, patch, delete, patch_flow, adhoc_run). Every such answer is lost unless
+    /// --lose-probability is given.
     #[arg(long, env = "AEP_EMULATOR_LOSE_ANSWERS", value_delimiter = ',',
           value_parser = PossibleValuesParser::new(LOSABLE_CALLS))]
     lose_answers: Vec<String>,
@@ -312,6 +372,17 @@ async fn main() -> anyhow::Result<()> {
         custom_audience_id: args.custom_audience_id,
         lookup_visibility: args.lookup_visibility,
         lookup_lag_ms: args.lookup_lag_ms,
+        patch_answer: args.flow_patch_answer,
+        selector_ids: args.selector_ids,
+        max_audiences_per_flow: args.max_audiences_per_flow,
+        adhoc_max_audiences: args.adhoc_max_audiences,
+        adhoc_min_wait_ms: args.adhoc_min_wait_ms,
+        streaming_export_delay_ms: args.streaming_export_delay_ms,
+        export_run_duration_ms: args.export_run_duration_ms,
+        segmentation_hour_utc: args.segmentation_time.0,
+        segmentation_minute_utc: args.segmentation_time.1,
+        segmentation_job_duration_ms: args.segmentation_job_duration_ms,
+        flow_runs_retention_days: args.flow_runs_retention_days,
         ..Settings::default()
     };
     settings
@@ -322,6 +393,8 @@ async fn main() -> anyhow::Result<()> {
         settings.operation_polls = 0;
         settings.run_delay_ms = 0;
         settings.run_polls = 0;
+        settings.streaming_export_delay_ms = 0;
+        settings.export_run_duration_ms = 0;
     }
     let mut faults = Faults {
         rate_limit_probability: args.rate_limit_probability,
@@ -336,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
         run_failure_message: args.run_failure_message,
         refuse_delete_in_use: args.refuse_delete,
         hang_ms: args.hang_ms,
+        concurrent_writer_probability: args.concurrent_writer_probability,
         ..Faults::default()
     };
     let lost = LostAnswer {
@@ -350,6 +424,8 @@ async fn main() -> anyhow::Result<()> {
             "start_run" => &mut faults.lost_answers.start_run,
             "patch" => &mut faults.lost_answers.patch,
             "delete" => &mut faults.lost_answers.delete,
+            "patch_flow" => &mut faults.lost_answers.patch_flow,
+            "adhoc_run" => &mut faults.lost_answers.adhoc_run,
             other => anyhow::bail!(
                 "--lose-answers: unknown call {other:?}; use {}",
                 LOSABLE_CALLS.join(",")

@@ -1,5 +1,7 @@
 //! HTTP surface of the emulated service: IMS `/ims/token/v3`, every `/data/core/ais` external-audience
-//! route with the older spellings of reference §2.12, and `/data/core/ups/audiences`; plus the
+//! route with the older spellings of reference §2.12, `/data/core/ups/audiences`, and the
+//! activation surface (Flow Service flows and runs, ad hoc activation, segmentation jobs and
+//! schedules; in [`activation`]); plus the
 //! gateway-style authentication (with per-credential entitlements), fault injection, lost answers
 //! and per-route and per-operation request accounting around them.
 //!
@@ -51,6 +53,12 @@ struct Dropped;
 
 const AIS: &str = "/data/core/ais";
 const UPS: &str = "/data/core/ups";
+/// Flow Service (destination dataflows and their runs).
+const FLOWSERVICE: &str = "/data/foundation/flowservice";
+/// The ad hoc activation route.
+const ADHOC: &str = "/data/core/activation/disflowprovider/adhocrun";
+
+mod activation;
 
 /// Adds `path` and `path/` with the same handlers.
 fn both(router: Router<AppState>, path: &str, handler: MethodRouter<AppState>) -> Router<AppState> {
@@ -85,6 +93,21 @@ pub(crate) fn service_router(shared: AppState) -> Router<AppState> {
     aep = both(aep, &format!("{ea}/{{id}}/run/{{run_id}}"), get(get_run));
     aep = both(aep, &format!("{UPS}/audiences"), get(list_ups));
     aep = both(aep, &format!("{UPS}/audiences/{{id}}"), get(get_ups).delete(delete_ups));
+    aep = both(aep, &format!("{UPS}/segment/jobs"), get(activation::list_segment_jobs));
+    aep = both(aep, &format!("{UPS}/config/schedules"), get(activation::list_schedules));
+    aep = both(aep, &format!("{FLOWSERVICE}/flows"), get(activation::list_flows));
+    aep = both(
+        aep,
+        &format!("{FLOWSERVICE}/flows/{{id}}"),
+        get(activation::get_flow).patch(activation::patch_flow),
+    );
+    aep = both(aep, &format!("{FLOWSERVICE}/runs"), get(activation::list_flow_runs));
+    aep = both(
+        aep,
+        &format!("{FLOWSERVICE}/runs/{{id}}"),
+        get(activation::get_flow_run),
+    );
+    aep = both(aep, ADHOC, post(activation::adhoc_run));
     let aep = aep
         .route_layer(from_fn_with_state(shared.clone(), authenticate))
         .route_layer(from_fn_with_state(shared.clone(), inject_faults));
@@ -208,8 +231,23 @@ fn operation_name(method: &Method, route: &str) -> Option<&'static str> {
             ("GET", "/audiences") => Some("list_audiences"),
             ("GET", "/audiences/{id}") => Some("get_audience"),
             ("DELETE", "/audiences/{id}") => Some("delete_ups_audience"),
+            ("GET", "/segment/jobs") => Some("list_segment_jobs"),
+            ("GET", "/config/schedules") => Some("list_schedules"),
             _ => None,
         };
+    }
+    if let Some(rest) = route.strip_prefix(FLOWSERVICE) {
+        return match (method, rest) {
+            ("GET", "/flows") => Some("list_flows"),
+            ("GET", "/flows/{id}") => Some("get_flow"),
+            ("PATCH", "/flows/{id}") => Some("patch_flow"),
+            ("GET", "/runs") => Some("list_flow_runs"),
+            ("GET", "/runs/{id}") => Some("get_flow_run"),
+            _ => None,
+        };
+    }
+    if route == ADHOC {
+        return (method == "POST").then_some("adhoc_run");
     }
     let rest = route.strip_prefix(AIS)?;
     let rest = rest
@@ -238,7 +276,7 @@ async fn account(State(shared): State<AppState>, request: Request, next: Next) -
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "UNMATCHED".to_owned());
     let started = Instant::now();
-    if route.starts_with("/data/core") {
+    if route.starts_with("/data/") {
         let org = request
             .headers()
             .get("x-gw-ims-org-id")
@@ -1162,6 +1200,18 @@ fn delete_now(shared: &Shared, caller: &Caller, audience_id: &str, route: Delete
     if !visible {
         return not_found("audience", audience_id).into();
     }
+    if let Some(flow_id) = tenant.flow_using(audience_id) {
+        stats.delete_refusals += 1;
+        return service_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "100960-422",
+            "UNPROCESSABLE_ENTITY",
+            format!(
+                "audience {audience_id} is used by destination dataflow {flow_id} and cannot be deleted; remove it from the dataflow first"
+            ),
+        )
+        .into();
+    }
     if faults.refuse_delete_in_use {
         stats.delete_refusals += 1;
         return service_error(
@@ -1465,6 +1515,20 @@ mod tests {
             ("POST", "/ims/token/v3", None),
             ("GET", "/_emulator/stats", None),
             ("PUT", "/data/core/ups/audiences/{id}", None),
+            ("GET", "/data/foundation/flowservice/flows", Some("list_flows")),
+            ("GET", "/data/foundation/flowservice/flows/{id}/", Some("get_flow")),
+            ("PATCH", "/data/foundation/flowservice/flows/{id}", Some("patch_flow")),
+            ("GET", "/data/foundation/flowservice/runs/", Some("list_flow_runs")),
+            ("GET", "/data/foundation/flowservice/runs/{id}", Some("get_flow_run")),
+            (
+                "POST",
+                "/data/core/activation/disflowprovider/adhocrun",
+                Some("adhoc_run"),
+            ),
+            ("GET", "/data/core/activation/disflowprovider/adhocrun", None),
+            ("GET", "/data/core/ups/segment/jobs", Some("list_segment_jobs")),
+            ("GET", "/data/core/ups/config/schedules/", Some("list_schedules")),
+            ("DELETE", "/data/foundation/flowservice/flows/{id}", None),
         ];
         for (method, route, want) in cases {
             let method: Method = method.parse().unwrap();

@@ -14,7 +14,10 @@ use aep::types::{
     OperationStatus, Run, RunStage, RunStatus, UPS_TYPE_EXTERNAL_SEGMENT, UpsAudience, UpsSandbox,
 };
 
+use aep::flows::{DestinationKind, SegmentSelector};
+
 use super::config::{CredentialSpec, Faults, Settings, Visibility};
+use super::flows::{ExportClock, FlowHome, FlowRec, RunTrigger};
 
 /// Milliseconds per UTC day.
 const DAY_MS: i64 = 86_400_000;
@@ -70,6 +73,9 @@ pub struct Tenant {
     /// `customAudienceId`s are free again. Bounded: the oldest are forgotten.
     #[serde(default)]
     pub deleted: BTreeMap<String, AudienceRec>,
+    /// Destination dataflows by id, with their selectors and export runs.
+    #[serde(default)]
+    pub flows: BTreeMap<String, FlowRec>,
 }
 
 /// Deleted audience records kept per tenant.
@@ -105,6 +111,42 @@ impl Tenant {
             };
         }
         true
+    }
+
+    /// The first flow (by id) whose selectors name the audience `id` (by `value.id` or
+    /// `systemSegmentId`, or by its `customAudienceId` in `value.id`): AEP refuses to delete an
+    /// audience a destination uses (reference "aep-activation-api" §2.4).
+    pub(crate) fn flow_using(&self, id: &str) -> Option<&str> {
+        let custom = self
+            .audiences
+            .get(id)
+            .and_then(|a| a.definition.custom_audience_id.as_deref());
+        self.flows
+            .values()
+            .find(|f| {
+                f.selectors
+                    .iter()
+                    .any(|s| s.selector.names(id) || custom.is_some_and(|c| s.selector.value.id.as_deref() == Some(c)))
+            })
+            .map(|f| f.id.as_str())
+    }
+
+    /// Where this tenant's flows live, for their wire form.
+    pub(crate) fn home(&self) -> FlowHome<'_> {
+        FlowHome {
+            org: &self.org,
+            sandbox: &self.sandbox,
+            sandbox_id: &self.sandbox_id,
+        }
+    }
+
+    /// Makes the export runs due by now of every flow; returns whether any changed.
+    pub(crate) fn materialize_runs(&mut self, clock: &ExportClock) -> bool {
+        let mut changed = false;
+        for flow in self.flows.values_mut() {
+            changed |= flow.materialize(clock);
+        }
+        changed
     }
 
     /// Logs a run started on `day` and forgets days long past.
@@ -430,7 +472,8 @@ pub struct Stats {
     /// Every request that reached an AEP route, counted before authentication and faults, by
     /// operation: `create_audience`, `get_operation`, `start_run`, `get_run`, `list_runs`,
     /// `patch_audience`, `delete_audience`, `extend_ttl`, `list_audiences`, `get_audience`,
-    /// `delete_ups_audience`.
+    /// `delete_ups_audience`, `get_flow`, `list_flows`, `patch_flow`, `list_flow_runs`,
+    /// `get_flow_run`, `adhoc_run`, `list_segment_jobs`, `list_schedules`.
     pub received: BTreeMap<String, u64>,
     /// Requests to the IMS token endpoint.
     pub token_requests: u64,
@@ -472,9 +515,21 @@ pub struct Stats {
     pub lost_answers: u64,
     /// Injected 429/500/503 answers.
     pub injected_errors: u64,
-    /// Most AEP (`/data/core/…`) requests one org sent within any one-second window: checks the
-    /// client's rate limit.
+    /// Most AEP (`/data/core/…`, `/data/foundation/…`) requests one org sent within any
+    /// one-second window: checks the client's rate limit.
     pub max_aep_requests_per_second: u64,
+    /// Flow PATCHes applied.
+    pub flow_patches: u64,
+    /// Flow PATCHes refused with 412 (stale `If-Match`).
+    pub flow_patch_conflicts: u64,
+    /// Flow PATCHes refused with 400 (missing `If-Match`, malformed, invalid selector, guardrail).
+    pub flow_patch_rejections: u64,
+    /// Concurrent writes injected before a PATCH (`concurrent_writer_*` faults).
+    pub concurrent_writes: u64,
+    /// Export runs started by ad hoc activation.
+    pub adhoc_runs_started: u64,
+    /// Ad hoc activations refused (400).
+    pub adhoc_refusals: u64,
 }
 
 impl Stats {
@@ -512,6 +567,9 @@ pub struct StateView {
     pub deleted: Vec<AudienceView>,
     /// Every create operation.
     pub operations: Vec<OperationView>,
+    /// Every destination dataflow, with its selectors and export runs.
+    #[serde(default)]
+    pub flows: Vec<FlowView>,
 }
 
 impl StateView {
@@ -530,6 +588,73 @@ impl StateView {
     pub fn audience(&self, id: &str) -> Option<&AudienceView> {
         self.audiences.iter().find(|a| a.audience_id == id)
     }
+
+    /// The flow with this ID.
+    pub fn flow(&self, id: &str) -> Option<&FlowView> {
+        self.flows.iter().find(|f| f.flow_id == id)
+    }
+}
+
+/// One destination dataflow in [`StateView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// IMS org.
+    pub org: String,
+    /// Sandbox.
+    pub sandbox: String,
+    /// Flow id.
+    pub flow_id: String,
+    /// Name.
+    pub name: String,
+    /// `batch` or `streaming`.
+    pub kind: DestinationKind,
+    /// `enabled` or `disabled`.
+    pub state: String,
+    /// Current etag (quotes embedded).
+    pub etag: String,
+    /// The selectors, in order, as `GET /flows/{id}` returns them.
+    pub selectors: Vec<SegmentSelector>,
+    /// When each selector was mapped (ms), in the same order.
+    pub mapped_at_ms: Vec<i64>,
+    /// Export runs made so far (within the retention), oldest first.
+    pub runs: Vec<ExportRunView>,
+}
+
+impl FlowView {
+    /// `value.id` of every selector, in order.
+    pub fn selector_ids(&self) -> Vec<&str> {
+        self.selectors
+            .iter()
+            .map(|s| s.value.id.as_deref().unwrap_or(""))
+            .collect()
+    }
+
+    /// How many selectors name `audience_id` (`value.id` or `systemSegmentId`).
+    pub fn count_of(&self, audience_id: &str) -> usize {
+        self.selectors.iter().filter(|s| s.names(audience_id)).count()
+    }
+
+    /// Export runs of one audience (by platform id).
+    pub fn runs_of<'a>(&'a self, audience_id: &'a str) -> impl Iterator<Item = &'a ExportRunView> + 'a {
+        self.runs.iter().filter(move |r| r.audience_id == audience_id)
+    }
+}
+
+/// One export run in [`FlowView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRunView {
+    /// Run id.
+    pub run_id: String,
+    /// Platform id of the audience exported.
+    pub audience_id: String,
+    /// `streaming`, `after_segment_eval`, `scheduled` or `adhoc`.
+    pub trigger: RunTrigger,
+    /// `processing` or `success`.
+    pub status: String,
+    /// Started (ms, emulated clock).
+    pub started_at_ms: i64,
+    /// Completed (or completes, ms).
+    pub completed_at_ms: i64,
 }
 
 /// One audience in [`StateView`].
@@ -610,6 +735,8 @@ pub(crate) struct World {
     pub stats: Stats,
     /// Arrival times of AEP requests in the last second, per org.
     pub arrivals: HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    /// `http` or `https`: the scheme of the URLs the emulator hands out (ad hoc `statusURL`).
+    pub scheme: &'static str,
 }
 
 impl World {
@@ -651,11 +778,43 @@ impl World {
         self.store.tenants.values_mut().find_map(|t| t.audiences.get_mut(id))
     }
 
+    /// The clocks export runs follow now.
+    pub(crate) fn export_clock(&self) -> ExportClock {
+        ExportClock::new(&self.settings, self.now_ms())
+    }
+
     pub(crate) fn view(&mut self) -> StateView {
         let now = self.now_ms();
         let visibility = self.settings.visibility();
+        let clock = self.export_clock();
         let mut view = StateView::default();
         for tenant in self.store.tenants.values_mut() {
+            tenant.materialize_runs(&clock);
+            for flow in tenant.flows.values() {
+                view.flows.push(FlowView {
+                    org: tenant.org.clone(),
+                    sandbox: tenant.sandbox.clone(),
+                    flow_id: flow.id.clone(),
+                    name: flow.name.clone(),
+                    kind: flow.kind,
+                    state: flow.state.clone(),
+                    etag: flow.etag.clone(),
+                    selectors: flow.selectors.iter().map(|s| s.selector.clone()).collect(),
+                    mapped_at_ms: flow.selectors.iter().map(|s| s.mapped_at_ms).collect(),
+                    runs: flow
+                        .runs
+                        .iter()
+                        .map(|r| ExportRunView {
+                            run_id: r.id.clone(),
+                            audience_id: r.segment_id.clone(),
+                            trigger: r.trigger,
+                            status: r.status(now).as_str().to_owned(),
+                            started_at_ms: r.started_at_ms,
+                            completed_at_ms: r.completed_at_ms,
+                        })
+                        .collect(),
+                });
+            }
             for audience in tenant.deleted.values() {
                 view.deleted.push(AudienceView {
                     org: tenant.org.clone(),

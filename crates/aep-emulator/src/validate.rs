@@ -1,11 +1,17 @@
-//! Request validation of the emulator (reference §3 and §7.2.5, §7.2.10, §7.2.11): turns a raw JSON
-//! body into a canonical typed request, or into a `detail` message that starts with the path of
-//! the offending field (`fields[2].type: must be one of …`).
+//! Request validation of the emulator (reference §3 and §7.2.5, §7.2.10, §7.2.11, and the flow
+//! selectors of "aep-activation-api" §1.5): turns a raw JSON body into a canonical typed request,
+//! or into a `detail` message that starts with the path of the offending field
+//! (`fields[2].type: must be one of …`, `schedule.frequency: …`).
 //!
 //! Pure functions over `serde_json::Value`; no state, no HTTP.
 
 use serde_json::{Map, Value};
 
+use aep::flows::{
+    DestinationKind, EXPORT_MODE_DAILY_FULL, EXPORT_MODE_FIRST_FULL_THEN_INCREMENTAL, FREQUENCIES_FULL,
+    FREQUENCIES_INCREMENTAL, SELECTOR_TYPE_PLATFORM_SEGMENT, SegmentSelector, TRIGGER_AFTER_SEGMENT_EVAL,
+    TRIGGER_SCHEDULED,
+};
 use aep::types::{
     AUDIENCE_TYPE_PEOPLE, CLOUD_TYPES, CLOUD_TYPES_NEEDING_CONNECTION, CreateAudienceRequest, Encryption, Field,
     FieldLabels, FieldType, MAX_FIELDS, ORIGIN_CUSTOM_UPLOAD, PatchAudienceRequest, SOURCE_TYPE_CLOUD_STORAGE,
@@ -400,10 +406,287 @@ pub fn start_run_request(body: &Value) -> Result<StartRunRequest, Detail> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Flow selectors (reference "aep-activation-api" §1.5)
+// ---------------------------------------------------------------------------------------------
+
+/// The hour of a `startTime` of the form `HH:00` (UTC, minutes must be `00`).
+pub(crate) fn start_hour(s: &str) -> Option<u32> {
+    let (hour, minutes) = s.split_once(':')?;
+    if hour.len() != 2 || minutes != "00" || !hour.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    hour.parse().ok().filter(|h| *h < 24)
+}
+
+/// The UTC day (days since the epoch) of a `YYYY-MM-DD` date.
+pub(crate) fn date_day(s: &str) -> Option<i64> {
+    let bytes = s.as_bytes();
+    let shape = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+    if !shape {
+        return None;
+    }
+    let date: jiff::civil::Date = s.parse().ok()?;
+    let epoch = jiff::civil::date(1970, 1, 1);
+    Some(i64::from(date.since(epoch).ok()?.get_days()))
+}
+
+fn one_of_list(values: &[&str]) -> String {
+    match values {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Validates the `value` of an `add` or `replace` of a flow's selectors, for a flow of `kind`,
+/// into a selector with the canonical `type`. Messages start with the offending field:
+/// `exportMode: …`, `schedule.frequency: …`. Batch (file-based) flows need `exportMode` and a
+/// `schedule` whose `frequency` fits the mode, a `triggerType` with `DAILY_FULL_EXPORT`, a
+/// `startTime` (`HH:00`) with `SCHEDULED`, and dates as `YYYY-MM-DD`; streaming flows refuse
+/// export settings.
+pub fn segment_selector(kind: DestinationKind, value: &Value) -> Result<SegmentSelector, Detail> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| "value: must be a selector {\"type\":\"PLATFORM_SEGMENT\",\"value\":{\"id\":…}}".to_owned())?;
+    match obj.get("type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case(SELECTOR_TYPE_PLATFORM_SEGMENT) => {}
+        _ => return Err(format!("type: must be {SELECTOR_TYPE_PLATFORM_SEGMENT}")),
+    }
+    let inner = match obj.get("value") {
+        Some(Value::Object(inner)) => inner,
+        _ => return Err("value: must be an object naming the audience in id".to_owned()),
+    };
+    required_string(inner, "id", "id")?;
+    for key in ["name", "description", "systemSegmentId", "namespace", "exportMode"] {
+        opt_string(inner, key, key)?;
+    }
+    for key in ["filenameTemplate", "fileNameTemplate"] {
+        if let Some(t) = opt_string(inner, key, key)?
+            && t.trim().is_empty()
+        {
+            return Err(format!("{key}: must be a non-empty template"));
+        }
+    }
+    let mut selector: SegmentSelector =
+        serde_json::from_value(value.clone()).map_err(|e| format!("value: not a valid selector ({e})"))?;
+    selector.r#type = SELECTOR_TYPE_PLATFORM_SEGMENT.to_owned();
+    let v = &selector.value;
+    match kind {
+        DestinationKind::Streaming => {
+            let present = [
+                ("exportMode", v.export_mode.is_some()),
+                ("schedule", inner.get("schedule").is_some_and(|s| !s.is_null())),
+                ("filenameTemplate", v.filename_template.is_some()),
+            ];
+            if let Some((field, _)) = present.iter().find(|(_, present)| *present) {
+                return Err(format!(
+                    "{field}: export settings (exportMode, schedule, filenameTemplate) apply to batch (file-based) \
+                     destinations only; this dataflow streams"
+                ));
+            }
+        }
+        DestinationKind::Batch => {
+            let modes = [EXPORT_MODE_DAILY_FULL, EXPORT_MODE_FIRST_FULL_THEN_INCREMENTAL];
+            let mode = match v.export_mode.as_deref() {
+                None => {
+                    return Err(format!(
+                        "exportMode: required for a batch (file-based) destination: {}",
+                        one_of_list(&modes)
+                    ));
+                }
+                Some(m) if modes.contains(&m) => m,
+                Some(_) => return Err(format!("exportMode: must be {}", one_of_list(&modes))),
+            };
+            let schedule = match inner.get("schedule") {
+                Some(Value::Object(_)) => v.schedule.clone().unwrap_or_default(),
+                None | Some(Value::Null) => {
+                    return Err("schedule: required for a batch (file-based) destination".to_owned());
+                }
+                Some(_) => return Err("schedule: must be an object".to_owned()),
+            };
+            let full = mode == EXPORT_MODE_DAILY_FULL;
+            let allowed = if full {
+                FREQUENCIES_FULL
+            } else {
+                FREQUENCIES_INCREMENTAL
+            };
+            match schedule.frequency.as_deref() {
+                None => {
+                    return Err(format!(
+                        "schedule.frequency: required: {} with {mode}",
+                        one_of_list(allowed)
+                    ));
+                }
+                Some(f) if allowed.contains(&f) => {}
+                Some(f) => {
+                    return Err(format!(
+                        "schedule.frequency: {f} is not allowed with {mode}; use {}",
+                        one_of_list(allowed)
+                    ));
+                }
+            }
+            let triggers = [TRIGGER_AFTER_SEGMENT_EVAL, TRIGGER_SCHEDULED];
+            match schedule.trigger_type.as_deref() {
+                None if full => {
+                    return Err(format!(
+                        "schedule.triggerType: required with {EXPORT_MODE_DAILY_FULL}: {}",
+                        one_of_list(&triggers)
+                    ));
+                }
+                Some(t) if !triggers.contains(&t) => {
+                    return Err(format!("schedule.triggerType: must be {}", one_of_list(&triggers)));
+                }
+                _ => {}
+            }
+            match schedule.start_time.as_deref() {
+                Some(t) if start_hour(t).is_none() => {
+                    return Err("schedule.startTime: must be HH:00 (UTC; minutes must be 00)".to_owned());
+                }
+                None if schedule.trigger_type.as_deref() == Some(TRIGGER_SCHEDULED) => {
+                    return Err(format!(
+                        "schedule.startTime: required with triggerType {TRIGGER_SCHEDULED} (HH:00, UTC)"
+                    ));
+                }
+                _ => {}
+            }
+            let start = match schedule.start_date.as_deref() {
+                Some(d) => Some(date_day(d).ok_or("schedule.startDate: must be a date YYYY-MM-DD")?),
+                None => None,
+            };
+            let end = match schedule.end_date.as_deref() {
+                Some(d) => Some(date_day(d).ok_or("schedule.endDate: must be a date YYYY-MM-DD")?),
+                None => None,
+            };
+            if let (Some(start), Some(end)) = (start, end)
+                && end < start
+            {
+                return Err("schedule.endDate: must not be before schedule.startDate".to_owned());
+            }
+        }
+    }
+    Ok(selector)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn selector_export_settings_follow_the_documented_rules() {
+        let batch = |value: Value| {
+            segment_selector(
+                DestinationKind::Batch,
+                &json!({"type": "PLATFORM_SEGMENT", "value": value}),
+            )
+        };
+        let ok = json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT",
+            "schedule": {"frequency": "ONCE", "triggerType": "SCHEDULED", "startTime": "13:00",
+                "startDate": "2025-02-28", "endDate": "2025-03-01"}});
+        assert_eq!(batch(ok).unwrap().value.id.as_deref(), Some("a"));
+        let cases = [
+            (json!({"id": "a"}), "exportMode:"),
+            (json!({"id": "a", "exportMode": "WEEKLY"}), "exportMode:"),
+            (json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT"}), "schedule:"),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"triggerType": "AFTER_SEGMENT_EVAL"}}),
+                "schedule.frequency:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "EVERY_3_HOURS", "triggerType": "AFTER_SEGMENT_EVAL"}}),
+                "schedule.frequency:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "FIRST_FULL_THEN_INCREMENTAL", "schedule": {"frequency": "ONCE"}}),
+                "schedule.frequency:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY"}}),
+                "schedule.triggerType:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "CHAINED"}}),
+                "schedule.triggerType:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "SCHEDULED"}}),
+                "schedule.startTime:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "SCHEDULED", "startTime": "13:30"}}),
+                "schedule.startTime:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "AFTER_SEGMENT_EVAL", "startDate": "2025-02-30"}}),
+                "schedule.startDate:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "AFTER_SEGMENT_EVAL", "startDate": "2025-03-02", "endDate": "2025-03-01"}}),
+                "schedule.endDate:",
+            ),
+            (
+                json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT", "schedule": {"frequency": "DAILY", "triggerType": "AFTER_SEGMENT_EVAL"}, "filenameTemplate": ""}),
+                "filenameTemplate:",
+            ),
+            (json!({"name": "no id"}), "id:"),
+        ];
+        for (value, field) in cases {
+            let err = batch(value.clone()).unwrap_err();
+            assert!(err.starts_with(field), "{value}: {err}");
+        }
+        let incremental =
+            json!({"id": "a", "exportMode": "FIRST_FULL_THEN_INCREMENTAL", "schedule": {"frequency": "EVERY_6_HOURS"}});
+        assert!(
+            batch(incremental).is_ok(),
+            "triggerType is optional with FIRST_FULL_THEN_INCREMENTAL"
+        );
+        let streaming = |value: Value| {
+            segment_selector(
+                DestinationKind::Streaming,
+                &json!({"type": "platform_segment", "value": value}),
+            )
+        };
+        assert_eq!(
+            streaming(json!({"id": "a", "name": "n"})).unwrap().r#type,
+            "PLATFORM_SEGMENT"
+        );
+        assert!(
+            streaming(json!({"id": "a", "exportMode": "DAILY_FULL_EXPORT"}))
+                .unwrap_err()
+                .starts_with("exportMode:")
+        );
+        assert!(
+            streaming(json!({"id": "a", "schedule": {}}))
+                .unwrap_err()
+                .starts_with("schedule:")
+        );
+        assert!(
+            segment_selector(
+                DestinationKind::Streaming,
+                &json!({"type": "JSON_PATH", "value": {"id": "a"}})
+            )
+            .unwrap_err()
+            .starts_with("type:")
+        );
+        assert_eq!(
+            (
+                start_hour("00:00"),
+                start_hour("23:00"),
+                start_hour("24:00"),
+                start_hour("7:00")
+            ),
+            (Some(0), Some(23), None, None)
+        );
+        assert_eq!(date_day("1970-01-02"), Some(1));
+        assert_eq!(date_day("2025-1-01"), None);
+    }
 
     fn seed() -> Value {
         json!({

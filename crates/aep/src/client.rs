@@ -25,6 +25,10 @@ use url::Url;
 
 use super::endpoint::EndpointPolicy;
 use super::error::{Call, Error, ErrorKind, parse_retry_after};
+use super::flows::{
+    ADHOC_ACCEPT_V2, AdhocOrder, AdhocRequest, AdhocResponse, Flow, FlowList, FlowPatchOp, FlowRun, FlowRunList,
+    NextLink, PatchFlowResponse, SegmentJob, SegmentSchedule, UpsList, segment_entity_id,
+};
 use super::ims::{AccessToken, TokenCache};
 use super::ratelimit::OrgRateLimiter;
 use super::types::{
@@ -43,6 +47,10 @@ pub const DEFAULT_IMS_URL: &str = "https://ims-na1.adobelogin.com";
 const FIND_PAGE_SIZE: u32 = 50;
 /// Upper bound on pages followed by one lookup (protects against looping `next` links).
 const MAX_PAGES: usize = 1000;
+/// Page size of the Flow Service lists (its maximum, reference §1.4).
+const FLOW_PAGE_SIZE: u32 = 100;
+/// Pages of runs [`Session::list_flow_runs`] follows at most (1,000 runs, newest first).
+const MAX_RUN_PAGES: usize = 10;
 /// First backoff step for retries.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Default cap of one response body (AEP's largest answers, a page of 50 audiences, are far below).
@@ -464,6 +472,273 @@ impl Session {
         .await
     }
 
+    /// `GET /data/foundation/flowservice/flows/{id}`: the flow (the answer is `{"items":[flow]}`,
+    /// reference §1.3), its etag as AEP gives it. A 404 or an empty `items` is
+    /// [`ErrorKind::NotFound`].
+    pub async fn get_flow(&self, flow_id: &str) -> Result<Flow, Error> {
+        if flow_id.trim().is_empty() {
+            return Err(Error::invalid(Call::GetFlow, "the flow id is empty"));
+        }
+        let url = self.flow_url(&["flows", flow_id]);
+        let list: FlowList = self.json(Call::GetFlow, Method::GET, url, None::<&()>).await?;
+        let mut items = list.items;
+        let index = items.iter().position(|f| f.id == flow_id).unwrap_or(0);
+        if index >= items.len() {
+            return Err(Error::empty_answer(
+                Call::GetFlow,
+                format!("flows not found with id = [{flow_id}]"),
+            ));
+        }
+        Ok(items.swap_remove(index))
+    }
+
+    /// `GET /data/foundation/flowservice/flows` with one `property=<path>==<value>` per entry of
+    /// `filters` (ANDed; e.g. [`crate::flows::FLOW_FILTER_IS_DESTINATION`] with `true`, or
+    /// [`crate::flows::FLOW_FILTER_SELECTOR_ID`] with an audience id; reference §1.4), 100 per
+    /// page, following `_links.next.href` (its `continuationToken`) on the configured host, at most
+    /// 1,000 pages. Newest first, as AEP orders them.
+    pub async fn list_flows(&self, filters: &[(&str, &str)]) -> Result<Vec<Flow>, Error> {
+        let mut url = self.flow_url(&["flows"]);
+        {
+            let mut query = url.query_pairs_mut();
+            for (path, value) in filters {
+                query.append_pair("property", &format!("{path}=={value}"));
+            }
+            query.append_pair("limit", &FLOW_PAGE_SIZE.to_string());
+        }
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            if !seen.insert(url.to_string()) {
+                break;
+            }
+            let page: FlowList = self
+                .json(Call::ListFlows, Method::GET, url.clone(), None::<&()>)
+                .await?;
+            let empty = page.items.is_empty();
+            found.extend(page.items);
+            match (empty, self.flow_next_url(&url, page.links.as_ref())) {
+                (false, Some(next)) => url = next,
+                _ => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// `PATCH /data/foundation/flowservice/flows/{id}` with `If-Match: <etag>` (the etag of the
+    /// read the operations were decided from, as AEP gave it; a bare value is wrapped in double
+    /// quotes) and the JSON-Patch `ops` (reference §1.5–§1.8). Any 2xx only means accepted
+    /// (§6.3): `Some(new etag)` for a 200 `{id, etag}`, `None` for a 202 (or any answer without an
+    /// etag); read the flow to see the change. Never retried: a stale etag (412) is
+    /// [`ErrorKind::Conflict`] (read again, decide again), a lost answer
+    /// [`ErrorKind::OutcomeUnknown`] (read again: the flow tells whether it was applied).
+    pub async fn patch_flow(&self, flow_id: &str, etag: &str, ops: &[FlowPatchOp]) -> Result<Option<String>, Error> {
+        if flow_id.trim().is_empty() {
+            return Err(Error::invalid(Call::PatchFlow, "the flow id is empty"));
+        }
+        let etag = etag.trim();
+        if etag.is_empty() {
+            return Err(Error::invalid(
+                Call::PatchFlow,
+                "the etag is empty: read the flow first and send its etag",
+            ));
+        }
+        if ops.is_empty() {
+            return Err(Error::invalid(Call::PatchFlow, "nothing to patch"));
+        }
+        let if_match = if etag.starts_with('"') || etag.starts_with("W/") {
+            etag.to_owned()
+        } else {
+            format!("\"{etag}\"")
+        };
+        let url = self.flow_url(&["flows", flow_id]);
+        let (_, bytes) = self
+            .execute_with(
+                Call::PatchFlow,
+                Method::PATCH,
+                url,
+                Some(ops),
+                &[("if-match", if_match.as_str())],
+            )
+            .await?;
+        let etag = serde_json::from_slice::<PatchFlowResponse>(&bytes)
+            .ok()
+            .map(|r| r.etag)
+            .filter(|e| !e.trim().is_empty());
+        Ok(etag)
+    }
+
+    /// Runs of one flow, newest first: `GET /data/foundation/flowservice/runs?property=flowId==…`
+    /// (reference §1.12, §6.7), following `_links.next.href` for at most 1,000 runs.
+    pub async fn list_flow_runs(&self, flow_id: &str) -> Result<Vec<FlowRun>, Error> {
+        self.flow_runs(&[format!("flowId=={flow_id}")]).await
+    }
+
+    /// Runs of one flow that export one audience, newest first: [`Session::list_flow_runs`] with
+    /// `property=metrics.recordSummary.targetSummaries[].entitySummaries[].id==segment:<id>`
+    /// (D-FILTER; reference §1.12).
+    pub async fn list_audience_flow_runs(&self, flow_id: &str, audience_id: &str) -> Result<Vec<FlowRun>, Error> {
+        self.flow_runs(&[
+            format!("flowId=={flow_id}"),
+            format!(
+                "metrics.recordSummary.targetSummaries[].entitySummaries[].id=={}",
+                segment_entity_id(audience_id)
+            ),
+        ])
+        .await
+    }
+
+    async fn flow_runs(&self, properties: &[String]) -> Result<Vec<FlowRun>, Error> {
+        let mut url = self.flow_url(&["runs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            for property in properties {
+                query.append_pair("property", property);
+            }
+            query.append_pair("limit", &FLOW_PAGE_SIZE.to_string());
+        }
+        let mut runs: Vec<FlowRun> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_RUN_PAGES {
+            if !seen.insert(url.to_string()) {
+                break;
+            }
+            let page: FlowRunList = self
+                .json(Call::ListFlowRuns, Method::GET, url.clone(), None::<&()>)
+                .await?;
+            let empty = page.items.is_empty();
+            runs.extend(page.items);
+            match (empty, self.flow_next_url(&url, page.links.as_ref())) {
+                (false, Some(next)) => url = next,
+                _ => break,
+            }
+        }
+        // Stable: runs without a time keep AEP's order.
+        runs.sort_by_key(|r| std::cmp::Reverse(r.created_at.or(r.started_at()).unwrap_or(i64::MIN)));
+        Ok(runs)
+    }
+
+    /// `GET /data/foundation/flowservice/runs/{id}` (the answer is `{"items":[run]}`, or the run
+    /// itself). An empty `items` is [`ErrorKind::NotFound`].
+    pub async fn get_flow_run(&self, run_id: &str) -> Result<FlowRun, Error> {
+        if run_id.trim().is_empty() {
+            return Err(Error::invalid(Call::GetFlowRun, "the run id is empty"));
+        }
+        let url = self.flow_url(&["runs", run_id]);
+        let value: serde_json::Value = self.json(Call::GetFlowRun, Method::GET, url, None::<&()>).await?;
+        if value.get("items").is_some() {
+            let list: FlowRunList = serde_json::from_value(value).unwrap_or_default();
+            return list
+                .items
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::empty_answer(Call::GetFlowRun, format!("runs not found with id = [{run_id}]")));
+        }
+        serde_json::from_value(value).map_err(|e| Error::decode(Call::GetFlowRun, 200, e))
+    }
+
+    /// `POST /data/core/activation/disflowprovider/adhocrun` (v2 `Accept` header; reference
+    /// §1.14): exports the audiences (system ids) of `flow_id`, a batch destination, now. Not
+    /// idempotent, never retried: a lost answer is [`ErrorKind::OutcomeUnknown`] (the flow's runs
+    /// tell whether it happened). AEP's documented refusals (a run already going on; not part of
+    /// the dataflow or out of schedule range; more than 80 audiences) are
+    /// [`ErrorKind::Terminal`] with AEP's `message` as the error message.
+    pub async fn adhoc_run<S: AsRef<str>>(&self, flow_id: &str, audience_ids: &[S]) -> Result<Vec<AdhocOrder>, Error> {
+        if flow_id.trim().is_empty() {
+            return Err(Error::invalid(Call::AdhocRun, "the flow id is empty"));
+        }
+        if audience_ids.is_empty() {
+            return Err(Error::invalid(Call::AdhocRun, "no audience to export"));
+        }
+        let body = AdhocRequest {
+            activation_info: std::collections::BTreeMap::from([(
+                flow_id.to_owned(),
+                audience_ids.iter().map(|a| a.as_ref().to_owned()).collect(),
+            )]),
+        };
+        let url = self.service_url("activation", &["disflowprovider", "adhocrun"]);
+        let answer: AdhocResponse = self
+            .json_with(
+                Call::AdhocRun,
+                Method::POST,
+                url,
+                Some(&body),
+                &[("accept", ADHOC_ACCEPT_V2)],
+            )
+            .await?;
+        Ok(answer.order)
+    }
+
+    /// `GET /data/core/ups/segment/jobs?status=…&sort=creationTime:desc&limit=…` (reference §2.3,
+    /// §6.8): the newest `limit` segmentation jobs (1..=100), optionally of one status
+    /// (`SUCCEEDED`, …). One page.
+    pub async fn list_segment_jobs(&self, status: Option<&str>, limit: u32) -> Result<Vec<SegmentJob>, Error> {
+        let mut url = self.ups_url(&["segment", "jobs"]);
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(status) = status {
+                query.append_pair("status", status);
+            }
+            query
+                .append_pair("sort", "creationTime:desc")
+                .append_pair("limit", &limit.clamp(1, 100).to_string());
+        }
+        let list: UpsList<SegmentJob> = self.json(Call::ListSegmentJobs, Method::GET, url, None::<&()>).await?;
+        Ok(list.children)
+    }
+
+    /// `GET /data/core/ups/config/schedules` (reference §2.2): the sandbox's segmentation
+    /// schedules, among them the daily `batch_segmentation` one.
+    pub async fn list_schedules(&self) -> Result<Vec<SegmentSchedule>, Error> {
+        let url = self.ups_url(&["config", "schedules"]);
+        let list: UpsList<SegmentSchedule> = self.json(Call::ListSchedules, Method::GET, url, None::<&()>).await?;
+        Ok(list.children)
+    }
+
+    /// The next page of a Flow Service list: the `continuationToken` of `_links.next.href` put on
+    /// the current URL (which keeps the filters and the limit), or else the href itself (absolute,
+    /// `/…`, or relative to the Flow Service base), always on the configured host.
+    fn flow_next_url(&self, current: &Url, links: Option<&NextLink>) -> Option<Url> {
+        let href = links?.next.as_ref()?.href.trim().to_owned();
+        if href.is_empty() {
+            return None;
+        }
+        let (path, query) = match Url::parse(&href) {
+            Ok(abs) => (abs.path().to_owned(), abs.query().map(str::to_owned)),
+            Err(_) => {
+                let (p, q) = href.split_once('?').unwrap_or((href.as_str(), ""));
+                let path = if p.starts_with('/') {
+                    p.to_owned()
+                } else {
+                    format!("{}/{}", self.flow_url(&[]).path().trim_end_matches('/'), p)
+                };
+                (path, (!q.is_empty()).then(|| q.to_owned()))
+            }
+        };
+        let token = query.as_deref().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "continuationToken")
+                .map(|(_, v)| v.into_owned())
+        });
+        if let Some(token) = token {
+            let kept: Vec<(String, String)> = current
+                .query_pairs()
+                .filter(|(k, _)| k != "continuationToken")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let mut next = current.clone();
+            next.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair("continuationToken", &token);
+            return Some(next);
+        }
+        let mut next = self.platform_url().clone();
+        next.set_path(&path);
+        next.set_query(query.as_deref());
+        Some(next)
+    }
+
     /// Follows `_links.next` / `_page.next` from `url`, keeping records that pass `keep`. The
     /// query parameter `filter` is carried over to every page.
     async fn collect_pages(
@@ -592,6 +867,18 @@ impl Session {
         self.service_url("ups", segments)
     }
 
+    /// `/data/foundation/flowservice/<segments>` on the session's platform host.
+    fn flow_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.platform_url().clone();
+        url.set_query(None);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .extend(["data", "foundation", "flowservice"])
+                .extend(segments);
+        }
+        url
+    }
+
     async fn json<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         call: Call,
@@ -599,7 +886,19 @@ impl Session {
         url: Url,
         body: Option<&B>,
     ) -> Result<T, Error> {
-        let (status, bytes) = self.execute(call, method, url, body).await?;
+        self.json_with(call, method, url, body, &[]).await
+    }
+
+    /// [`Session::json`] with extra request headers (`If-Match`, `Accept`).
+    async fn json_with<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<T, Error> {
+        let (status, bytes) = self.execute_with(call, method, url, body, headers).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::decode(call, status, e))
     }
 
@@ -610,6 +909,18 @@ impl Session {
         method: Method,
         url: Url,
         body: Option<&B>,
+    ) -> Result<(u16, Bytes), Error> {
+        self.execute_with(call, method, url, body, &[]).await
+    }
+
+    /// [`Session::execute`] with extra request headers.
+    async fn execute_with<B: Serialize + ?Sized>(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        headers: &[(&'static str, &str)],
     ) -> Result<(u16, Bytes), Error> {
         let body = match body {
             Some(b) => Some(
@@ -626,7 +937,7 @@ impl Session {
             .with_jitter()
             .build();
         loop {
-            let error = match self.attempt(call, &method, &url, body.as_deref()).await {
+            let error = match self.attempt(call, &method, &url, body.as_deref(), headers).await {
                 Ok(ok) => return Ok(ok),
                 Err(e) => e,
             };
@@ -665,6 +976,7 @@ impl Session {
         method: &Method,
         url: &Url,
         body: Option<&[u8]>,
+        headers: &[(&'static str, &str)],
     ) -> Result<(u16, Bytes), Error> {
         let inner = &self.client.inner;
         // Checked before any connection, whatever the caller validated.
@@ -689,7 +1001,7 @@ impl Session {
                 )
                 .await?;
             inner.limiter.acquire(&self.creds.org_id).await;
-            let (status, headers, bytes) = self.send(call, method, url, body, &token).await?;
+            let (status, headers, bytes) = self.send(call, method, url, body, headers, &token).await?;
             if (200..300).contains(&status) {
                 return Ok((status, bytes));
             }
@@ -729,6 +1041,7 @@ impl Session {
         method: &Method,
         url: &Url,
         body: Option<&[u8]>,
+        extra_headers: &[(&'static str, &str)],
         token: &AccessToken,
     ) -> Result<(u16, HeaderMap, Bytes), Error> {
         let inner = &self.client.inner;
@@ -746,6 +1059,9 @@ impl Session {
             .header("x-api-key", header("client id", &self.creds.client_id)?)
             .header("x-gw-ims-org-id", header("org id", &self.creds.org_id)?)
             .header("x-sandbox-name", header("sandbox", &self.sandbox)?);
+        for (name, value) in extra_headers {
+            request = request.header(*name, header(name, value)?);
+        }
         if let Some(body) = body {
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -852,5 +1168,46 @@ mod tests {
         });
         let next = s.next_page_url(&current, &foreign, &None, "name", "x").unwrap();
         assert_eq!(next.host_str(), Some("platform.adobe.io"));
+    }
+
+    #[test]
+    fn flow_service_pages_keep_the_filters_and_the_host() {
+        let client = AepClient::new(ClientConfig::default()).unwrap();
+        let s = client.session(&Credentials::new("c", "s", "o"), "dev1");
+        assert_eq!(
+            s.flow_url(&["flows", "f 1"]).as_str(),
+            "https://platform.adobe.io/data/foundation/flowservice/flows/f%201"
+        );
+        let mut current = s.flow_url(&["flows"]);
+        current
+            .query_pairs_mut()
+            .append_pair("property", "state==enabled")
+            .append_pair("limit", "100");
+        let link = |href: &str| NextLink {
+            next: Some(super::super::types::Link { href: href.into() }),
+        };
+        // The token is put on the current URL: the filters and the limit stay.
+        let next = s
+            .flow_next_url(
+                &current,
+                Some(&link("https://evil.example/flows?continuationToken=abc")),
+            )
+            .unwrap();
+        assert_eq!(
+            next.as_str(),
+            "https://platform.adobe.io/data/foundation/flowservice/flows?property=state%3D%3Denabled&limit=100&continuationToken=abc"
+        );
+        let again = s
+            .flow_next_url(&next, Some(&link("/flows?continuationToken=def")))
+            .unwrap();
+        assert_eq!(again.query_pairs().filter(|(k, _)| k == "continuationToken").count(), 1);
+        // Without a token the href is followed, on the configured host.
+        let plain = s.flow_next_url(&current, Some(&link("runs?page=2"))).unwrap();
+        assert_eq!(
+            plain.as_str(),
+            "https://platform.adobe.io/data/foundation/flowservice/runs?page=2"
+        );
+        assert!(s.flow_next_url(&current, Some(&link(" "))).is_none());
+        assert!(s.flow_next_url(&current, None).is_none());
     }
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// Transient (429, 5xx, network): try again after the hint or a backoff. For the
-    /// non-idempotent calls (create, start-run) it also means the request was not processed
-    /// (429, 503, connection refused); an answer lost after sending is [`ErrorKind::OutcomeUnknown`].
+    /// non-idempotent calls (create, start-run, extend-ttl, flow PATCH, ad hoc run) it also means
+    /// the request was not processed (429, 503, connection refused); an answer lost after sending
+    /// is [`ErrorKind::OutcomeUnknown`].
     Retryable {
         /// Server hint from `Retry-After`.
         retry_after: Option<Duration>,
@@ -30,7 +31,10 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The resource does not exist (404), e.g. in this sandbox.
     NotFound,
-    /// The resource already exists (409 on create: duplicate name).
+    /// The resource already exists (409 on create: duplicate name); or, for a flow PATCH
+    /// ([`Call::PatchFlow`], 412 Precondition Failed), the flow changed since it was read (its
+    /// etag is stale): read it again, decide again, and send the new decision with the new etag.
+    /// Nothing was applied. The message is AEP's `errorMessage`.
     Conflict,
     /// A non-idempotent call may or may not have taken effect (response lost): look before
     /// trying again.
@@ -89,6 +93,24 @@ pub enum Call {
     FindAudiences,
     /// `POST …/extend-ttl/{id}` (not idempotent: each call extends again).
     ExtendTtl,
+    /// `GET /data/foundation/flowservice/flows/{id}`.
+    GetFlow,
+    /// `GET /data/foundation/flowservice/flows` (filtered, paged).
+    ListFlows,
+    /// `PATCH /data/foundation/flowservice/flows/{id}` with `If-Match` (not retried: a JSON-Patch
+    /// `add` applied twice adds twice; a lost answer is settled by reading the flow again).
+    PatchFlow,
+    /// `GET /data/foundation/flowservice/runs?property=flowId==…`.
+    ListFlowRuns,
+    /// `GET /data/foundation/flowservice/runs/{id}`.
+    GetFlowRun,
+    /// `POST /data/core/activation/disflowprovider/adhocrun` (not idempotent: each call exports
+    /// again).
+    AdhocRun,
+    /// `GET /data/core/ups/segment/jobs`.
+    ListSegmentJobs,
+    /// `GET /data/core/ups/config/schedules`.
+    ListSchedules,
 }
 
 impl Call {
@@ -106,12 +128,24 @@ impl Call {
             Call::GetAudience => "get_audience",
             Call::FindAudiences => "find_audiences",
             Call::ExtendTtl => "extend_ttl",
+            Call::GetFlow => "get_flow",
+            Call::ListFlows => "list_flows",
+            Call::PatchFlow => "patch_flow",
+            Call::ListFlowRuns => "list_flow_runs",
+            Call::GetFlowRun => "get_flow_run",
+            Call::AdhocRun => "adhoc_run",
+            Call::ListSegmentJobs => "list_segment_jobs",
+            Call::ListSchedules => "list_schedules",
         }
     }
 
-    /// May this call be repeated without changing the outcome?
+    /// May this call be repeated without changing the outcome? Calls that may not are never
+    /// retried by the client, and an answer lost after sending is [`ErrorKind::OutcomeUnknown`].
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self, Call::CreateAudience | Call::StartRun | Call::ExtendTtl)
+        !matches!(
+            self,
+            Call::CreateAudience | Call::StartRun | Call::ExtendTtl | Call::PatchFlow | Call::AdhocRun
+        )
     }
 }
 
@@ -265,6 +299,19 @@ impl Error {
         }
     }
 
+    /// A 2xx answer that lacks the resource asked for (e.g. `{"items":[]}`): treated as 404.
+    pub(crate) fn empty_answer(call: Call, message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::NotFound,
+            call,
+            status: None,
+            code: None,
+            message: message.into(),
+            category: "empty_answer",
+            source: None,
+        }
+    }
+
     /// Error raised before sending (bad input, bad configuration).
     pub(crate) fn invalid(call: Call, message: impl Into<String>) -> Self {
         Error {
@@ -364,10 +411,15 @@ pub fn classify_status(call: Call, status: u16, code: Option<&str>, retry_after:
         (Call::DeleteAudience, 409 | 422) => not_now,
         (Call::CreateAudience, 409) => ErrorKind::Conflict,
         (_, 409) => ErrorKind::Conflict,
+        // The flow's etag moved since the read the PATCH was decided from: read again.
+        (Call::PatchFlow, 412) => ErrorKind::Conflict,
         (_, 429) => retryable,
         (_, 408) => retryable,
         // Gateways answer 502/504 (and a crashing service 500) possibly after the service acted.
-        (Call::CreateAudience | Call::StartRun | Call::ExtendTtl, 500 | 502 | 504) => ErrorKind::OutcomeUnknown,
+        (
+            Call::CreateAudience | Call::StartRun | Call::ExtendTtl | Call::PatchFlow | Call::AdhocRun,
+            500 | 502 | 504,
+        ) => ErrorKind::OutcomeUnknown,
         (_, 501 | 505) => ErrorKind::Terminal,
         (_, 500..=599) => retryable,
         _ => ErrorKind::Terminal,
@@ -446,6 +498,33 @@ mod tests {
             (Call::Token, 400, Some("unsupported_grant_type"), ErrorKind::Terminal),
             (Call::Token, 503, None, ErrorKind::Retryable { retry_after: RA }),
             (Call::ListRuns, 501, None, ErrorKind::Terminal),
+            // Activation surface.
+            (Call::PatchFlow, 412, None, ErrorKind::Conflict),
+            (Call::GetFlow, 412, None, ErrorKind::Terminal),
+            (Call::PatchFlow, 400, None, ErrorKind::Terminal),
+            (Call::PatchFlow, 404, None, ErrorKind::NotFound),
+            (Call::PatchFlow, 500, None, ErrorKind::OutcomeUnknown),
+            (Call::PatchFlow, 502, None, ErrorKind::OutcomeUnknown),
+            (Call::PatchFlow, 504, None, ErrorKind::OutcomeUnknown),
+            (Call::PatchFlow, 503, None, ErrorKind::Retryable { retry_after: RA }),
+            (Call::PatchFlow, 429, None, ErrorKind::Retryable { retry_after: RA }),
+            (Call::AdhocRun, 400, None, ErrorKind::Terminal),
+            (Call::AdhocRun, 404, None, ErrorKind::NotFound),
+            (Call::AdhocRun, 500, None, ErrorKind::OutcomeUnknown),
+            (Call::AdhocRun, 504, None, ErrorKind::OutcomeUnknown),
+            (Call::AdhocRun, 503, None, ErrorKind::Retryable { retry_after: RA }),
+            (Call::GetFlow, 404, None, ErrorKind::NotFound),
+            (Call::GetFlow, 500, None, ErrorKind::Retryable { retry_after: RA }),
+            (Call::ListFlows, 403, None, ErrorKind::PermissionDenied),
+            (Call::ListFlowRuns, 502, None, ErrorKind::Retryable { retry_after: RA }),
+            (Call::GetFlowRun, 404, None, ErrorKind::NotFound),
+            (
+                Call::ListSegmentJobs,
+                429,
+                None,
+                ErrorKind::Retryable { retry_after: RA },
+            ),
+            (Call::ListSchedules, 401, None, ErrorKind::Unauthorized),
         ];
         for (call, status, code, want) in cases {
             assert_eq!(
@@ -509,6 +588,59 @@ mod tests {
         assert!(!is_untrusted_certificate(&Wrapper(Box::new(alert))));
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         assert!(!is_untrusted_certificate(&Wrapper(Box::new(eof))));
+    }
+
+    #[test]
+    fn flow_patches_and_ad_hoc_runs_are_never_retried_and_lose_their_outcome() {
+        let labels = [
+            (Call::GetFlow, "get_flow"),
+            (Call::ListFlows, "list_flows"),
+            (Call::PatchFlow, "patch_flow"),
+            (Call::ListFlowRuns, "list_flow_runs"),
+            (Call::GetFlowRun, "get_flow_run"),
+            (Call::AdhocRun, "adhoc_run"),
+            (Call::ListSegmentJobs, "list_segment_jobs"),
+            (Call::ListSchedules, "list_schedules"),
+        ];
+        for (call, label) in labels {
+            assert_eq!(call.as_str(), label);
+            assert_eq!(
+                call.is_idempotent(),
+                !matches!(call, Call::PatchFlow | Call::AdhocRun),
+                "{call:?}"
+            );
+        }
+        assert_eq!(transport_kind(Call::PatchFlow, true), ErrorKind::OutcomeUnknown);
+        assert_eq!(transport_kind(Call::AdhocRun, true), ErrorKind::OutcomeUnknown);
+        assert_eq!(
+            transport_kind(Call::PatchFlow, false),
+            ErrorKind::Retryable { retry_after: None }
+        );
+        assert_eq!(
+            transport_kind(Call::GetFlow, true),
+            ErrorKind::Retryable { retry_after: None }
+        );
+        let stale = Error::from_status(
+            Call::PatchFlow,
+            412,
+            None,
+            None,
+            Some(r#"Supplied version=["a"] does not match the current version on entity=["b"]"#.into()),
+        );
+        assert_eq!(stale.kind(), ErrorKind::Conflict);
+        assert!(stale.message().starts_with("Supplied version="), "{stale}");
+        let refused = Error::from_status(
+            Call::AdhocRun,
+            400,
+            None,
+            None,
+            Some("Segments Churn are not part of this dataflow or out of schedule range!".into()),
+        );
+        assert_eq!(refused.kind(), ErrorKind::Terminal);
+        assert_eq!(
+            refused.to_string(),
+            "adhoc_run: Segments Churn are not part of this dataflow or out of schedule range!"
+        );
     }
 
     #[test]

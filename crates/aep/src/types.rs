@@ -57,12 +57,12 @@ pub fn integer_from_value(value: &Value) -> Option<i64> {
     }
 }
 
-fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let value = Option::<Value>::deserialize(d)?;
     Ok(value.as_ref().and_then(integer_from_value))
 }
 
-fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(crate) fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let value = Option::<Value>::deserialize(d)?;
     Ok(value
         .as_ref()
@@ -70,7 +70,7 @@ fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error>
         .and_then(|n| u32::try_from(n).ok()))
 }
 
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -79,7 +79,7 @@ where
 }
 
 /// Parses the value as `T`, or yields `None` when it is absent or has an unexpected shape.
-fn lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn lenient_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
@@ -89,7 +89,7 @@ where
 }
 
 /// Parses a list leniently: entries with an unexpected shape are skipped.
-fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn lenient_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
@@ -104,7 +104,7 @@ where
     })
 }
 
-fn lenient_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn lenient_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     lenient_vec(d)
 }
 
@@ -160,6 +160,8 @@ macro_rules! string_enum {
         }
     };
 }
+
+pub(crate) use string_enum;
 
 string_enum! {
     /// Column type of an audience field.
@@ -862,7 +864,10 @@ pub struct ServiceErrorBody {
 
 /// Extracts AEP's own message from any error body shape, in the order of reference §7.1.13:
 /// `detail`, `title`, `message`, `error_description`, `error_code` (also `errorMessage`,
-/// `errorCode`, `error`). Returns `None` for bodies that are not JSON objects.
+/// `errorCode`, `error`). Flow Service answers carry `errorMessage` (a 412's
+/// `Supplied version=[…] does not match …`, a 404's `flows not found with id = […]`), the ad hoc
+/// activation API `message` (`Run already going on for audience …`). Returns `None` for bodies
+/// that are not JSON objects. URLs in the text are replaced by `<url>` ([`sanitize_message`]).
 pub fn error_message_from_body(body: &[u8]) -> Option<String> {
     let value: Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
@@ -887,15 +892,30 @@ pub fn error_message_from_body(body: &[u8]) -> Option<String> {
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 300;
 
 /// One line of printable text, at most [`MAX_ERROR_MESSAGE_CHARS`] characters: control characters
-/// become spaces and whitespace runs collapse.
+/// become spaces, whitespace runs collapse, and URLs (`http://…`, `https://…`, which may carry
+/// query strings with ids or signatures) become `<url>`.
 pub fn sanitize_message(s: &str) -> String {
     let cleaned: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let mut out = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = cleaned.split_whitespace().map(redact_url).collect::<Vec<_>>().join(" ");
     if let Some((cut, _)) = out.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
         out.truncate(cut);
         out.push('…');
     }
     out
+}
+
+/// A whitespace-free word with everything from its first `http://` or `https://` on replaced by
+/// `<url>` (never longer than the word).
+fn redact_url(word: &str) -> std::borrow::Cow<'_, str> {
+    let lower = word.to_ascii_lowercase();
+    let start = [lower.find("http://"), lower.find("https://")]
+        .into_iter()
+        .flatten()
+        .min();
+    match start {
+        Some(at) => std::borrow::Cow::Owned(format!("{}<url>", &word[..at])),
+        None => std::borrow::Cow::Borrowed(word),
+    }
 }
 
 /// Extracts the platform or gateway code (`errorCode`, `error_code`, `error`) from an error body.
@@ -1036,6 +1056,25 @@ mod tests {
         let ims = br#"{"error":"invalid_client","error_description":"bad secret"}"#;
         assert_eq!(error_message_from_body(ims).as_deref(), Some("bad secret"));
         assert_eq!(error_message_from_body(b"<html>"), None);
+    }
+
+    #[test]
+    fn flow_service_and_ad_hoc_error_bodies_give_their_messages_without_urls() {
+        let stale = br#"{"errorMessage":"Supplied version=[\"a\"] does not match the current version on entity=[\"b\"]","errorDetails":"x"}"#;
+        assert_eq!(
+            error_message_from_body(stale).as_deref(),
+            Some(r#"Supplied version=["a"] does not match the current version on entity=["b"]"#)
+        );
+        let adhoc = br#"{"message":"Segments Churn are not part of this dataflow or out of schedule range!"}"#;
+        assert_eq!(
+            error_message_from_body(adhoc).as_deref(),
+            Some("Segments Churn are not part of this dataflow or out of schedule range!")
+        );
+        let with_url = br#"{"errorMessage":"see (https://platform.adobe.io/x?sig=secret) or HTTP://h/y now"}"#;
+        assert_eq!(
+            error_message_from_body(with_url).as_deref(),
+            Some("see (<url> or <url> now")
+        );
     }
 
     #[test]
