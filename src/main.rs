@@ -48,6 +48,23 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// SIGTERM (what Kubernetes sends a Pod) or SIGINT: stop gracefully (the controller finishes its
+/// passes; a leader releases its Lease).
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGTERM; only SIGINT stops the process gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     telemetry::init(cfg.log_format);
     audience_operator::aep::install_crypto_provider();
@@ -84,9 +101,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 duration: cfg.leader_elect_lease_duration,
                 grace: cfg.leader_elect_grace,
             };
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
+            let shutdown = shutdown_signal();
             let ran = leader::run_as_leader(client.clone(), leader, &health, shutdown, || {
                 tracing::info!("Starting ExternalAudience controller");
                 controller::run(cfg.clone(), client.clone(), metrics.clone(), health.clone())

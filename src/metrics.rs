@@ -49,7 +49,12 @@ pub struct Metrics {
     pub ingestion_runs: Family<OutcomeLabels, Counter>,
     /// Objects whose condition is True, by condition type.
     pub objects: Family<ConditionLabels, Gauge>,
+    /// Counts the objects by True condition, at each scrape.
+    objects_source: std::sync::Mutex<Option<ObjectCounter>>,
 }
+
+/// Counts objects by True condition type.
+type ObjectCounter = Box<dyn Fn() -> Vec<(&'static str, i64)> + Send + Sync>;
 
 fn duration_buckets() -> impl Iterator<Item = f64> {
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter()
@@ -117,6 +122,7 @@ impl Default for Metrics {
             aep_request_duration,
             ingestion_runs,
             objects,
+            objects_source: std::sync::Mutex::default(),
         }
     }
 }
@@ -156,8 +162,17 @@ impl Metrics {
         }
     }
 
-    /// Text exposition format.
+    /// Counts the objects by condition with `count` whenever the metrics are scraped (no timer
+    /// polls the cache).
+    pub fn count_objects_with(&self, count: impl Fn() -> Vec<(&'static str, i64)> + Send + Sync + 'static) {
+        *self.objects_source.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(count));
+    }
+
+    /// Text exposition format (object counts taken now).
     pub fn encode(&self) -> String {
+        if let Some(count) = self.objects_source.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            self.set_objects(&count());
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -181,5 +196,16 @@ mod tests {
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn object_counts_are_taken_when_scraped() {
+        let m = Metrics::default();
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(3));
+        let seen = n.clone();
+        m.count_objects_with(move || vec![("Ready", seen.load(std::sync::atomic::Ordering::Relaxed))]);
+        assert!(m.encode().contains(r#"externalaudience_objects{condition="Ready"} 3"#));
+        n.store(5, std::sync::atomic::Ordering::Relaxed);
+        assert!(m.encode().contains(r#"externalaudience_objects{condition="Ready"} 5"#));
     }
 }

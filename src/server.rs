@@ -37,10 +37,34 @@ fn route(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respons
     }
 }
 
-/// Serves until accepting fails (the caller ends the process then).
+/// Whether a failed `accept` concerns only the connection being accepted (the peer went away,
+/// or the process ran out of descriptors for a moment): the server keeps serving.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    ) || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
+}
+
+/// Serves for ever: a failed `accept` that concerns one connection (a peer that reset, a moment
+/// without file descriptors) is logged and the server goes on after a short pause; only a listener
+/// that cannot accept at all ends it (the caller ends the process then).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) -> io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, "Could not accept a health/metrics connection; going on");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -54,5 +78,29 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
                 tracing::debug!(%error, "Health/metrics connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_accept_of_one_connection_does_not_end_the_server() {
+        for kind in [
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::Interrupted,
+        ] {
+            assert!(transient(&io::Error::from(kind)), "{kind:?}");
+        }
+        assert!(
+            transient(&io::Error::from_raw_os_error(24)),
+            "EMFILE: out of descriptors for a moment"
+        );
+        assert!(
+            !transient(&io::Error::from(io::ErrorKind::InvalidInput)),
+            "a broken listener ends it"
+        );
     }
 }

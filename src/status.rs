@@ -6,7 +6,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{ExternalAudienceStatus, conditions};
+use crate::api::{ExternalAudienceStatus, Reason, conditions};
 
 /// What a pass concluded about the object, in kstatus terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,21 +14,21 @@ pub enum Health {
     /// Converged: `Ready=True`.
     Ready { message: String },
     /// Work is pending: `Reconciling=True`, `Ready=False`.
-    Progressing { reason: String, message: String },
+    Progressing { reason: Reason, message: String },
     /// Cannot progress without a change: `Stalled=True`, `Ready=False`.
-    Stalled { reason: String, message: String },
+    Stalled { reason: Reason, message: String },
 }
 
 impl Health {
-    pub fn progressing(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn progressing(reason: Reason, message: impl Into<String>) -> Self {
         Health::Progressing {
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
     }
-    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn stalled(reason: Reason, message: impl Into<String>) -> Self {
         Health::Stalled {
-            reason: reason.into(),
+            reason,
             message: message.into(),
         }
     }
@@ -38,10 +38,10 @@ impl Health {
         }
     }
     /// The reason written to the `Ready` condition.
-    pub fn reason(&self) -> &str {
+    pub fn reason(&self) -> &'static str {
         match self {
-            Health::Ready { .. } => crate::api::reasons::READY,
-            Health::Progressing { reason, .. } | Health::Stalled { reason, .. } => reason,
+            Health::Ready { .. } => Reason::Ready.as_str(),
+            Health::Progressing { reason, .. } | Health::Stalled { reason, .. } => reason.as_str(),
         }
     }
 
@@ -118,7 +118,7 @@ pub fn with_paused(conditions: &[Condition], generation: i64, message: &str, now
     out.push(Condition {
         type_: conditions::PAUSED.to_owned(),
         status: "True".to_owned(),
-        reason: crate::api::reasons::PAUSED.to_owned(),
+        reason: Reason::Paused.as_str().to_owned(),
         message: message.to_owned(),
         observed_generation: Some(generation),
         last_transition_time: since,
@@ -212,8 +212,8 @@ mod tests {
     fn never_reconciling_and_stalled_together() {
         for h in [
             Health::ready("a"),
-            Health::progressing("X", "b"),
-            Health::stalled("Y", "c"),
+            Health::progressing(Reason::Retrying, "b"),
+            Health::stalled(Reason::RunFailed, "c"),
         ] {
             let c = conditions_for(&h, 1, &[], &t("2026-01-01T00:00:00Z"));
             let trues: Vec<_> = c
@@ -227,8 +227,18 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = conditions_for(&Health::progressing("A", "m"), 1, &[], &t("2026-01-01T00:00:00Z"));
-        let same = conditions_for(&Health::progressing("B", "n"), 2, &first, &t("2026-01-02T00:00:00Z"));
+        let first = conditions_for(
+            &Health::progressing(Reason::Retrying, "m"),
+            1,
+            &[],
+            &t("2026-01-01T00:00:00Z"),
+        );
+        let same = conditions_for(
+            &Health::progressing(Reason::RunPending, "n"),
+            2,
+            &first,
+            &t("2026-01-02T00:00:00Z"),
+        );
         assert_eq!(first[0].last_transition_time, same[0].last_transition_time);
         let flipped = conditions_for(&Health::ready("ok"), 2, &same, &t("2026-01-03T00:00:00Z"));
         assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));

@@ -19,7 +19,7 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aep_emulator::{Settings, validate};
-use audience_operator::{api::ExternalAudience, controller::plan};
+use audience_operator::{api::ExternalAudience, controller::audience::spec as plan};
 use kube::{
     Api, Resource,
     api::{ApiResource, DynamicObject, PostParams},

@@ -639,8 +639,12 @@ async fn a_git_rebuild_without_records_is_reattached_by_name_only_when_asked() {
     let s = session(&env.emulator);
     // The audience the old cluster made from the same manifest.
     let seed: ExternalAudience = serde_yaml_ng::from_str(&env.seed_yaml()).expect("seed");
-    let req = audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", Some("k8s-old-uid"))
-        .expect("the seed has a sourceSpec");
+    let req = audience_operator::controller::audience::spec::create_request(
+        &seed.spec,
+        "Loyalty members",
+        Some("k8s-old-uid"),
+    )
+    .expect("the seed has a sourceSpec");
     let op = s.create_audience(&req).await.expect("create");
     let id = support::wait_for("the operation", TIMEOUT, || async {
         s.get_operation(&op.operation_id).await.ok().and_then(|o| o.audience_id)

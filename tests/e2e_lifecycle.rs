@@ -154,7 +154,15 @@ async fn quick_changes_during_a_run_coalesce_into_one_follow_up_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_a_ready_operator_makes_no_aep_writes() {
-    let mut env = Env::start("restart", |b| b.zero_latency()).await;
+    // Drift checks every 5 s: the restarted operator reads the audience at its next recorded
+    // check (a restart never checks early).
+    let mut env = Env::start_with(
+        "restart",
+        |b| b.zero_latency(),
+        vec!["--resync-interval=5s".into()],
+        true,
+    )
+    .await;
     assert!(env.apply_yaml(&env.seed_yaml()).0);
     env.wait_ready("loyalty-members", READY_TIMEOUT).await;
     env.stop_operator(false);
@@ -186,6 +194,64 @@ async fn restarting_a_ready_operator_makes_no_aep_writes() {
         assert_eq!(now.deletes, before.deletes, "no DELETE after restart");
     }
     assert!(is_ready(&env.get("loyalty-members").await));
+}
+
+/// Drift-check reads (GET audience) sent in a window of `secs` from now.
+async fn reads_in(env: &Env, secs: u64) -> u64 {
+    let before = env.emulator.stats().received("get_audience");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    env.emulator.stats().received("get_audience") - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_no_audience_early_and_changes_no_decision() {
+    const N: usize = 40;
+    // Drift checks every 10 s, so that three windows of 30 s show the steady rate.
+    let mut env = Env::start_with(
+        "burst",
+        |b| b.zero_latency(),
+        vec!["--resync-interval=10s".into(), "--aep-requests-per-second=50".into()],
+        true,
+    )
+    .await;
+    let yaml = (0..N)
+        .map(|i| env.seed_named(&format!("burst-{i}"), &format!("Burst members {i}")))
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    assert!(env.apply_yaml(&yaml).0);
+    for i in 0..N {
+        env.wait_obj(
+            &format!("burst-{i}"),
+            "Ready with a drift check scheduled",
+            READY_TIMEOUT,
+            |o| is_ready(o) && o.status.as_ref().is_some_and(|s| s.next_drift_check.is_some()),
+        )
+        .await;
+    }
+    // Steady state: every object read about once per interval, spread out.
+    let first = reads_in(&env, 30).await;
+    let second = reads_in(&env, 30).await;
+    let busiest = first.max(second);
+    let writes = env.emulator.stats();
+    // A SIGKILL, and a new operator at once: its first 30 s (the downtime included) read no more
+    // than a steady window did, plus a little for the checks it owes from the downtime.
+    assert!(env.stop_operator(true), "the kill landed");
+    env.start_operator();
+    let after = reads_in(&env, 30).await;
+    let now = env.emulator.stats();
+    assert!(
+        after <= busiest + (N as u64) / 4,
+        "reads in the 30 s after the restart: {after}; before: {first}, {second} ({N} objects): a restart must not \
+         check every object at once"
+    );
+    assert!(after > 0, "the restarted operator went on checking");
+    for op in ["create_audience", "start_run", "patch_audience", "delete_audience"] {
+        assert_eq!(
+            now.received(op),
+            writes.received(op),
+            "{op} after the restart: a decision changed"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

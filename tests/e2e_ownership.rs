@@ -554,10 +554,13 @@ async fn deleting_with_an_unknown_operation_deletes_only_what_carries_the_object
     let session = AepClient::new(env.emulator.client_config())
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
-    let foreign =
-        audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", Some("someone-else"))
-            .expect("the seed has a sourceSpec");
-    let ours = audience_operator::controller::plan::create_request(
+    let foreign = audience_operator::controller::audience::spec::create_request(
+        &seed.spec,
+        "Loyalty members",
+        Some("someone-else"),
+    )
+    .expect("the seed has a sourceSpec");
+    let ours = audience_operator::controller::audience::spec::create_request(
         &seed.spec,
         "Loyalty members",
         Some(&custom_audience_id(&uid(&obj))),
@@ -678,7 +681,15 @@ async fn spec_audience_id_cannot_point_elsewhere_once_an_audience_or_create_exis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrade() {
-    let mut env = Env::start("upgrade", |b| b.zero_latency()).await;
+    // Drift checks every 2 s: the upgraded operator schedules its first check of the object
+    // within one interval (spread per object) and makes it then.
+    let mut env = Env::start_with(
+        "upgrade",
+        |b| b.zero_latency(),
+        vec!["--resync-interval=2s".into()],
+        true,
+    )
+    .await;
     env.stop_operator(false);
     let fixture: serde_json::Value =
         serde_yaml_ng::from_str(include_str!("fixtures/status-78473e7.yaml")).expect("fixture");
@@ -687,7 +698,7 @@ async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrad
     let session = AepClient::new(env.emulator.client_config())
         .expect("client")
         .session(&env.emulator.credentials(), "prod");
-    let req = audience_operator::controller::plan::create_request(&spec.spec, "Loyalty members", None)
+    let req = audience_operator::controller::audience::spec::create_request(&spec.spec, "Loyalty members", None)
         .expect("the seed has a sourceSpec");
     let op = session.create_audience(&req).await.expect("create");
     let aud = support::wait_for("the audience", TIMEOUT, || async {
@@ -701,7 +712,8 @@ async fn a_ready_object_from_the_previous_release_starts_no_run_after_the_upgrad
     let run = session
         .start_run(
             &aud,
-            &audience_operator::controller::plan::start_run_request(&spec.spec).expect("the seed has ingestion"),
+            &audience_operator::controller::audience::spec::start_run_request(&spec.spec)
+                .expect("the seed has ingestion"),
         )
         .await
         .expect("run");

@@ -30,7 +30,7 @@ async fn name_owned_by_nobody_stalls_with_a_hint_and_spec_audience_id_adopts_it(
         .session(&env.emulator.credentials(), "prod");
     // Same definition as the seed example, but another description (the adoption PATCHes it).
     let seed: audience_operator::api::ExternalAudience = serde_yaml_ng::from_str(&env.seed_yaml()).expect("seed yaml");
-    let mut req = audience_operator::controller::plan::create_request(&seed.spec, "Loyalty members", None)
+    let mut req = audience_operator::controller::audience::spec::create_request(&seed.spec, "Loyalty members", None)
         .expect("the seed has a sourceSpec");
     req.description = Some("made by hand".into());
     let op = session.create_audience(&req).await.expect("create");

@@ -528,6 +528,12 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_url: Option<String>,
 
+    /// When the next drift check (a read of the audience in AEP, for a managed or an observed
+    /// one) is due: one resync interval after the last one, spread per object, so that a restart
+    /// checks nothing early and many objects never check at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_drift_check: Option<Time>,
+
     /// When the current `spec.ingestion.schedule` was first seen: scheduled times before it owe
     /// no run (adding a schedule to an existing object does not start one at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -793,131 +799,399 @@ pub fn custom_audience_id(uid: &str) -> String {
     format!("{CUSTOM_AUDIENCE_ID_PREFIX}{uid}")
 }
 
-/// Condition types (kstatus vocabulary).
-pub mod conditions {
+/// Condition types (kstatus vocabulary, plus informational ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
     /// The audience exists, matches the spec, and the latest run for this spec succeeded.
-    pub const READY: &str = "Ready";
+    Ready,
     /// Work is under way (create, PATCH, run in flight, retrying).
-    pub const RECONCILING: &str = "Reconciling";
+    Reconciling,
     /// The controller cannot progress without a change (AEP refused, run failed, bad input).
-    pub const STALLED: &str = "Stalled";
+    Stalled,
     /// Reconciliation is paused by the `aep.audience-operator.dev/paused` annotation.
-    pub const PAUSED: &str = "Paused";
+    Paused,
     /// `True` while the ingested data expires within the warning window (informational: kstatus
     /// and Argo CD read `Ready`, `Reconciling` and `Stalled`; an expired audience is `Stalled`).
-    pub const DATA_EXPIRING: &str = "DataExpiring";
+    DataExpiring,
     /// For an observed audience (`managementPolicy: Observe`): `True` when AEP matches the spec
     /// (informational: an observed audience that differs is still Ready).
-    pub const IN_SYNC: &str = "InSync";
+    InSync,
 }
 
-/// Condition reasons (stable, PascalCase).
-pub mod reasons {
-    pub const READY: &str = "Ready";
-    pub const CREATING: &str = "CreatingAudience";
-    pub const WAITING_FOR_OPERATION: &str = "WaitingForOperation";
-    pub const UPDATING: &str = "UpdatingAudience";
-    pub const RUN_PENDING: &str = "RunPending";
-    pub const RUN_IN_PROGRESS: &str = "RunInProgress";
-    pub const RETRYING: &str = "Retrying";
-    pub const RUN_DEFERRED: &str = "RunDeferred";
-    pub const OPERATION_FAILED: &str = "OperationFailed";
-    pub const RUN_FAILED: &str = "RunFailed";
-    pub const REJECTED: &str = "RejectedByAEP";
-    pub const PERMISSION_DENIED: &str = "PermissionDenied";
-    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
-    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
-    pub const NAME_TAKEN: &str = "AudienceNameTaken";
-    pub const AUDIENCE_NOT_FOUND: &str = "AudienceNotFound";
-    pub const DELETING: &str = "Deleting";
-    pub const DELETE_REFUSED: &str = "DeleteRefused";
+impl ConditionType {
+    /// The value written to the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
+            ConditionType::Paused => "Paused",
+            ConditionType::DataExpiring => "DataExpiring",
+            ConditionType::InSync => "InSync",
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The condition types as the strings written to status.
+pub mod conditions {
+    use super::ConditionType;
+    pub const READY: &str = ConditionType::Ready.as_str();
+    pub const RECONCILING: &str = ConditionType::Reconciling.as_str();
+    pub const STALLED: &str = ConditionType::Stalled.as_str();
+    pub const PAUSED: &str = ConditionType::Paused.as_str();
+    pub const DATA_EXPIRING: &str = ConditionType::DataExpiring.as_str();
+    pub const IN_SYNC: &str = ConditionType::InSync.as_str();
+}
+
+/// Condition reasons: one stable PascalCase vocabulary for every kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Ready,
+    CreatingAudience,
+    WaitingForOperation,
+    UpdatingAudience,
+    RunPending,
+    RunInProgress,
+    Retrying,
+    RunDeferred,
+    OperationFailed,
+    RunFailed,
+    RejectedByAEP,
+    PermissionDenied,
+    CredentialsMissing,
+    CredentialsInvalid,
+    AudienceNameTaken,
+    AudienceNotFound,
+    Deleting,
+    DeleteRefused,
     /// Reconciling: a create's answer was lost; looking for the audience by proof.
-    pub const CONFIRMING_CREATE: &str = "ConfirmingCreate";
+    ConfirmingCreate,
     /// Stalled: a create's answer was lost and no proof says whether it created an audience.
-    pub const CREATE_OUTCOME_UNKNOWN: &str = "CreateOutcomeUnknown";
+    CreateOutcomeUnknown,
     /// Stalled: AEP answered in a way its documentation rules out (e.g. SUCCESS without an id).
-    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
+    UnexpectedAEPResponse,
     /// Stalled: `spec.audienceId` names another audience than the one this object manages.
-    pub const AUDIENCE_ID_MISMATCH: &str = "AudienceIdMismatch";
+    AudienceIdMismatch,
     /// Stalled: the audience reached AEP's limit of ingestion runs per audience.
-    pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+    IngestionLimitReached,
     /// `spec.ingestion.schedule` or `timeZone` is not valid (what the CRD's rule cannot tell).
-    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+    InvalidSchedule,
     /// The ingested data expires within the warning window.
-    pub const DATA_EXPIRING_SOON: &str = "DataExpiringSoon";
+    DataExpiringSoon,
     /// The ingested data expired: the audience can't be activated, its profile count is 0.
-    pub const DATA_EXPIRED: &str = "DataExpired";
+    DataExpired,
     /// The data expiration was extended (`spec.expiration.autoExtend`).
-    pub const AUDIENCE_TTL_EXTENDED: &str = "AudienceTTLExtended";
+    AudienceTTLExtended,
     /// The data is not within the warning window of expiring.
-    pub const DATA_FRESH: &str = "DataFresh";
+    DataFresh,
     /// Stalled: the audience named by `spec.audienceId` is not an external audience.
-    pub const NOT_EXTERNAL: &str = "NotAnExternalAudience";
+    NotAnExternalAudience,
     /// Paused by annotation.
-    pub const PAUSED: &str = "Paused";
+    Paused,
     /// Stalled: another object manages the audience this object names (the older claim wins).
-    pub const AUDIENCE_CLAIMED: &str = "AudienceClaimed";
+    AudienceClaimed,
     /// Stalled: the credentials Secret now names another IMS org or AEP endpoint than the one the
     /// audience lives in.
-    pub const ORGANIZATION_CHANGED: &str = "OrganizationChanged";
+    OrganizationChanged,
     /// Stalled: the ownership record annotation cannot be read.
-    pub const INVALID_OWNERSHIP_RECORD: &str = "InvalidOwnershipRecord";
+    InvalidOwnershipRecord,
     /// Stalled: the ownership record names an audience AEP does not confirm as this object's.
-    pub const OWNERSHIP_NOT_CONFIRMED: &str = "OwnershipNotConfirmed";
+    OwnershipNotConfirmed,
     /// Reconciling: a restored object is re-attaching to the audience its record names.
-    pub const REATTACHING: &str = "Reattaching";
+    Reattaching,
     /// `InSync` True: the observed audience matches the spec.
-    pub const IN_SYNC: &str = "InSync";
+    InSync,
     /// `InSync` False: the observed audience differs from the spec.
-    pub const DRIFTED: &str = "Drifted";
+    Drifted,
     /// `InSync` Unknown: the audience has not been read yet.
-    pub const NOT_OBSERVED: &str = "NotObserved";
+    NotObserved,
+    /// Stalled: AEP does not know the destination dataflow.
+    DataflowNotFound,
+}
+
+impl Reason {
+    /// The value written to the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ready => "Ready",
+            Reason::CreatingAudience => "CreatingAudience",
+            Reason::WaitingForOperation => "WaitingForOperation",
+            Reason::UpdatingAudience => "UpdatingAudience",
+            Reason::RunPending => "RunPending",
+            Reason::RunInProgress => "RunInProgress",
+            Reason::Retrying => "Retrying",
+            Reason::RunDeferred => "RunDeferred",
+            Reason::OperationFailed => "OperationFailed",
+            Reason::RunFailed => "RunFailed",
+            Reason::RejectedByAEP => "RejectedByAEP",
+            Reason::PermissionDenied => "PermissionDenied",
+            Reason::CredentialsMissing => "CredentialsMissing",
+            Reason::CredentialsInvalid => "CredentialsInvalid",
+            Reason::AudienceNameTaken => "AudienceNameTaken",
+            Reason::AudienceNotFound => "AudienceNotFound",
+            Reason::Deleting => "Deleting",
+            Reason::DeleteRefused => "DeleteRefused",
+            Reason::ConfirmingCreate => "ConfirmingCreate",
+            Reason::CreateOutcomeUnknown => "CreateOutcomeUnknown",
+            Reason::UnexpectedAEPResponse => "UnexpectedAEPResponse",
+            Reason::AudienceIdMismatch => "AudienceIdMismatch",
+            Reason::IngestionLimitReached => "IngestionLimitReached",
+            Reason::InvalidSchedule => "InvalidSchedule",
+            Reason::DataExpiringSoon => "DataExpiringSoon",
+            Reason::DataExpired => "DataExpired",
+            Reason::AudienceTTLExtended => "AudienceTTLExtended",
+            Reason::DataFresh => "DataFresh",
+            Reason::NotAnExternalAudience => "NotAnExternalAudience",
+            Reason::Paused => "Paused",
+            Reason::AudienceClaimed => "AudienceClaimed",
+            Reason::OrganizationChanged => "OrganizationChanged",
+            Reason::InvalidOwnershipRecord => "InvalidOwnershipRecord",
+            Reason::OwnershipNotConfirmed => "OwnershipNotConfirmed",
+            Reason::Reattaching => "Reattaching",
+            Reason::InSync => "InSync",
+            Reason::Drifted => "Drifted",
+            Reason::NotObserved => "NotObserved",
+            Reason::DataflowNotFound => "DataflowNotFound",
+        }
+    }
+    /// The reason written as `s`, if it is one of this vocabulary.
+    pub fn parse(s: &str) -> Option<Reason> {
+        [
+            Reason::Ready,
+            Reason::CreatingAudience,
+            Reason::WaitingForOperation,
+            Reason::UpdatingAudience,
+            Reason::RunPending,
+            Reason::RunInProgress,
+            Reason::Retrying,
+            Reason::RunDeferred,
+            Reason::OperationFailed,
+            Reason::RunFailed,
+            Reason::RejectedByAEP,
+            Reason::PermissionDenied,
+            Reason::CredentialsMissing,
+            Reason::CredentialsInvalid,
+            Reason::AudienceNameTaken,
+            Reason::AudienceNotFound,
+            Reason::Deleting,
+            Reason::DeleteRefused,
+            Reason::ConfirmingCreate,
+            Reason::CreateOutcomeUnknown,
+            Reason::UnexpectedAEPResponse,
+            Reason::AudienceIdMismatch,
+            Reason::IngestionLimitReached,
+            Reason::InvalidSchedule,
+            Reason::DataExpiringSoon,
+            Reason::DataExpired,
+            Reason::AudienceTTLExtended,
+            Reason::DataFresh,
+            Reason::NotAnExternalAudience,
+            Reason::Paused,
+            Reason::AudienceClaimed,
+            Reason::OrganizationChanged,
+            Reason::InvalidOwnershipRecord,
+            Reason::OwnershipNotConfirmed,
+            Reason::Reattaching,
+            Reason::InSync,
+            Reason::Drifted,
+            Reason::NotObserved,
+            Reason::DataflowNotFound,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The reasons as the strings written to status.
+pub mod reasons {
+    use super::Reason;
+    pub const READY: &str = Reason::Ready.as_str();
+    pub const CREATING: &str = Reason::CreatingAudience.as_str();
+    pub const WAITING_FOR_OPERATION: &str = Reason::WaitingForOperation.as_str();
+    pub const UPDATING: &str = Reason::UpdatingAudience.as_str();
+    pub const RUN_PENDING: &str = Reason::RunPending.as_str();
+    pub const RUN_IN_PROGRESS: &str = Reason::RunInProgress.as_str();
+    pub const RETRYING: &str = Reason::Retrying.as_str();
+    pub const RUN_DEFERRED: &str = Reason::RunDeferred.as_str();
+    pub const OPERATION_FAILED: &str = Reason::OperationFailed.as_str();
+    pub const RUN_FAILED: &str = Reason::RunFailed.as_str();
+    pub const REJECTED: &str = Reason::RejectedByAEP.as_str();
+    pub const PERMISSION_DENIED: &str = Reason::PermissionDenied.as_str();
+    pub const CREDENTIALS_MISSING: &str = Reason::CredentialsMissing.as_str();
+    pub const CREDENTIALS_INVALID: &str = Reason::CredentialsInvalid.as_str();
+    pub const NAME_TAKEN: &str = Reason::AudienceNameTaken.as_str();
+    pub const AUDIENCE_NOT_FOUND: &str = Reason::AudienceNotFound.as_str();
+    pub const DELETING: &str = Reason::Deleting.as_str();
+    pub const DELETE_REFUSED: &str = Reason::DeleteRefused.as_str();
+    pub const CONFIRMING_CREATE: &str = Reason::ConfirmingCreate.as_str();
+    pub const CREATE_OUTCOME_UNKNOWN: &str = Reason::CreateOutcomeUnknown.as_str();
+    pub const UNEXPECTED_RESPONSE: &str = Reason::UnexpectedAEPResponse.as_str();
+    pub const AUDIENCE_ID_MISMATCH: &str = Reason::AudienceIdMismatch.as_str();
+    pub const INGESTION_LIMIT_REACHED: &str = Reason::IngestionLimitReached.as_str();
+    pub const INVALID_SCHEDULE: &str = Reason::InvalidSchedule.as_str();
+    pub const DATA_EXPIRING_SOON: &str = Reason::DataExpiringSoon.as_str();
+    pub const DATA_EXPIRED: &str = Reason::DataExpired.as_str();
+    pub const AUDIENCE_TTL_EXTENDED: &str = Reason::AudienceTTLExtended.as_str();
+    pub const DATA_FRESH: &str = Reason::DataFresh.as_str();
+    pub const NOT_EXTERNAL: &str = Reason::NotAnExternalAudience.as_str();
+    pub const PAUSED: &str = Reason::Paused.as_str();
+    pub const AUDIENCE_CLAIMED: &str = Reason::AudienceClaimed.as_str();
+    pub const ORGANIZATION_CHANGED: &str = Reason::OrganizationChanged.as_str();
+    pub const INVALID_OWNERSHIP_RECORD: &str = Reason::InvalidOwnershipRecord.as_str();
+    pub const OWNERSHIP_NOT_CONFIRMED: &str = Reason::OwnershipNotConfirmed.as_str();
+    pub const REATTACHING: &str = Reason::Reattaching.as_str();
+    pub const IN_SYNC: &str = Reason::InSync.as_str();
+    pub const DRIFTED: &str = Reason::Drifted.as_str();
+    pub const NOT_OBSERVED: &str = Reason::NotObserved.as_str();
+    pub const DATAFLOW_NOT_FOUND: &str = Reason::DataflowNotFound.as_str();
 }
 
 /// Event reasons (stable, PascalCase).
-pub mod events {
-    pub const AUDIENCE_CREATE_REQUESTED: &str = "AudienceCreateRequested";
-    pub const AUDIENCE_CREATED: &str = "AudienceCreated";
-    pub const AUDIENCE_ADOPTED: &str = "AudienceAdopted";
-    pub const AUDIENCE_UPDATED: &str = "AudienceUpdated";
-    pub const AUDIENCE_DELETED: &str = "AudienceDeleted";
-    pub const AUDIENCE_ORPHANED: &str = "AudienceOrphaned";
-    pub const INGESTION_STARTED: &str = "IngestionStarted";
-    pub const INGESTION_SUCCEEDED: &str = "IngestionSucceeded";
-    pub const INGESTION_FAILED: &str = "IngestionFailed";
-    pub const OPERATION_FAILED: &str = "OperationFailed";
-    pub const AEP_ERROR: &str = "AEPError";
-    pub const RUN_DEFERRED: &str = "RunDeferred";
-    pub const NAME_TAKEN: &str = "AudienceNameTaken";
-    pub const CREDENTIALS_ERROR: &str = "CredentialsError";
-    pub const DELETE_REFUSED: &str = "DeleteRefused";
-    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
-    pub const AUDIENCE_MISSING: &str = "AudienceMissing";
-    pub const AUDIENCE_RECOVERED: &str = "AudienceRecovered";
-    pub const CREATE_OUTCOME_UNKNOWN: &str = "CreateOutcomeUnknown";
-    pub const OPERATION_LOST: &str = "OperationLost";
-    pub const AUDIENCE_NOT_DELETED: &str = "AudienceNotDeleted";
-    pub const INGESTION_LIMIT_REACHED: &str = "IngestionLimitReached";
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    AudienceCreateRequested,
+    AudienceCreated,
+    AudienceAdopted,
+    AudienceUpdated,
+    AudienceDeleted,
+    AudienceOrphaned,
+    IngestionStarted,
+    IngestionSucceeded,
+    IngestionFailed,
+    OperationFailed,
+    AEPError,
+    RunDeferred,
+    AudienceNameTaken,
+    CredentialsError,
+    DeleteRefused,
+    DriftCorrected,
+    AudienceMissing,
+    AudienceRecovered,
+    CreateOutcomeUnknown,
+    OperationLost,
+    AudienceNotDeleted,
+    IngestionLimitReached,
     /// `spec.ingestion.schedule` or `timeZone` is not valid (what the CRD's rule cannot tell).
-    pub const INVALID_SCHEDULE: &str = "InvalidSchedule";
+    InvalidSchedule,
     /// The ingested data expires within the warning window.
-    pub const DATA_EXPIRING_SOON: &str = "DataExpiringSoon";
+    DataExpiringSoon,
     /// The ingested data expired: the audience can't be activated, its profile count is 0.
-    pub const DATA_EXPIRED: &str = "DataExpired";
+    DataExpired,
     /// The data expiration was extended (`spec.expiration.autoExtend`).
-    pub const AUDIENCE_TTL_EXTENDED: &str = "AudienceTTLExtended";
+    AudienceTTLExtended,
     /// The data is not within the warning window of expiring.
-    pub const DATA_FRESH: &str = "DataFresh";
-    pub const UNEXPECTED_RESPONSE: &str = "UnexpectedAEPResponse";
-    pub const PAUSED: &str = "Paused";
-    pub const DELETION_PAUSED: &str = "DeletionPaused";
-    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    DataFresh,
+    UnexpectedAEPResponse,
+    Paused,
+    DeletionPaused,
+    InvalidAnnotation,
     /// A restored object re-attached to the audience its ownership record names.
-    pub const AUDIENCE_REATTACHED: &str = "AudienceReattached";
-    pub const AUDIENCE_CLAIMED: &str = "AudienceClaimed";
-    pub const ORGANIZATION_CHANGED: &str = "OrganizationChanged";
+    AudienceReattached,
+    AudienceClaimed,
+    OrganizationChanged,
     /// An observed audience differs from the spec (nothing is changed in AEP).
-    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    DriftDetected,
+}
+
+impl EventReason {
+    /// The value written to the API.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::AudienceCreateRequested => "AudienceCreateRequested",
+            EventReason::AudienceCreated => "AudienceCreated",
+            EventReason::AudienceAdopted => "AudienceAdopted",
+            EventReason::AudienceUpdated => "AudienceUpdated",
+            EventReason::AudienceDeleted => "AudienceDeleted",
+            EventReason::AudienceOrphaned => "AudienceOrphaned",
+            EventReason::IngestionStarted => "IngestionStarted",
+            EventReason::IngestionSucceeded => "IngestionSucceeded",
+            EventReason::IngestionFailed => "IngestionFailed",
+            EventReason::OperationFailed => "OperationFailed",
+            EventReason::AEPError => "AEPError",
+            EventReason::RunDeferred => "RunDeferred",
+            EventReason::AudienceNameTaken => "AudienceNameTaken",
+            EventReason::CredentialsError => "CredentialsError",
+            EventReason::DeleteRefused => "DeleteRefused",
+            EventReason::DriftCorrected => "DriftCorrected",
+            EventReason::AudienceMissing => "AudienceMissing",
+            EventReason::AudienceRecovered => "AudienceRecovered",
+            EventReason::CreateOutcomeUnknown => "CreateOutcomeUnknown",
+            EventReason::OperationLost => "OperationLost",
+            EventReason::AudienceNotDeleted => "AudienceNotDeleted",
+            EventReason::IngestionLimitReached => "IngestionLimitReached",
+            EventReason::InvalidSchedule => "InvalidSchedule",
+            EventReason::DataExpiringSoon => "DataExpiringSoon",
+            EventReason::DataExpired => "DataExpired",
+            EventReason::AudienceTTLExtended => "AudienceTTLExtended",
+            EventReason::DataFresh => "DataFresh",
+            EventReason::UnexpectedAEPResponse => "UnexpectedAEPResponse",
+            EventReason::Paused => "Paused",
+            EventReason::DeletionPaused => "DeletionPaused",
+            EventReason::InvalidAnnotation => "InvalidAnnotation",
+            EventReason::AudienceReattached => "AudienceReattached",
+            EventReason::AudienceClaimed => "AudienceClaimed",
+            EventReason::OrganizationChanged => "OrganizationChanged",
+            EventReason::DriftDetected => "DriftDetected",
+        }
+    }
+}
+
+impl std::fmt::Display for EventReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The event reasons as the strings written to events.
+pub mod events {
+    use super::EventReason;
+    pub const AUDIENCE_CREATE_REQUESTED: &str = EventReason::AudienceCreateRequested.as_str();
+    pub const AUDIENCE_CREATED: &str = EventReason::AudienceCreated.as_str();
+    pub const AUDIENCE_ADOPTED: &str = EventReason::AudienceAdopted.as_str();
+    pub const AUDIENCE_UPDATED: &str = EventReason::AudienceUpdated.as_str();
+    pub const AUDIENCE_DELETED: &str = EventReason::AudienceDeleted.as_str();
+    pub const AUDIENCE_ORPHANED: &str = EventReason::AudienceOrphaned.as_str();
+    pub const INGESTION_STARTED: &str = EventReason::IngestionStarted.as_str();
+    pub const INGESTION_SUCCEEDED: &str = EventReason::IngestionSucceeded.as_str();
+    pub const INGESTION_FAILED: &str = EventReason::IngestionFailed.as_str();
+    pub const OPERATION_FAILED: &str = EventReason::OperationFailed.as_str();
+    pub const AEP_ERROR: &str = EventReason::AEPError.as_str();
+    pub const RUN_DEFERRED: &str = EventReason::RunDeferred.as_str();
+    pub const NAME_TAKEN: &str = EventReason::AudienceNameTaken.as_str();
+    pub const CREDENTIALS_ERROR: &str = EventReason::CredentialsError.as_str();
+    pub const DELETE_REFUSED: &str = EventReason::DeleteRefused.as_str();
+    pub const DRIFT_CORRECTED: &str = EventReason::DriftCorrected.as_str();
+    pub const AUDIENCE_MISSING: &str = EventReason::AudienceMissing.as_str();
+    pub const AUDIENCE_RECOVERED: &str = EventReason::AudienceRecovered.as_str();
+    pub const CREATE_OUTCOME_UNKNOWN: &str = EventReason::CreateOutcomeUnknown.as_str();
+    pub const OPERATION_LOST: &str = EventReason::OperationLost.as_str();
+    pub const AUDIENCE_NOT_DELETED: &str = EventReason::AudienceNotDeleted.as_str();
+    pub const INGESTION_LIMIT_REACHED: &str = EventReason::IngestionLimitReached.as_str();
+    pub const INVALID_SCHEDULE: &str = EventReason::InvalidSchedule.as_str();
+    pub const DATA_EXPIRING_SOON: &str = EventReason::DataExpiringSoon.as_str();
+    pub const DATA_EXPIRED: &str = EventReason::DataExpired.as_str();
+    pub const AUDIENCE_TTL_EXTENDED: &str = EventReason::AudienceTTLExtended.as_str();
+    pub const DATA_FRESH: &str = EventReason::DataFresh.as_str();
+    pub const UNEXPECTED_RESPONSE: &str = EventReason::UnexpectedAEPResponse.as_str();
+    pub const PAUSED: &str = EventReason::Paused.as_str();
+    pub const DELETION_PAUSED: &str = EventReason::DeletionPaused.as_str();
+    pub const INVALID_ANNOTATION: &str = EventReason::InvalidAnnotation.as_str();
+    pub const AUDIENCE_REATTACHED: &str = EventReason::AudienceReattached.as_str();
+    pub const AUDIENCE_CLAIMED: &str = EventReason::AudienceClaimed.as_str();
+    pub const ORGANIZATION_CHANGED: &str = EventReason::OrganizationChanged.as_str();
+    pub const DRIFT_DETECTED: &str = EventReason::DriftDetected.as_str();
 }
 
 /// The CRD, with the status default that keeps kstatus from reading a fresh object as done.

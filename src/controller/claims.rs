@@ -25,7 +25,7 @@ use std::{
 use jiff::Timestamp;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
-use super::context::ObjectKey;
+use super::keys::ObjectKey;
 use crate::api::{ExternalAudience, OWNERSHIP_RECORD, OwnershipProof, OwnershipRecord};
 
 /// The audience a claim is on: (sandbox, audience id).

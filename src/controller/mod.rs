@@ -1,23 +1,26 @@
-//! The ExternalAudience controller: wiring of the kube-runtime `Controller` (ExternalAudiences,
-//! plus a metadata-only watch of the Secrets they reference), the error type, and startup checks.
+//! The controllers: wiring of kube-runtime `Controller`s for each kind on the managed-resource
+//! core, and the startup checks.
 //!
-//! The steps themselves live in [`reconcile`]; the decisions in [`plan`] (pure).
+//! Layout (imports go one way: `audience` → `core` → the leaf modules; nothing imports this file):
+//! * [`core`]: the mechanisms every kind shares (a pass, the one status write path, the error
+//!   table, events, backoff, the finalizer);
+//! * [`audience`]: the `ExternalAudience` kind (its pure decider, its steps);
+//! * leaf modules of pure domain logic: [`budget`], [`claims`], [`schedule`], [`expiry`],
+//!   [`clock`], [`keys`]; and the I/O seams: [`credentials`] (Secrets), [`seams`] (AEP calls and
+//!   status writes behind traits).
 
+pub mod audience;
 pub mod budget;
 pub mod claims;
-mod cleanup;
-pub mod context;
+pub mod clock;
+pub mod core;
 pub mod credentials;
 pub mod expiry;
-pub mod plan;
-pub mod reconcile;
+pub mod keys;
 pub mod schedule;
 pub mod seams;
-#[cfg(test)]
-mod step_tests;
-mod steps;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -33,91 +36,16 @@ use kube::{
     },
 };
 
-pub use context::{Context, Options, RunLimit, Timing};
+pub use self::core::{Context, Error, Timing};
 pub use credentials::CredentialStore;
 
 use crate::{
     aep::{AepClient, ClientConfig},
-    api::{ExternalAudience, MANAGER, OWNERSHIP_RECORD, conditions},
+    api::{ConditionType, ExternalAudience, MANAGER, OWNERSHIP_RECORD},
     config::RunConfig,
     health::Health,
     metrics::Metrics,
 };
-
-/// Errors of a reconcile pass (transient: they requeue with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("object has no namespace")]
-    MissingNamespace,
-    #[error("the object changed while it was reconciled")]
-    Stale,
-    #[error("object has no resourceVersion")]
-    MissingResourceVersion,
-    #[error("kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
-    #[error("{0}")]
-    Credentials(#[source] Box<credentials::CredentialsError>),
-    #[error("AEP: {0}")]
-    Aep(#[source] Box<crate::aep::Error>),
-    #[error("waiting: {0}")]
-    Waiting(&'static str, Duration),
-    #[error("object has no uid")]
-    MissingUid,
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("serialising status: {0}")]
-    Serde(#[source] serde_json::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// Bounded label for metrics.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::MissingNamespace | Error::MissingResourceVersion | Error::MissingUid => "object",
-            Error::Config(_) => "config",
-            Error::Stale => "stale",
-            Error::Kube(_) => "kube",
-            Error::Credentials(_) => "credentials",
-            Error::Aep(e) => e.category(),
-            Error::Waiting(..) => "waiting",
-            Error::Serde(_) => "serde",
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
-                _ => "finalizer",
-            },
-        }
-    }
-
-    /// The delay of an [`Error::Waiting`] (possibly wrapped by the finalizer helper): the pass is
-    /// not failing, it waits for AEP (e.g. a create operation to finish before deleting).
-    pub fn waiting(&self) -> Option<Duration> {
-        match self {
-            Error::Waiting(_, d) => Some(*d),
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.waiting(),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// The server's `Retry-After`, when an AEP error carried one.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::Aep(e) => e.kind().retry_after(),
-            Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(inner)
-                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.retry_after(),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-}
 
 /// Whether the object is being deleted (kube ships no predicate for it).
 fn deletion(obj: &ExternalAudience) -> Option<u64> {
@@ -157,7 +85,7 @@ pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), E
         .map_err(Error::Kube)
 }
 
-/// Builds the context and runs the controller until a shutdown signal.
+/// Builds the shared context and runs the controllers until a shutdown signal.
 pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<(), Error> {
     let observer = metrics.clone();
     let ca_pem = match &cfg.aep_ca_file {
@@ -194,38 +122,65 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         secret_grace: cfg.secret_grace_period,
         expiration_warning: cfg.expiration_warning_window,
     };
-    reconcile::set_clock_offset(cfg.clock_offset);
+    clock::set_clock_offset(cfg.clock_offset);
+    let core = Arc::new(Context::new(
+        client.clone(),
+        aep,
+        Arc::new(core::events::RecorderSink(recorder)),
+        timing,
+        metrics.clone(),
+        cfg.credentials_cache_ttl,
+    ));
     let audiences = match &cfg.namespace {
         Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
         None => Api::<ExternalAudience>::all(client.clone()),
     };
-    // Our own status writes do not trigger passes (every pass that leaves work pending returns
-    // an explicit requeue); spec, annotations, finalizers and deletion do.
     let (reader, writer) = reflector::store();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        aep,
-        recorder,
-        timing,
-        metrics,
-        Options {
+    let shared = Arc::new(audience::shared(
+        core.clone(),
+        reader.clone(),
+        audience::decide::Settings {
             missing_audience_policy: cfg.missing_audience_policy,
-            run_limit: RunLimit {
+            run_limit: audience::decide::RunLimit {
                 max: cfg.max_runs_per_audience,
                 window: cfg.runs_per_audience_window,
             },
-            credentials_ttl: cfg.credentials_cache_ttl,
-            runs_per_sandbox_per_day: cfg.max_runs_per_sandbox_per_day,
-            budget_gather: budget::GATHER,
         },
-        reader.clone(),
+        cfg.max_runs_per_sandbox_per_day,
+        budget::GATHER,
     ));
+    // Objects by condition, for dashboards: counted from the cache when scraped, never labelled
+    // by object.
+    let counted = reader.clone();
+    metrics.count_objects_with(move || {
+        let mut counts = [
+            (ConditionType::Ready.as_str(), 0),
+            (ConditionType::Reconciling.as_str(), 0),
+            (ConditionType::Stalled.as_str(), 0),
+            (ConditionType::Paused.as_str(), 0),
+        ];
+        for ea in counted.state() {
+            for c in ea
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter())
+                .filter(|c| c.status == "True")
+            {
+                if let Some(entry) = counts.iter_mut().find(|(t, _)| *t == c.type_) {
+                    entry.1 += 1;
+                }
+            }
+        }
+        counts.to_vec()
+    });
     const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
     // Claims are indexed from the same stream, before the store sees each event: when the store
     // shows an object, the index holds every claim recorded before it. When an object lets go of
     // an audience, the other objects claiming it are looked at again.
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let claims_ctx = ctx.clone();
+    let claims_shared = shared.clone();
+    // Our own status writes do not trigger passes (every pass that leaves work pending returns
+    // an explicit requeue); spec, annotations, finalizers and deletion do.
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
         .default_backoff()
         // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
@@ -235,7 +190,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
             ea.annotations_mut().remove(LAST_APPLIED);
         })
         .inspect(move |event| {
-            let claims = &claims_ctx.claims;
+            let claims = &claims_shared.claims;
             let others = match event {
                 Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => claims.apply(ea),
                 Ok(watcher::Event::Delete(ea)) => claims.delete(ea),
@@ -260,33 +215,6 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         })
         .applied_objects()
         .predicate_filter(triggers(), PredicateConfig::default());
-    // Objects by condition, for dashboards: counted from the cache, never labelled by object.
-    let counted = reader.clone();
-    let gauges = ctx.metrics.clone();
-    tokio::spawn(async move {
-        loop {
-            let mut counts = [
-                (conditions::READY, 0),
-                (conditions::RECONCILING, 0),
-                (conditions::STALLED, 0),
-                (conditions::PAUSED, 0),
-            ];
-            for ea in counted.state() {
-                for c in ea
-                    .status
-                    .iter()
-                    .flat_map(|s| s.conditions.iter())
-                    .filter(|c| c.status == "True")
-                {
-                    if let Some(entry) = counts.iter_mut().find(|(t, _)| *t == c.type_) {
-                        entry.1 += 1;
-                    }
-                }
-            }
-            gauges.set_objects(&counts);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-        }
-    });
     let mut controller = Controller::for_stream(triggers, reader).reconcile_on(woken);
     if cfg.watch_secrets {
         // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.
@@ -295,13 +223,13 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
             None => Api::<PartialObjectMeta<Secret>>::all(client),
         };
         let store = controller.store();
-        let watch_ctx = ctx.clone();
+        let watch_core = core.clone();
         let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
         controller = controller.watches_stream(secret_changes, move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();
             if let Some(ns) = &ns {
-                watch_ctx.credentials.invalidate(&watch_ctx.aep, ns, &name);
+                watch_core.credentials.invalidate(&watch_core.aep, ns, &name);
             }
             store
                 .state()
@@ -314,7 +242,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(audience::reconcile, audience::error_policy, shared)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "Reconcile error reported by the runtime");

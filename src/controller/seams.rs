@@ -1,6 +1,6 @@
 //! The two seams of a reconcile pass, so that each step can be tested without a network: the AEP
-//! calls a step may make ([`AepApi`], implemented by the real [`Session`]) and the one status
-//! write ([`StatusApi`], implemented by `Api<ExternalAudience>`). Only these; everything else a
+//! calls a step may make ([`AepApi`], implemented by the real [`Session`]) and the status and
+//! annotation writes ([`StatusApi`], implemented by `Api<K>`). Only these; everything else a
 //! step does is pure.
 
 use futures::future::BoxFuture;
@@ -9,12 +9,9 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
-use crate::{
-    aep::{
-        CreateAudienceRequest, CreateAudienceResponse, Error, ExtendTtlResponse, ExternalAudience as AepAudience,
-        Operation, PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
-    },
-    api::ExternalAudience,
+use crate::aep::{
+    CreateAudienceRequest, CreateAudienceResponse, Error, ExtendTtlResponse, ExternalAudience as AepAudience,
+    Operation, PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
 };
 
 /// The AEP calls of the steps (reference §2).
@@ -83,14 +80,14 @@ impl AepApi for Session {
 }
 
 /// The status subresource of one kind of object, and the one annotation the controller keeps.
-pub trait StatusApi: Send + Sync {
+pub trait StatusApi<K>: Send + Sync {
     /// Applies a JSON patch to `/status` of object `name` as field manager `manager`.
     fn patch_status<'a>(
         &'a self,
         name: &'a str,
         manager: &'a str,
         patch: json_patch::Patch,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>>;
+    ) -> BoxFuture<'a, Result<K, kube::Error>>;
 
     /// Sets (or, with `None`, removes) annotation `key` of object `name` as field manager
     /// `manager` (a merge patch of that one key).
@@ -100,16 +97,19 @@ pub trait StatusApi: Send + Sync {
         manager: &'a str,
         key: &'a str,
         value: Option<String>,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>>;
+    ) -> BoxFuture<'a, Result<K, kube::Error>>;
 }
 
-impl StatusApi for Api<ExternalAudience> {
+impl<K> StatusApi<K> for Api<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
     fn patch_status<'a>(
         &'a self,
         name: &'a str,
         manager: &'a str,
         patch: json_patch::Patch,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+    ) -> BoxFuture<'a, Result<K, kube::Error>> {
         Box::pin(async move {
             let params = PatchParams {
                 field_manager: Some(manager.to_owned()),
@@ -125,7 +125,7 @@ impl StatusApi for Api<ExternalAudience> {
         manager: &'a str,
         key: &'a str,
         value: Option<String>,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
+    ) -> BoxFuture<'a, Result<K, kube::Error>> {
         Box::pin(async move {
             let params = PatchParams {
                 field_manager: Some(manager.to_owned()),

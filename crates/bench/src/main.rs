@@ -70,6 +70,14 @@ struct Args {
     /// Steady-state window after the operator run of the largest N, seconds (0: skip).
     #[arg(long, default_value_t = 60)]
     steady_secs: u64,
+    /// Objects for the restart scenario (0: skip): N Ready with a short drift interval, AEP
+    /// requests counted per window before a SIGKILL of the operator and after its restart.
+    #[arg(long, default_value_t = 0)]
+    restart_n: usize,
+    /// Drift interval (`--resync-interval`) of the restart scenario, seconds; each counting
+    /// window is this long.
+    #[arg(long, default_value_t = 60)]
+    restart_window_secs: u64,
     /// Objects for the realistic-latency run (0: skip).
     #[arg(long, default_value_t = 0)]
     realistic_n: usize,
@@ -219,6 +227,9 @@ async fn main() -> anyhow::Result<()> {
         runs.push(many);
     }
 
+    if args.restart_n > 0 {
+        runs.push(bench.restart(args.restart_n).await?);
+    }
     let peer: Option<Value> = match &args.peer_json {
         Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
         None => None,
@@ -456,11 +467,16 @@ impl Bench {
         rps: u32,
         poll: Option<(&str, &str)>,
     ) -> anyhow::Result<(Run, Operator)> {
-        let ns = format!("bench-{name}-{}", self.tag);
-        self.namespace(&ns).await?;
-        let api = self.api(&ns);
-        let (op_poll, run_poll) = poll.unwrap_or(("200ms", "200ms"));
-        let log = std::fs::File::create(self.args.work_dir.join(format!("{name}.log")))?;
+        self.operator_with(name, n, rps, poll, &[]).await
+    }
+
+    /// Starts the operator process for namespace `ns`.
+    fn spawn(&self, name: &str, ns: &str, rps: u32, poll: (&str, &str), extra: &[String]) -> anyhow::Result<Operator> {
+        let (op_poll, run_poll) = poll;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.args.work_dir.join(format!("{name}.log")))?;
         let mut cmd = if self.args.nice {
             let mut c = tokio::process::Command::new("nice");
             c.args(["-n", "19"]).arg(&self.args.controller);
@@ -471,7 +487,7 @@ impl Bench {
         cmd.arg("run")
             .arg("--kubeconfig")
             .arg(&self.args.operator_kubeconfig)
-            .args(["--namespace", &ns, "--metrics-addr", "127.0.0.1:0"])
+            .args(["--namespace", ns, "--metrics-addr", "127.0.0.1:0"])
             .args([
                 "--aep-platform-url",
                 &self.args.emulator_url,
@@ -483,6 +499,7 @@ impl Bench {
             // One sandbox, thousands of runs: the emulator's cap is lifted, so is the operator's.
             .args(["--max-runs-per-sandbox-per-day", "100000000"])
             .args(["--operation-poll-interval", op_poll, "--run-poll-interval", run_poll])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -492,7 +509,22 @@ impl Bench {
             .spawn()
             .with_context(|| format!("starting {}", self.args.controller.display()))?;
         let pid = child.id().context("operator pid")?;
-        let mut op = Operator { child, pid };
+        Ok(Operator { child, pid })
+    }
+
+    async fn operator_with(
+        &self,
+        name: &str,
+        n: usize,
+        rps: u32,
+        poll: Option<(&str, &str)>,
+        extra: &[String],
+    ) -> anyhow::Result<(Run, Operator)> {
+        let ns = format!("bench-{name}-{}", self.tag);
+        self.namespace(&ns).await?;
+        let api = self.api(&ns);
+        let (op_poll, run_poll) = poll.unwrap_or(("200ms", "200ms"));
+        let mut op = self.spawn(name, &ns, rps, (op_poll, run_poll), extra)?;
         // Let it start its watches before the objects arrive (an operator already running).
         tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -632,6 +664,82 @@ impl Bench {
             kube_per_object: per_object(&kube_before, &kube_after, n),
             peak_rss_mib: rss,
             cpu_secs: cpu,
+            extra,
+            ..Run::default()
+        })
+    }
+}
+
+impl Bench {
+    /// N Ready objects with a short drift interval: AEP requests in each window of one interval
+    /// before a SIGKILL of the operator and in the first one after a new operator starts (the
+    /// downtime included), and what the restart changed (creates, runs, PATCHes).
+    async fn restart(&self, n: usize) -> anyhow::Result<Run> {
+        let secs = self.args.restart_window_secs;
+        let name = format!("restart-{n}");
+        let extra = vec!["--resync-interval".to_owned(), format!("{secs}s")];
+        let (_, op) = self.operator_with(&name, n, self.args.rps, None, &extra).await?;
+        let ns = format!("bench-{name}-{}", self.tag);
+        let api = self.api(&ns);
+        // Every object has its first drift check recorded.
+        let deadline = Instant::now() + Duration::from_secs(self.args.timeout_secs);
+        loop {
+            let list = api.list(&Default::default()).await?;
+            let scheduled = list
+                .items
+                .iter()
+                .filter(|o| !o.data["status"]["nextDriftCheck"].is_null())
+                .count();
+            if scheduled >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{name}: only {scheduled}/{n} objects have a drift check scheduled");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let total = |m: &BTreeMap<String, f64>| m.values().sum::<f64>();
+        let mut windows = Vec::new();
+        for _ in 0..3 {
+            let before = self.aep_counts().await?;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            windows.push(total(&self.aep_counts().await?) - total(&before));
+        }
+        let writes_before = self.aep_counts().await?;
+        let rss = op.rss_mib();
+        // SIGKILL, then a new operator at once.
+        let _ = tokio::process::Command::new("kill")
+            .args(["-9", &op.pid.to_string()])
+            .status()
+            .await;
+        drop(op);
+        let restarted = self.spawn(&name, &ns, self.args.rps, ("200ms", "200ms"), &extra)?;
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        let after_counts = self.aep_counts().await?;
+        let after = total(&after_counts) - total(&writes_before);
+        let changed: BTreeMap<String, f64> = ["create_audience", "start_run", "patch_audience", "delete_audience"]
+            .iter()
+            .map(|k| {
+                let d = after_counts.get(*k).copied().unwrap_or(0.0) - writes_before.get(*k).copied().unwrap_or(0.0);
+                ((*k).to_owned(), d)
+            })
+            .collect();
+        restarted.stop().await;
+        let busiest = windows.iter().copied().fold(0.0, f64::max);
+        eprintln!(
+            "bench: {name}: AEP requests per {secs}s window before the restart {windows:?}, after {after}; changed {changed:?}"
+        );
+        let mut extra = serde_json::Map::new();
+        extra.insert("window_secs".into(), json!(secs));
+        extra.insert("aep_requests_per_window_before".into(), json!(windows));
+        extra.insert("aep_requests_first_window_after".into(), json!(after));
+        extra.insert("busiest_window_before".into(), json!(busiest));
+        extra.insert("writes_after_restart".into(), json!(changed));
+        Ok(Run {
+            name,
+            n,
+            wall_secs: secs as f64,
+            peak_rss_mib: rss,
             extra,
             ..Run::default()
         })
@@ -787,6 +895,32 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
                 r.n,
                 per_min("aep_requests_per_minute").abs(),
                 per_min("kube_requests_per_minute").abs(),
+            ));
+            continue;
+        }
+        if r.name.starts_with("restart") {
+            let windows: Vec<String> = r
+                .extra
+                .get("aep_requests_per_window_before")
+                .and_then(Value::as_array)
+                .map(|w| w.iter().filter_map(Value::as_f64).map(|x| format!("{x:.0}")).collect())
+                .unwrap_or_default();
+            let after = r
+                .extra
+                .get("aep_requests_first_window_after")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            let changed = r
+                .extra
+                .get("writes_after_restart")
+                .and_then(Value::as_object)
+                .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum::<f64>());
+            out.push_str(&format!(
+                "| restart (SIGKILL) with N Ready, drift interval {}s | {} | - | AEP requests per {}s window: before {}, first after the restart {after:.0} | - | - | creates, runs, PATCHes after the restart: {changed:.0} | - | {rss} | - |\n",
+                r.wall_secs,
+                r.n,
+                r.wall_secs,
+                windows.join(", "),
             ));
             continue;
         }

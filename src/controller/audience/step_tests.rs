@@ -1,29 +1,28 @@
-//! The step-level tier: every step × every [`ErrorKind`] (and the answers the reference lists),
-//! with an in-memory AEP ([`FakeAep`], scripted answers, calls recorded) and an in-memory status
-//! subresource ([`FakeStatus`], resourceVersion preconditions enforced). No network, no control
-//! plane: the whole table runs in well under a second.
+//! The step-level tier: every step × every [`ErrorKind`] (and the answers AEP gives), with an
+//! in-memory AEP ([`FakeAep`], scripted answers, calls recorded), an in-memory status subresource
+//! ([`FakeStatus`], resourceVersion preconditions enforced) and the events captured, so a test
+//! sees everything a step does. No network, no control plane: the whole table runs in well under
+//! a second.
 
 use std::{
     collections::VecDeque,
+    ops::Deref,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     ResourceExt,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector,
-    },
+    runtime::{events::EventType, reflector},
 };
 use serde_json::json;
 
 use super::{
-    Context, Error, Options, RunLimit, Timing,
-    plan::{self, Step},
-    reconcile::{Next, Pass},
-    seams::{AepApi, StatusApi},
+    AudiencePass, Shared,
+    decide::{self, Decision, Resend, Settings, Step},
+    spec,
 };
 use crate::{
     aep::{
@@ -33,7 +32,15 @@ use crate::{
         error::{Call, ErrorKind},
     },
     api::{ExternalAudience, ExternalAudienceStatus, IngestionRun, RunPending, RunState, reasons},
+    controller::{
+        core::{
+            Context, Error, Next, Timing,
+            events::{Captured, CapturedEvent},
+        },
+        seams::{AepApi, StatusApi},
+    },
     metrics::Metrics,
+    status::Health,
 };
 
 type Answer<T> = Mutex<VecDeque<Result<T, AepError>>>;
@@ -117,7 +124,7 @@ struct FakeStatus {
     annotation_writes: Mutex<usize>,
 }
 
-impl StatusApi for FakeStatus {
+impl StatusApi<ExternalAudience> for FakeStatus {
     fn patch_status<'a>(
         &'a self,
         _name: &'a str,
@@ -188,36 +195,72 @@ fn object(status: ExternalAudienceStatus) -> ExternalAudience {
     obj
 }
 
-fn context() -> Context {
-    let (service, handle) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    // No apiserver: event publishing fails fast and is only logged.
-    drop(handle);
-    let client = kube::Client::new(service, "default");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "test".into(),
-            instance: None,
-        },
-    );
-    let (reader, _writer) = reflector::store();
-    Context::new(
-        client,
-        AepClient::new(ClientConfig::default()).expect("client"),
-        recorder,
-        Timing::default(),
-        Arc::new(Metrics::default()),
-        Options {
-            run_limit: RunLimit::default(),
-            ..Options::default()
-        },
-        reader,
-    )
+/// The kind's shared state with no API server (event publishing is captured) and the events.
+struct Harness {
+    shared: Shared,
+    events: Arc<Captured>,
 }
 
-/// Runs one step on `status` against `aep`; returns the written status and what the pass chose.
-async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> (ExternalAudienceStatus, Next, usize) {
+impl Deref for Harness {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Harness {
+    fn events(&self) -> Vec<CapturedEvent> {
+        self.events.all()
+    }
+}
+
+fn context_with(runs_per_sandbox_per_day: u32) -> Harness {
+    let (service, handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    // No API server: nothing but status and annotation writes (faked) may reach one.
+    drop(handle);
+    let client = kube::Client::new(service, "default");
+    let events = Arc::new(Captured::default());
+    let core = Arc::new(Context::new(
+        client,
+        AepClient::new(ClientConfig::default()).expect("client"),
+        events.clone(),
+        Timing::default(),
+        Arc::new(Metrics::default()),
+        Duration::from_secs(60),
+    ));
+    let (reader, _writer) = reflector::store();
+    Harness {
+        shared: super::shared(
+            core,
+            reader,
+            Settings::default(),
+            runs_per_sandbox_per_day,
+            Duration::ZERO,
+        ),
+        events,
+    }
+}
+
+fn context() -> Harness {
+    context_with(0)
+}
+
+/// A decision to carry out (the health matters only to steps without an AEP call).
+fn decision(step: Step) -> Decision {
+    Decision {
+        step,
+        health: Health::ready(""),
+    }
+}
+
+/// Runs `step` on `status` against `aep`; returns the written status, what the pass chose, the
+/// number of status writes and the events.
+async fn run_step_ev(
+    status: ExternalAudienceStatus,
+    step: Step,
+    aep: &FakeAep,
+) -> (ExternalAudienceStatus, Next, usize, Vec<CapturedEvent>) {
     let ctx = context();
     let obj = object(status);
     let store = FakeStatus {
@@ -225,13 +268,44 @@ async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> 
         writes: Mutex::new(0),
         annotation_writes: Mutex::new(0),
     };
-    let mut pass = Pass::new(&obj, &ctx, &store);
-    let out = pass.run(step, aep).await.expect("step");
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
+    let out = pass.act(decision(step), aep).await.expect("step");
     let next = out.next;
-    pass.finish(out).await.expect("finish");
+    pass.finish(out, false).await.expect("finish");
     let written = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
     let writes = *store.writes.lock().expect("writes");
-    (written, next, writes)
+    (written, next, writes, ctx.events())
+}
+
+/// [`run_step_ev`] without the events.
+async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> (ExternalAudienceStatus, Next, usize) {
+    let (st, next, writes, _) = run_step_ev(status, step, aep).await;
+    (st, next, writes)
+}
+
+/// Runs the step the decider picks for `status` (the budget asked as the operator does).
+async fn run_decided(status: ExternalAudienceStatus, aep: &FakeAep) -> (ExternalAudienceStatus, Step) {
+    let ctx = context();
+    let obj = object(status);
+    let store = FakeStatus {
+        obj: Mutex::new(obj.clone()),
+        writes: Mutex::new(0),
+        annotation_writes: Mutex::new(0),
+    };
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
+    let decided = pass.decide_with_budget();
+    let step = decided.step.clone();
+    let out = pass.act(decided, aep).await.expect("step");
+    pass.finish(out, false).await.expect("finish");
+    (store.obj.lock().expect("obj").status.clone().unwrap_or_default(), step)
+}
+
+fn recover(resend: Resend) -> Step {
+    Step::RecoverCreate {
+        resend,
+        confirmed: false,
+        token: String::new(),
+    }
 }
 
 fn err(call: Call, kind: ErrorKind) -> AepError {
@@ -276,7 +350,7 @@ fn created() -> ExternalAudienceStatus {
     let obj = spec_for_hashes();
     ExternalAudienceStatus {
         audience_id: Some("aud".into()),
-        applied_spec_hash: Some(plan::updatable_hash(&obj.spec)),
+        applied_spec_hash: Some(spec::updatable_hash(&obj.spec)),
         ..Default::default()
     }
 }
@@ -284,7 +358,7 @@ fn created() -> ExternalAudienceStatus {
 fn ready() -> ExternalAudienceStatus {
     let obj = spec_for_hashes();
     ExternalAudienceStatus {
-        ingested_spec_hash: Some(plan::ingest_hash(&obj.spec, "loyalty")),
+        ingested_spec_hash: Some(spec::ingest_hash(&obj.spec, "loyalty")),
         last_run: Some(IngestionRun {
             run_id: "r1".into(),
             generation: 1,
@@ -298,8 +372,8 @@ fn ready() -> ExternalAudienceStatus {
 }
 
 /// What every error of `kind` must lead to, whatever the step (step-specific cases are checked
-/// separately below).
-fn assert_common(step: &str, kind: ErrorKind, st: &ExternalAudienceStatus, next: Next) {
+/// separately below), events included.
+fn assert_common(step: &str, kind: ErrorKind, st: &ExternalAudienceStatus, next: Next, events: &[CapturedEvent]) {
     let ctx = format!("{step} × {kind}");
     match kind {
         ErrorKind::Retryable { .. } => {
@@ -332,8 +406,39 @@ fn assert_common(step: &str, kind: ErrorKind, st: &ExternalAudienceStatus, next:
                 "{ctx}: waits for a change"
             );
         }
-        _ => {}
+        ErrorKind::NotNow { .. } => {
+            // Refused for now: looked at again later, never blocked for the generation, unless it
+            // is the per-audience limit (which waiting does not lift).
+            let limit = reason(st, "Stalled").as_deref() == Some(reasons::INGESTION_LIMIT_REACHED);
+            assert!(
+                limit || (st.blocked.is_none() && !matches!(next, Next::Await)),
+                "{ctx}: deferred, not dropped: {st:?} {next:?}"
+            );
+        }
+        ErrorKind::NotFound => {
+            // Something is missing: never reported Ready, and a step that confirmed its audience
+            // gone has handed it to the missing-audience policy (its id is kept as lost).
+            assert_ne!(reason(st, "Ready").as_deref(), Some(reasons::READY), "{ctx}");
+            assert!(
+                st.audience_id.is_some() || st.lost_audience_ids.is_empty() || st.lost_audience_ids == ["aud"],
+                "{ctx}: {st:?}"
+            );
+        }
+        ErrorKind::Conflict => {
+            // AEP refused: Stalled until a change, recorded for this generation.
+            assert!(reason(st, "Stalled").is_some(), "{ctx}: {st:?}");
+            assert!(st.blocked.is_some() && matches!(next, Next::Await), "{ctx}");
+        }
+        ErrorKind::OutcomeUnknown => {
+            // The call may have happened: Reconciling, looked at again soon, nothing blocked.
+            assert!(reason(st, "Stalled").is_none(), "{ctx}: {st:?}");
+            assert!(st.blocked.is_none() && matches!(next, Next::After(_)), "{ctx}");
+        }
     }
+    assert!(
+        events.iter().any(|e| e.type_ == EventType::Warning),
+        "{ctx}: a failure publishes a Warning event: {events:?}"
+    );
     assert!(
         reason(st, "Reconciling").is_none() || reason(st, "Stalled").is_none(),
         "{ctx}: never Reconciling and Stalled together"
@@ -351,7 +456,7 @@ async fn create_step_under_every_error_kind() {
             .lock()
             .expect("q")
             .push_back(Err(err(Call::CreateAudience, kind)));
-        let (st, next, _) = run_step(Default::default(), Step::Create, &aep).await;
+        let (st, next, _, events) = run_step_ev(Default::default(), Step::Create, &aep).await;
         assert_eq!(aep.mutating_calls(), 1, "{kind}: exactly one create");
         assert_eq!(
             st.custom_audience_id.as_deref(),
@@ -376,7 +481,7 @@ async fn create_step_under_every_error_kind() {
             }
             _ => assert!(st.create_pending_since.is_none(), "{kind}: nothing was created"),
         }
-        assert_common("create", kind, &st, next);
+        assert_common("create", kind, &st, next, &events);
     }
 }
 
@@ -415,18 +520,18 @@ async fn recover_create_under_every_error_kind_sends_nothing() {
             .expect("q")
             .push_back(Err(err(Call::FindAudiences, kind)));
         let status = ExternalAudienceStatus {
-            create_pending_since: Some(super::reconcile::now()),
+            create_pending_since: Some(crate::controller::clock::now()),
             custom_audience_id: Some("k8s-u-1".into()),
             ..Default::default()
         };
-        let (st, next, _) = run_step(status, Step::RecoverCreate, &aep).await;
+        let (st, next, _, events) = run_step_ev(status, recover(Resend::AfterLookup), &aep).await;
         assert_eq!(
             aep.mutating_calls(),
             0,
             "{kind}: a lookup failure never leads to a create"
         );
         assert!(st.create_pending_since.is_some(), "{kind}: the marker stays");
-        assert_common("recover_create", kind, &st, next);
+        assert_common("recover_create", kind, &st, next, &events);
     }
 }
 
@@ -442,7 +547,7 @@ async fn poll_operation_under_every_error_kind_and_answer() {
             .lock()
             .expect("q")
             .push_back(Err(err(Call::GetOperation, kind)));
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             pending(),
             Step::PollOperation {
                 operation_id: "op".into(),
@@ -460,7 +565,7 @@ async fn poll_operation_under_every_error_kind_and_answer() {
         } else {
             assert_eq!(st.operation_id.as_deref(), Some("op"), "{kind}: the operation is kept");
         }
-        assert_common("poll_operation", kind, &st, next);
+        assert_common("poll_operation", kind, &st, next, &events);
     }
     // The answers the reference lists.
     let op = |status: OperationStatus, id: Option<&str>| Operation {
@@ -522,7 +627,7 @@ async fn update_and_adopt_under_every_error_kind() {
             applied_spec_hash: None,
             ..created()
         };
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             status,
             Step::Update {
                 audience_id: "aud".into(),
@@ -539,14 +644,14 @@ async fn update_and_adopt_under_every_error_kind() {
         } else {
             assert!(st.applied_spec_hash.is_none(), "{kind}: not applied");
         }
-        assert_common("update", kind, &st, next);
+        assert_common("update", kind, &st, next, &events);
 
         let aep = FakeAep::default();
         aep.audience
             .lock()
             .expect("q")
             .push_back(Err(err(Call::GetAudience, kind)));
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             Default::default(),
             Step::Adopt {
                 audience_id: "x".into(),
@@ -559,7 +664,7 @@ async fn update_and_adopt_under_every_error_kind() {
             assert_eq!(reason(&st, "Stalled").as_deref(), Some(reasons::AUDIENCE_NOT_FOUND));
             assert!(st.blocked.is_none(), "re-checked on a long interval");
         }
-        assert_common("adopt", kind, &st, next);
+        assert_common("adopt", kind, &st, next, &events);
     }
 }
 
@@ -577,10 +682,11 @@ async fn start_run_under_every_error_kind() {
         if kind == ErrorKind::NotFound {
             confirms_gone(&aep);
         }
-        let (st, next, writes) = run_step(
+        let (st, next, writes, events) = run_step_ev(
             created(),
             Step::StartRun {
                 audience_id: "aud".into(),
+                scheduled_for: None,
             },
             &aep,
         )
@@ -596,7 +702,7 @@ async fn start_run_under_every_error_kind() {
             ErrorKind::NotFound => assert!(st.audience_id.is_none(), "gone behind our back"),
             _ => assert!(st.run_pending.is_none(), "{kind}: no run started"),
         }
-        assert_common("start_run", kind, &st, next);
+        assert_common("start_run", kind, &st, next, &events);
     }
 }
 
@@ -625,6 +731,7 @@ async fn start_run_refused_at_the_per_audience_limit_stalls_instead_of_deferring
         created(),
         Step::StartRun {
             audience_id: "aud".into(),
+            scheduled_for: None,
         },
         &aep,
     )
@@ -644,7 +751,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         if kind == ErrorKind::NotFound {
             confirms_gone(&aep);
         }
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             ready(),
             Step::PollRun {
                 audience_id: "aud".into(),
@@ -668,7 +775,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
                 "{kind}"
             );
         }
-        assert_common("poll_run", kind, &st, next);
+        assert_common("poll_run", kind, &st, next, &events);
 
         let aep = FakeAep::default();
         aep.runs.lock().expect("q").push_back(Err(err(Call::ListRuns, kind)));
@@ -684,7 +791,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         }
         let pending = ExternalAudienceStatus {
             run_pending: Some(RunPending {
-                since: super::reconcile::now(),
+                since: crate::controller::clock::now(),
                 generation: 1,
                 spec_hash: "h".into(),
                 run_request: None,
@@ -692,7 +799,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
             }),
             ..created()
         };
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             pending,
             Step::RecoverRun {
                 audience_id: "aud".into(),
@@ -706,7 +813,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         } else {
             assert!(st.run_pending.is_some(), "{kind}: marker kept");
         }
-        assert_common("recover_run", kind, &st, next);
+        assert_common("recover_run", kind, &st, next, &events);
 
         let aep = FakeAep::default();
         aep.audience
@@ -727,9 +834,9 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
             }),
             ..ready()
         };
-        let (st, next, _) = run_step(
+        let (st, next, _, events) = run_step_ev(
             done,
-            Step::Idle {
+            Step::CheckDrift {
                 audience_id: "aud".into(),
             },
             &aep,
@@ -738,7 +845,7 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
         if kind == ErrorKind::NotFound {
             assert!(st.audience_id.is_none(), "confirmed gone: re-created next");
         }
-        assert_common("idle", kind, &st, next);
+        assert_common("idle", kind, &st, next, &events);
     }
 }
 
@@ -758,12 +865,13 @@ async fn a_stale_base_never_sends_the_mutating_call() {
         annotation_writes: Mutex::new(0),
     };
     let aep = FakeAep::default();
-    let mut pass = Pass::new(&obj, &ctx, &store);
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let result = pass
-        .run(
-            Step::StartRun {
+        .act(
+            decision(Step::StartRun {
                 audience_id: "aud".into(),
-            },
+                scheduled_for: None,
+            }),
             &aep,
         )
         .await;
@@ -792,22 +900,15 @@ async fn a_malformed_resync_annotation_is_reported_not_ignored() {
         annotation_writes: Mutex::new(0),
     };
     let aep = FakeAep::default();
-    let mut pass = Pass::new(&obj, &ctx, &store);
-    let out = pass
-        .run(
-            Step::Idle {
-                audience_id: "aud".into(),
-            },
-            &aep,
-        )
-        .await
-        .expect("idle");
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
+    let decided = pass.decide();
+    let out = pass.act(decided, &aep).await.expect("idle");
     assert!(
         out.event
             .as_ref()
-            .is_some_and(|(_, reason, _)| *reason == crate::api::events::INVALID_ANNOTATION)
+            .is_some_and(|(_, reason, _)| reason.as_str() == crate::api::events::INVALID_ANNOTATION)
     );
-    pass.finish(out).await.expect("finish");
+    pass.finish(out, false).await.expect("finish");
     let st = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
     assert!(
@@ -818,12 +919,19 @@ async fn a_malformed_resync_annotation_is_reported_not_ignored() {
         aep.calls.lock().expect("calls").is_empty(),
         "no drift check with an unknown interval"
     );
+    assert!(
+        ctx.events()
+            .iter()
+            .any(|e| e.reason.as_str() == crate::api::events::INVALID_ANNOTATION && e.note.contains("is ignored")),
+        "the Warning event names the annotation: {:?}",
+        ctx.events()
+    );
 }
 
 #[test]
 fn passes_are_triggered_by_spec_annotations_finalizers_and_deletion_not_status() {
     use kube::runtime::Predicate;
-    let p = super::triggers();
+    let p = crate::controller::triggers();
     let base = object(created());
     let h = |o: &ExternalAudience| p.hash_property(o);
     let mut status_only = base.clone();
@@ -843,7 +951,7 @@ fn passes_are_triggered_by_spec_annotations_finalizers_and_deletion_not_status()
     finalized.metadata.finalizers = Some(vec![crate::api::FINALIZER.to_owned()]);
     assert_ne!(h(&base), h(&finalized), "finalizers");
     let mut deleted = base.clone();
-    deleted.metadata.deletion_timestamp = Some(super::reconcile::now());
+    deleted.metadata.deletion_timestamp = Some(crate::controller::clock::now());
     assert_ne!(h(&base), h(&deleted), "deletion");
 }
 
@@ -885,6 +993,7 @@ async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
         created(),
         Step::StartRun {
             audience_id: "aud".into(),
+            scheduled_for: None,
         },
         &aep,
     )
@@ -917,33 +1026,20 @@ async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
 }
 
 /// Runs `step` for `obj` with a given context (shared across objects, like the operator's).
-async fn run_step_in(ctx: &Context, obj: ExternalAudience, step: Step, aep: &FakeAep) -> ExternalAudienceStatus {
+/// Runs for `obj` the step the decider picks (asking the run budget as the operator does), with a
+/// context shared across objects like the operator's; `expected` is the step the test exercises.
+async fn run_step_in(ctx: &Harness, obj: ExternalAudience, expected: Step, aep: &FakeAep) -> ExternalAudienceStatus {
     let store = FakeStatus {
         obj: Mutex::new(obj.clone()),
         writes: Mutex::new(0),
         annotation_writes: Mutex::new(0),
     };
-    let mut pass = Pass::new(&obj, ctx, &store);
-    let out = pass.run(step, aep).await.expect("step");
-    pass.finish(out).await.expect("finish");
+    let mut pass = AudiencePass::new(&obj, ctx, &store);
+    let decided = pass.decide_with_budget();
+    tracing::debug!(expected = expected.name(), decided = decided.step.name(), "Step");
+    let out = pass.act(decided, aep).await.expect("step");
+    pass.finish(out, false).await.expect("finish");
     store.obj.lock().expect("obj").status.clone().unwrap_or_default()
-}
-
-fn context_with(runs_per_sandbox_per_day: u32) -> Context {
-    let base = context();
-    Context::new(
-        base.client.clone(),
-        AepClient::new(ClientConfig::default()).expect("client"),
-        base.recorder.clone(),
-        Timing::default(),
-        Arc::new(Metrics::default()),
-        Options {
-            run_limit: RunLimit::default(),
-            runs_per_sandbox_per_day,
-            ..Options::default()
-        },
-        base.objects.clone(),
-    )
 }
 
 #[tokio::test]
@@ -962,6 +1058,7 @@ async fn over_the_sandbox_budget_a_run_is_deferred_to_the_next_utc_day_without_a
         object(with_org()),
         Step::StartRun {
             audience_id: "aud".into(),
+            scheduled_for: None,
         },
         &aep,
     )
@@ -976,6 +1073,7 @@ async fn over_the_sandbox_budget_a_run_is_deferred_to_the_next_utc_day_without_a
         other,
         Step::StartRun {
             audience_id: "aud2".into(),
+            scheduled_for: None,
         },
         &aep,
     )
@@ -988,7 +1086,7 @@ async fn over_the_sandbox_budget_a_run_is_deferred_to_the_next_utc_day_without_a
         .find(|c| c.type_ == "Reconciling")
         .expect("c")
         .message;
-    let tomorrow = super::budget::RunBudget::next_window(super::reconcile::now().0);
+    let tomorrow = crate::controller::budget::RunBudget::next_window(crate::controller::clock::now().0);
     assert!(
         msg.contains("(1/1 runs today, UTC)") && msg.contains(&tomorrow.to_string()),
         "{msg}"
@@ -1007,14 +1105,8 @@ async fn the_per_audience_limit_stalls_before_aep_would_refuse() {
         }),
         ..created()
     };
-    let (st, _, _) = run_step(
-        status,
-        Step::StartRun {
-            audience_id: "aud".into(),
-        },
-        &aep,
-    )
-    .await;
+    let (st, step) = run_decided(status, &aep).await;
+    assert!(matches!(step, Step::Block { .. }), "{step:?}");
     assert_eq!(aep.mutating_calls(), 0, "nothing sent");
     assert_eq!(
         reason(&st, "Stalled").as_deref(),
@@ -1029,7 +1121,7 @@ async fn the_per_audience_limit_stalls_before_aep_would_refuse() {
 
 /// A Ready status whose last successful run ended `ago` ago (default TTL: 30 days).
 fn ingested(ago: jiff::SignedDuration) -> ExternalAudienceStatus {
-    let end = super::reconcile::now().0 - ago;
+    let end = crate::controller::clock::now().0 - ago;
     let mut st = ready();
     st.last_run = Some(IngestionRun {
         run_id: "r1".into(),
@@ -1088,7 +1180,7 @@ async fn auto_extend_extends_once_within_the_window_and_not_again_that_period() 
     let st = run_step_in(
         &ctx,
         obj.clone(),
-        Step::Idle {
+        Step::CheckDrift {
             audience_id: "aud".into(),
         },
         &aep,
@@ -1098,7 +1190,7 @@ async fn auto_extend_extends_once_within_the_window_and_not_again_that_period() 
     let d = st.data_expiration.clone().expect("expiration");
     assert_eq!(d.source, "Extension");
     // Pushed out by the TTL from the old expiration (2 days away): 32 days from now.
-    let expected = super::reconcile::now().0 + day * 32;
+    let expected = crate::controller::clock::now().0 + day * 32;
     assert!(
         d.expires_at.0.duration_since(expected).abs() < jiff::SignedDuration::from_secs(60),
         "{d:?}"
@@ -1114,7 +1206,7 @@ async fn auto_extend_extends_once_within_the_window_and_not_again_that_period() 
     let _ = run_step_in(
         &ctx,
         obj,
-        Step::Idle {
+        Step::CheckDrift {
             audience_id: "aud".into(),
         },
         &again,
@@ -1134,17 +1226,18 @@ const PLATFORM: &str = "https://platform.adobe.io/";
 /// Runs one step for `obj` after gathering the pass's facts as the operator does (the
 /// credentials' org and endpoint, the record annotation, the claim index); returns the written
 /// object and how many annotation writes were made.
-async fn run_prepared(ctx: &Context, obj: ExternalAudience, aep: &FakeAep) -> (ExternalAudience, Step, usize) {
+async fn run_prepared(ctx: &Harness, obj: ExternalAudience, aep: &FakeAep) -> (ExternalAudience, Step, usize) {
     let store = FakeStatus {
         obj: Mutex::new(obj.clone()),
         writes: Mutex::new(0),
         annotation_writes: Mutex::new(0),
     };
-    let mut pass = Pass::new(&obj, ctx, &store);
-    pass.prepare(ctx, &(ORG.to_owned(), PLATFORM.to_owned()));
-    let step = pass.plan().step;
-    let out = pass.run(step.clone(), aep).await.expect("step");
-    pass.finish(out).await.expect("finish");
+    let mut pass = AudiencePass::new(&obj, ctx, &store);
+    pass.with_credentials(ORG, PLATFORM);
+    let decided = pass.decide_with_budget();
+    let step = decided.step.clone();
+    let out = pass.act(decided, aep).await.expect("step");
+    pass.finish(out, false).await.expect("finish");
     let written = store.obj.lock().expect("obj").clone();
     let annotations = *store.annotation_writes.lock().expect("writes");
     (written, step, annotations)
@@ -1160,8 +1253,8 @@ fn record_for(obj: &ExternalAudience, cid: Option<&str>) -> crate::api::Ownershi
         sandbox: "prod".into(),
         claimed_by: "the-original-uid".into(),
         claimed_at: "2026-01-01T00:00:00Z".into(),
-        applied_spec_hash: Some(plan::updatable_hash(&obj.spec)),
-        ingested_spec_hash: Some(plan::ingest_hash(&obj.spec, "loyalty")),
+        applied_spec_hash: Some(spec::updatable_hash(&obj.spec)),
+        ingested_spec_hash: Some(spec::ingest_hash(&obj.spec, "loyalty")),
     }
 }
 
@@ -1184,6 +1277,11 @@ fn ups(id: &str, echoed: &str) -> UpsAudience {
     .expect("ups")
 }
 
+/// Epoch seconds `n` hours before now.
+fn hour_ago(n: i64) -> i64 {
+    crate::controller::clock::now().0.as_second() - n * 3600
+}
+
 fn aep_run(id: &str, status: &str, created_at: i64) -> Run {
     serde_json::from_value(json!({"runId": id, "audienceId": "aud", "status": status, "createdAt": created_at}))
         .expect("run")
@@ -1198,10 +1296,10 @@ async fn a_restored_object_reattaches_after_aep_confirms_it_and_owes_no_patch_an
         .lock()
         .expect("q")
         .push_back(Ok(ups("aud", "k8s-the-original-uid")));
-    aep.runs
-        .lock()
-        .expect("q")
-        .push_back(Ok(vec![aep_run("r0", "SUCCESS", 100), aep_run("r1", "SUCCESS", 200)]));
+    aep.runs.lock().expect("q").push_back(Ok(vec![
+        aep_run("r0", "SUCCESS", hour_ago(2)),
+        aep_run("r1", "SUCCESS", hour_ago(1)),
+    ]));
     let (written, step, annotations) = run_prepared(&ctx, obj, &aep).await;
     assert_eq!(
         step,
@@ -1238,15 +1336,10 @@ async fn a_restored_object_reattaches_after_aep_confirms_it_and_owes_no_patch_an
         writes: Mutex::new(0),
         annotation_writes: Mutex::new(0),
     };
-    let mut pass = Pass::new(&next, &ctx, &store);
-    pass.prepare(&ctx, &(ORG.to_owned(), PLATFORM.to_owned()));
-    let plan = pass.plan();
-    assert_eq!(
-        plan.step,
-        Step::Idle {
-            audience_id: "aud".into()
-        }
-    );
+    let mut pass = AudiencePass::new(&next, &ctx, &store);
+    pass.with_credentials(ORG, PLATFORM);
+    let plan = pass.decide();
+    assert!(matches!(plan.step, Step::Idle { next: Some(_), .. }), "{plan:?}");
     assert_eq!(plan.health.reason(), reasons::READY);
 }
 
@@ -1323,7 +1416,7 @@ async fn a_second_claimant_is_stalled_naming_the_owner_and_sends_nothing() {
     // The owner, in the index with a recorded claim.
     let mut owner = object(ExternalAudienceStatus {
         org_id: Some(ORG.into()),
-        claimed_at: Some(super::reconcile::now()),
+        claimed_at: Some(crate::controller::clock::now()),
         ownership: Some(crate::api::OwnershipProof::SpecAudienceId),
         ..ready()
     });
@@ -1341,7 +1434,9 @@ async fn a_second_claimant_is_stalled_naming_the_owner_and_sends_nothing() {
         let aep = FakeAep::default();
         let (written, step, annotations) = run_prepared(&ctx, obj.clone(), &aep).await;
         assert!(
-            matches!(step, Step::Held { reason, .. } if reason == reasons::AUDIENCE_CLAIMED),
+            matches!(step, Step::Hold { .. })
+                && reason(written.status.as_ref().expect("status"), "Stalled").as_deref()
+                    == Some(reasons::AUDIENCE_CLAIMED),
             "{step:?}"
         );
         assert!(
@@ -1382,7 +1477,9 @@ async fn a_secret_naming_another_org_stops_the_object_before_any_request() {
         let aep = FakeAep::default();
         let (written, step, _) = run_prepared(&ctx, object(status.clone()), &aep).await;
         assert!(
-            matches!(step, Step::Held { reason, .. } if reason == reasons::ORGANIZATION_CHANGED),
+            matches!(step, Step::Hold { .. })
+                && reason(written.status.as_ref().expect("status"), "Stalled").as_deref()
+                    == Some(reasons::ORGANIZATION_CHANGED),
             "{step:?}"
         );
         assert!(
@@ -1460,16 +1557,12 @@ async fn observe_reads_reports_drift_and_never_sends_a_mutating_request() {
         .annotations_mut()
         .insert(crate::api::RUN_REQUESTED_AT.to_owned(), "now".into());
     let aep = FakeAep::default();
-    aep.audience.lock().expect("q").push_back(Ok(ups("aud", "aud")));
-    aep.runs.lock().expect("q").push_back(Ok(Vec::new()));
     let (_, step, _) = run_prepared(&ctx, requested, &aep).await;
-    assert_eq!(
-        step,
-        Step::Observe {
-            audience_id: "aud".into()
-        }
+    assert!(
+        matches!(step, Step::Idle { .. }),
+        "nothing is read before the next check: {step:?}"
     );
-    assert_eq!(aep.mutating_calls(), 0);
+    assert!(aep.calls.lock().expect("calls").is_empty());
     // Switched to Manage: the audience is taken over (a claim), without a run.
     let mut managed = written.clone();
     managed.spec.management_policy = crate::api::ManagementPolicy::Manage;
@@ -1486,7 +1579,7 @@ async fn observe_reads_reports_drift_and_never_sends_a_mutating_request() {
     assert_eq!(st.ownership, Some(crate::api::OwnershipProof::SpecAudienceId));
     assert!(st.observed.is_none() && st.conditions.iter().all(|c| c.type_ != "InSync"));
     assert!(
-        plan::ingest_hash_matches(st.ingested_spec_hash.as_deref(), &written.spec, "loyalty"),
+        spec::ingest_hash_matches(st.ingested_spec_hash.as_deref(), &written.spec, "loyalty"),
         "no run owed"
     );
 }
@@ -1509,33 +1602,34 @@ async fn a_conflicted_marker_write_gives_the_run_budget_back() {
         annotation_writes: Mutex::new(0),
     };
     let aep = FakeAep::default();
-    let mut pass = Pass::new(&obj, &ctx, &store);
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let result = pass
-        .run(
-            Step::StartRun {
+        .act(
+            decision(Step::StartRun {
                 audience_id: "aud".into(),
-            },
+                scheduled_for: None,
+            }),
             &aep,
         )
         .await;
     assert!(matches!(result, Err(Error::Stale)));
     // The one run of the day is still there for another object.
-    let now = super::reconcile::now().0;
+    let now = crate::controller::clock::now().0;
     let grant = ctx.budget.claim(
         ORG,
         "prod",
         &("ns".to_owned(), "other".to_owned()),
-        super::budget::Priority::Demand,
+        crate::controller::budget::Priority::Demand,
         now,
         now,
         |_| (0, false),
     );
-    assert_eq!(grant, super::budget::Grant::Go);
+    assert_eq!(grant, crate::controller::budget::Grant::Go);
 }
 
 #[tokio::test]
 async fn a_marker_from_a_clock_ahead_never_shortens_the_settle_window() {
-    let ahead = super::reconcile::now().0 + jiff::SignedDuration::from_hours(1);
+    let ahead = crate::controller::clock::now().0 + jiff::SignedDuration::from_hours(1);
     let aep = FakeAep::default();
     aep.find_by_custom_id.lock().expect("q").push_back(Ok(Vec::new()));
     aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
@@ -1544,14 +1638,15 @@ async fn a_marker_from_a_clock_ahead_never_shortens_the_settle_window() {
         custom_audience_id: Some("k8s-u-1".into()),
         ..Default::default()
     };
-    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    let (st, step) = run_decided(status, &aep).await;
+    assert!(matches!(step, Step::RecoverCreate { .. }), "{step:?}");
     assert_eq!(aep.mutating_calls(), 0, "no create before the window has passed");
     assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::CONFIRMING_CREATE));
 }
 
 #[tokio::test]
 async fn a_resent_create_answered_409_keeps_the_marker_and_looks_for_proof_again() {
-    let long_ago = super::reconcile::now().0 - jiff::SignedDuration::from_hours(1);
+    let long_ago = crate::controller::clock::now().0 - jiff::SignedDuration::from_hours(1);
     let aep = FakeAep::default();
     aep.find_by_custom_id.lock().expect("q").push_back(Ok(Vec::new()));
     aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
@@ -1564,7 +1659,7 @@ async fn a_resent_create_answered_409_keeps_the_marker_and_looks_for_proof_again
         custom_audience_id: Some("k8s-u-1".into()),
         ..Default::default()
     };
-    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    let (st, _, _) = run_step(status, recover(Resend::AfterLookup), &aep).await;
     assert_eq!(aep.mutating_calls(), 1, "the create was sent again once");
     assert!(
         st.create_pending_since.is_some(),
@@ -1586,12 +1681,12 @@ async fn a_lost_or_deleted_audience_is_never_recovered_by_its_custom_id() {
         .push_back(Ok(vec![deleted, lost]));
     aep.find_by_name.lock().expect("q").push_back(Ok(Vec::new()));
     let status = ExternalAudienceStatus {
-        create_pending_since: Some(super::reconcile::now()),
+        create_pending_since: Some(crate::controller::clock::now()),
         custom_audience_id: Some("k8s-u-1".into()),
         lost_audience_ids: vec!["lost".into()],
         ..Default::default()
     };
-    let (st, _, _) = run_step(status, Step::RecoverCreate, &aep).await;
+    let (st, _) = run_decided(status, &aep).await;
     assert!(
         st.audience_id.is_none(),
         "neither is this object's live audience: {st:?}"
@@ -1647,13 +1742,13 @@ async fn a_404_on_the_audience_routes_is_confirmed_before_it_counts_as_gone() {
 #[tokio::test]
 async fn the_sandbox_cap_is_settled_by_elimination_not_by_aep_wording() {
     let refused = || Err(err(Call::StartRun, ErrorKind::NotNow { retry_after: None }));
-    let claim_other = |ctx: &Context| {
-        let now = super::reconcile::now().0;
+    let claim_other = |ctx: &Harness| {
+        let now = crate::controller::clock::now().0;
         ctx.budget.claim(
             ORG,
             "prod",
             &("ns".to_owned(), "other".to_owned()),
-            super::budget::Priority::Demand,
+            crate::controller::budget::Priority::Demand,
             now,
             now,
             |_| (0, false),
@@ -1675,13 +1770,14 @@ async fn the_sandbox_cap_is_settled_by_elimination_not_by_aep_wording() {
         }),
         Step::StartRun {
             audience_id: "aud".into(),
+            scheduled_for: None,
         },
         &aep,
     )
     .await;
     assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
     assert!(
-        matches!(claim_other(&ctx), super::budget::Grant::Wait { .. }),
+        matches!(claim_other(&ctx), crate::controller::budget::Grant::Wait { .. }),
         "the day is spent for the sandbox"
     );
     // A run in progress explains the refusal: the sandbox's budget is untouched.
@@ -1700,12 +1796,13 @@ async fn the_sandbox_cap_is_settled_by_elimination_not_by_aep_wording() {
         }),
         Step::StartRun {
             audience_id: "aud".into(),
+            scheduled_for: None,
         },
         &aep,
     )
     .await;
     assert_eq!(reason(&st, "Reconciling").as_deref(), Some(reasons::RUN_DEFERRED));
-    assert_eq!(claim_other(&ctx), super::budget::Grant::Go);
+    assert_eq!(claim_other(&ctx), crate::controller::budget::Grant::Go);
 }
 
 #[tokio::test]
@@ -1718,7 +1815,9 @@ async fn a_schedule_added_to_an_existing_object_owes_no_run_for_the_times_before
         }),
         ..ready()
     });
-    obj.metadata.creation_timestamp = Some(Time(super::reconcile::now().0 - jiff::SignedDuration::from_hours(5)));
+    obj.metadata.creation_timestamp = Some(Time(
+        crate::controller::clock::now().0 - jiff::SignedDuration::from_hours(5),
+    ));
     if let Some(i) = obj.spec.ingestion.as_mut() {
         i.schedule = Some("0 * * * *".into());
     }
@@ -1727,23 +1826,24 @@ async fn a_schedule_added_to_an_existing_object_owes_no_run_for_the_times_before
         writes: Mutex::new(0),
         annotation_writes: Mutex::new(0),
     };
-    let pass = Pass::new(&obj, &ctx, &store);
+    let pass = AudiencePass::new(&obj, &ctx, &store);
     assert_eq!(
-        pass.schedule_due(),
+        decide::schedule_due(&pass.facts()),
         None,
         "hours since the object's creation owe nothing"
     );
-    assert_eq!(
-        pass.plan().step,
-        Step::Idle {
-            audience_id: "aud".into()
-        }
+    assert!(
+        matches!(pass.decide().step, Step::ScheduleDriftCheck { .. }),
+        "{:?}",
+        pass.decide()
     );
     // Once the schedule was first seen, its times count from then.
     let mut seen = obj.clone();
     if let Some(st) = seen.status.as_mut() {
-        st.schedule_since = Some(Time(super::reconcile::now().0 - jiff::SignedDuration::from_hours(2)));
+        st.schedule_since = Some(Time(
+            crate::controller::clock::now().0 - jiff::SignedDuration::from_hours(2),
+        ));
     }
-    let pass = Pass::new(&seen, &ctx, &store);
-    assert!(pass.schedule_due().is_some());
+    let pass = AudiencePass::new(&seen, &ctx, &store);
+    assert!(decide::schedule_due(&pass.facts()).is_some());
 }

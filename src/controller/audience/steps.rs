@@ -1,56 +1,51 @@
-//! The steps of a reconcile pass, one method each; [`super::plan::next_step`] picks which one runs.
+//! The ExternalAudience steps that call AEP, one method each, and [`AudiencePass::act`], which
+//! carries a decision out. Each step makes at most one mutating AEP call and writes its marker
+//! first; it interprets AEP's answers (whose an audience found is, whether a run exists) but
+//! never revisits the decision that chose it.
 //!
-//! Verbs: `create`/`recover_create`/`adopt` bring an audience under management, `poll_*` only read
-//! from AEP, `update` PATCHes, `start_run`/`recover_run` start or find the one owed ingestion run,
-//! `idle` checks for drift. Each makes at most one mutating AEP call and records its result in
-//! status right after it.
-//!
-//! Ownership: an audience becomes this object's only with proof (reference §7.1.8): the id came
-//! from the create operation it recorded, the user named it in `spec.audienceId`, or it carries
-//! the `customAudienceId` only this object sends. A name proves nothing: a name held by anything
-//! else stalls with `AudienceNameTaken`, and a lost create whose audience cannot be attributed
-//! stalls with `CreateOutcomeUnknown` rather than guess.
+//! Ownership: an audience becomes this object's only with proof: the id came from the create
+//! operation it recorded, the user named it in `spec.audienceId`, it carries the
+//! `customAudienceId` only this object sends, or the object's ownership record names it and AEP
+//! confirms it. A name proves nothing: a name held by anything else stalls with
+//! `AudienceNameTaken`, and a lost create whose audience cannot be attributed stalls with
+//! `CreateOutcomeUnknown` rather than guess.
 
 use std::time::Duration;
 
-use kube::{
-    ResourceExt,
-    runtime::{events::EventType, reflector::Store},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{
-    Error,
-    budget::{Grant, Priority},
-    plan::{self, Attribution, Facts, attribute},
-    reconcile::{Next, Outcome, Pass, now},
-    seams::AepApi,
+    AudiencePass, Creds,
+    decide::{self, Decision, Resend, Step},
+    spec::{self, Attribution, attribute},
 };
 use crate::{
     aep::{self, ErrorKind, OperationStatus, RunStatus, UpsAudience},
     api::{
-        ExternalAudience, IngestionRun, OWNERSHIP_RECORD, ObservedAudience, OwnershipProof, RESYNC_INTERVAL,
-        RUN_HISTORY_LIMIT, RunCounts, RunPending, RunState, events, reasons,
+        EventReason, IngestionRun, OWNERSHIP_RECORD, ObservedAudience, OwnershipProof, RUN_HISTORY_LIMIT, Reason,
+        RunCounts, RunPending, RunState,
     },
     config::{MissingAudiencePolicy, RunWindow},
+    controller::{
+        clock::now,
+        core::{Error, Next, Outcome, verdict::Phase},
+        expiry,
+        seams::AepApi,
+    },
     status::{Health, stable_message},
 };
 
 /// Whether an audience record is one AEP deleted (it may still be listed, e.g. by the
 /// `customAudienceId` lookup, which also returns inactive and deleted audiences).
-pub(super) fn is_deleted(a: &UpsAudience) -> bool {
+pub(crate) fn is_deleted(a: &UpsAudience) -> bool {
     a.lifecycle_state
         .as_deref()
         .is_some_and(|s| s.eq_ignore_ascii_case("deleted"))
 }
 
-/// Time from `since` to `now` on the operator's clock; zero when `since` lies ahead (a marker
-/// written by a replica whose clock runs ahead counts as just written, never as long ago).
-pub(super) fn elapsed(since: jiff::Timestamp, now: jiff::Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(since)).unwrap_or_default()
-}
-
 /// Whether an audience still exists, after a 404 on one of its routes.
-pub(super) enum Presence {
+pub(crate) enum Presence {
     /// Both lookups say it is gone.
     Gone,
     /// A lookup still finds it.
@@ -59,14 +54,14 @@ pub(super) enum Presence {
 
 /// Audiences found by name, split by what proves (or disproves) they are this object's.
 #[derive(Default)]
-pub(super) struct Found {
-    pub(super) ours: Option<UpsAudience>,
-    pub(super) foreign: Vec<UpsAudience>,
-    pub(super) unattributable: Vec<UpsAudience>,
+pub(crate) struct Found {
+    pub(crate) ours: Option<UpsAudience>,
+    pub(crate) foreign: Vec<UpsAudience>,
+    pub(crate) unattributable: Vec<UpsAudience>,
 }
 
 impl Found {
-    pub(super) fn classify(found: Vec<UpsAudience>, custom_audience_id: &str, sent_at: Option<i64>) -> Self {
+    pub(crate) fn classify(found: Vec<UpsAudience>, custom_audience_id: &str, sent_at: Option<i64>) -> Self {
         let mut out = Found::default();
         for a in found {
             match attribute(&a, custom_audience_id, sent_at) {
@@ -79,9 +74,64 @@ impl Found {
     }
 }
 
-impl Pass<'_> {
+impl AudiencePass<'_> {
+    /// Carries `decision` out: a step without an AEP call yields its outcome at once; the others
+    /// make their calls through `s`.
+    pub(crate) async fn act(&mut self, decision: Decision, s: &impl AepApi) -> Result<Outcome, Error> {
+        if !matches!(decision.step, Step::Wait | Step::Hold { .. } | Step::AwaitCache) {
+            // Whatever blocked an earlier generation (or was confirmed away) no longer holds.
+            self.status.blocked = None;
+        }
+        if let Some(out) = super::without_call(&decision, self.gathered.now) {
+            return Ok(out);
+        }
+        match decision.step {
+            Step::ScheduleDriftCheck { at } => {
+                self.status.next_drift_check = Some(Time(at));
+                Ok(Outcome::planned(Next::Exactly(super::until(at, self.gathered.now))))
+            }
+            Step::Create => self.create(s).await,
+            Step::RecoverCreate {
+                resend,
+                confirmed,
+                token,
+            } => self.recover_create(s, resend, confirmed, &token).await,
+            Step::PollOperation { operation_id } => self.poll_operation(s, &operation_id).await,
+            Step::Adopt { audience_id } => self.adopt(s, &audience_id).await,
+            Step::Reattach { audience_id } => self.reattach(s, &audience_id).await,
+            Step::Observe { audience_id } => self.observe(s, &audience_id).await,
+            Step::Update { audience_id } => self.update(s, &audience_id).await,
+            Step::PollRun { audience_id, run_id } => self.poll_run(s, &audience_id, &run_id).await,
+            Step::RecoverRun { audience_id } => self.recover_run(s, &audience_id).await,
+            Step::StartRun {
+                audience_id,
+                scheduled_for,
+            } => self.start_run(s, &audience_id, scheduled_for).await,
+            Step::ExtendTtl { audience_id } => self.extend_ttl(s, &audience_id).await,
+            Step::CheckDrift { audience_id } => self.check_drift(s, &audience_id).await,
+            other => unreachable_step(&other),
+        }
+    }
+
+    /// The drift interval of this object (the annotation's, else the flag's).
+    fn resync_interval(&self) -> Duration {
+        self.facts().resync.unwrap_or(self.ctx.timing.resync)
+    }
+
+    /// AEP was just read and matches (or was corrected): the next drift check is one interval away.
+    fn checked(&mut self) {
+        let interval = self.resync_interval();
+        self.status.next_drift_check = (!interval.is_zero()).then(|| {
+            Time(decide::next_drift_check(
+                now().0,
+                interval,
+                self.obj.metadata.uid.as_deref(),
+            ))
+        });
+    }
+
     /// Records the claim on `audience_id` (with its proof and when it was made).
-    pub(super) fn claim(&mut self, audience_id: &str, proof: OwnershipProof) {
+    pub(crate) fn claim(&mut self, audience_id: &str, proof: OwnershipProof) {
         self.status.audience_id = Some(audience_id.to_owned());
         self.status.ownership = Some(proof);
         self.status.claimed_at = Some(now());
@@ -89,7 +139,7 @@ impl Pass<'_> {
 
     /// Drops audiences that cannot be this object's live audience: deleted ones, and ones it
     /// lost before (deleted behind its back, then re-created).
-    pub(super) fn live(&self, found: Vec<UpsAudience>) -> Vec<UpsAudience> {
+    pub(crate) fn live(&self, found: Vec<UpsAudience>) -> Vec<UpsAudience> {
         found
             .into_iter()
             .filter(|a| !is_deleted(a) && !self.status.lost_audience_ids.contains(&a.id))
@@ -116,15 +166,19 @@ impl Pass<'_> {
                  another spec.name (in a new ExternalAudience)"
             ),
         };
-        Outcome::blocked(reasons::NAME_TAKEN, stable_message(&msg), events::NAME_TAKEN)
+        Outcome::blocked(
+            Reason::AudienceNameTaken,
+            stable_message(&msg),
+            EventReason::AudienceNameTaken,
+        )
     }
 
-    pub(super) async fn create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
+    pub(crate) async fn create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
         let cid = self.custom_audience_id()?;
         let name = self.audience_name().to_owned();
         let found = match s.find_audiences_by_name(&name).await {
             Ok(found) => Found::classify(self.live(found), &cid, None),
-            Err(e) => return Ok(self.failure(&e, "looking up the audience name")),
+            Err(e) => return Ok(self.failure(&e, "looking up the audience name", Phase::Apply)),
         };
         if let Some(ours) = found.ours {
             return self.record_recovered(&ours.id).await;
@@ -139,13 +193,13 @@ impl Pass<'_> {
     /// create whose answer was lost was sent before (its outcome is settled as unknown, not as
     /// "nothing", until proof says otherwise).
     async fn send_create(&mut self, s: &impl AepApi, cid: String, resend: bool) -> Result<Outcome, Error> {
-        let Some(req) = plan::create_request(&self.obj.spec, self.audience_name(), Some(&cid)) else {
+        let Some(req) = spec::create_request(&self.obj.spec, self.audience_name(), Some(&cid)) else {
             return Ok(Outcome::blocked(
-                reasons::REJECTED,
+                Reason::RejectedByAEP,
                 "spec.sourceSpec: Required value: the audience must be created, and AEP needs the location of its CSV \
                  file (or set spec.audienceId to adopt an existing audience)"
                     .to_owned(),
-                events::AEP_ERROR,
+                EventReason::AEPError,
             ));
         };
         self.status.create_pending_since = Some(now());
@@ -156,10 +210,10 @@ impl Pass<'_> {
                 tracing::info!(operation_id = %resp.operation_id, "Requested audience creation");
                 self.status.operation_id = Some(resp.operation_id.clone());
                 self.status.create_pending_since = None;
-                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
+                self.status.applied_spec_hash = Some(spec::updatable_hash(&self.obj.spec));
                 Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)).note(
                     EventType::Normal,
-                    events::AUDIENCE_CREATE_REQUESTED,
+                    EventReason::AudienceCreateRequested,
                     format!(
                         "Requested creation of audience {:?} (operation {})",
                         self.audience_name(),
@@ -180,10 +234,10 @@ impl Pass<'_> {
                         e.message()
                     ));
                     Ok(Outcome::with(
-                        Health::progressing(reasons::CONFIRMING_CREATE, msg.clone()),
+                        Health::progressing(Reason::ConfirmingCreate, msg.clone()),
                         Next::After(self.ctx.timing.operation_poll),
                     )
-                    .note(EventType::Warning, events::AEP_ERROR, msg))
+                    .note(EventType::Warning, EventReason::AEPError, msg))
                 }
                 // AEP refused: nothing was created, and a name conflict is not proof of anything.
                 ErrorKind::Conflict => {
@@ -199,15 +253,15 @@ impl Pass<'_> {
                         e.message()
                     ));
                     Ok(Outcome::with(
-                        Health::progressing(reasons::CONFIRMING_CREATE, msg.clone()),
+                        Health::progressing(Reason::ConfirmingCreate, msg.clone()),
                         Next::After(self.ctx.timing.operation_poll),
                     )
-                    .note(EventType::Warning, events::AEP_ERROR, msg))
+                    .note(EventType::Warning, EventReason::AEPError, msg))
                 }
                 // Not processed (429, 503, not sent) or refused: nothing was created.
                 _ => {
                     self.status.create_pending_since = None;
-                    Ok(self.failure(&e, "creating the audience"))
+                    Ok(self.failure(&e, "creating the audience", Phase::Apply))
                 }
             },
         }
@@ -222,7 +276,7 @@ impl Pass<'_> {
         self.status.applied_spec_hash = None;
         Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
             EventType::Normal,
-            events::AUDIENCE_RECOVERED,
+            EventReason::AudienceRecovered,
             format!(
                 "Found audience {audience_id} carrying this object's customAudienceId (its create's answer was lost)"
             ),
@@ -232,10 +286,19 @@ impl Pass<'_> {
     /// A create was sent but its answer was lost (or its operation is unknown): find the audience
     /// by proof. Nothing is sent again until its absence is proven (no audience with the name after
     /// the settle window); an audience nobody can attribute stops for a human.
-    pub(super) async fn recover_create(&mut self, s: &impl AepApi) -> Result<Outcome, Error> {
+    pub(crate) async fn recover_create(
+        &mut self,
+        s: &impl AepApi,
+        resend: Resend,
+        confirmed: bool,
+        token: &str,
+    ) -> Result<Outcome, Error> {
         let cid = self.custom_audience_id()?;
-        let clock = now().0;
-        let marker_at = self.status.create_pending_since.as_ref().map_or(clock, |t| t.0);
+        let marker_at = self
+            .status
+            .create_pending_since
+            .as_ref()
+            .map_or(self.gathered.now, |t| t.0);
         // After an operation AEP forgot, the create may be older than the marker (the id is kept
         // as a record until the audience is lost and re-created).
         let sent_at = if self.status.lost_operation_id.is_some() {
@@ -249,19 +312,16 @@ impl Pass<'_> {
                     return self.record_recovered(&a.id).await;
                 }
             }
-            Err(e) => return Ok(self.failure(&e, "looking for the audience by customAudienceId")),
+            Err(e) => return Ok(self.failure(&e, "looking for the audience by customAudienceId", Phase::Apply)),
         }
         let found = match s.find_audiences_by_name(self.audience_name()).await {
             Ok(found) => Found::classify(self.live(found), &cid, Some(sent_at)),
-            Err(e) => return Ok(self.failure(&e, "looking for the audience by name")),
+            Err(e) => return Ok(self.failure(&e, "looking for the audience by name", Phase::Apply)),
         };
         if let Some(ours) = found.ours {
             return self.record_recovered(&ours.id).await;
         }
-        let settle = self.ctx.timing.create_settle;
-        let age = elapsed(marker_at, clock);
-        if age < settle {
-            let remaining = settle - age;
+        if let Resend::Not(remaining) = resend {
             let msg = format!(
                 "The answer to the create of audience {:?} was lost; no audience carries this object's customAudienceId \
                  yet. Looking again until the settle window ends in {}s; nothing is created meanwhile",
@@ -269,7 +329,7 @@ impl Pass<'_> {
                 remaining.as_secs()
             );
             return Ok(Outcome::with(
-                Health::progressing(reasons::CONFIRMING_CREATE, msg),
+                Health::progressing(Reason::ConfirmingCreate, msg),
                 Next::After(remaining.min(self.ctx.timing.operation_poll)),
             ));
         }
@@ -280,23 +340,22 @@ impl Pass<'_> {
             return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         }
         if !found.unattributable.is_empty() {
-            let token = plan::retry_create_token(&self.status).unwrap_or_default();
-            if self.retry_create() == Some(token.as_str()) {
+            if confirmed {
                 tracing::info!("Create of unknown outcome confirmed absent by the user; creating again");
                 return self.send_create(s, cid, true).await;
             }
             let candidates: Vec<&UpsAudience> = found.unattributable.iter().collect();
-            let msg = plan::create_outcome_unknown_message(
+            let msg = decide::create_outcome_unknown_message(
                 &self.name,
                 self.audience_name(),
                 &self.obj.spec.sandbox,
-                &token,
+                token,
                 &candidates,
             );
             return Ok(Outcome::blocked(
-                reasons::CREATE_OUTCOME_UNKNOWN,
+                Reason::CreateOutcomeUnknown,
                 stable_message(&msg),
-                events::CREATE_OUTCOME_UNKNOWN,
+                EventReason::CreateOutcomeUnknown,
             ));
         }
         if let Some(holder) = found.foreign.first() {
@@ -308,11 +367,11 @@ impl Pass<'_> {
         self.send_create(s, cid, true).await
     }
 
-    pub(super) async fn poll_operation(&mut self, s: &impl AepApi, operation_id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn poll_operation(&mut self, s: &impl AepApi, operation_id: &str) -> Result<Outcome, Error> {
         let op = match s.get_operation(operation_id).await {
             Ok(op) => op,
             Err(e) if e.kind() == ErrorKind::NotFound => return self.operation_lost(operation_id).await,
-            Err(e) => return Ok(self.failure(&e, "reading the create operation")),
+            Err(e) => return Ok(self.failure(&e, "reading the create operation", Phase::Apply)),
         };
         match (op.status, op.audience_id) {
             (OperationStatus::Success, Some(id)) => {
@@ -320,18 +379,18 @@ impl Pass<'_> {
                 self.claim(&id, OwnershipProof::CreateOperation);
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
-                    events::AUDIENCE_CREATED,
+                    EventReason::AudienceCreated,
                     format!("Created audience {id}"),
                 ))
             }
             (OperationStatus::Success, None) => Ok(Outcome::blocked(
-                reasons::UNEXPECTED_RESPONSE,
+                Reason::UnexpectedAEPResponse,
                 format!(
                     "AEP operation {operation_id} reports SUCCESS but no audienceId. Check in AEP whether audience {:?} \
                      exists; if it does, set spec.audienceId to its id",
                     self.audience_name()
                 ),
-                events::UNEXPECTED_RESPONSE,
+                EventReason::UnexpectedAEPResponse,
             )),
             (OperationStatus::Failed, _) => {
                 let msg = stable_message(&format!(
@@ -340,9 +399,9 @@ impl Pass<'_> {
                 ));
                 self.status.failed_operation_id = self.status.operation_id.take();
                 Ok(Outcome::blocked(
-                    reasons::OPERATION_FAILED,
+                    Reason::OperationFailed,
                     msg,
-                    events::OPERATION_FAILED,
+                    EventReason::OperationFailed,
                 ))
             }
             _ => Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll))),
@@ -358,22 +417,22 @@ impl Pass<'_> {
         }
         Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
             EventType::Warning,
-            events::OPERATION_LOST,
+            EventReason::OperationLost,
             format!("AEP no longer knows create operation {operation_id}; looking for its audience by proof"),
         ))
     }
 
-    pub(super) async fn adopt(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn adopt(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         match s.get_audience(audience_id).await {
             Ok(a) if !a.is_external() => Ok(Outcome::blocked(
-                reasons::NOT_EXTERNAL,
+                Reason::NotAnExternalAudience,
                 format!(
                     "spec.audienceId {audience_id} names a {} audience (origin {}), not an external audience; only \
                      external audiences (CUSTOM_UPLOAD) can be managed",
                     a.r#type.as_deref().unwrap_or("non-external"),
                     a.origin_name.as_deref().unwrap_or("unknown")
                 ),
-                events::AEP_ERROR,
+                EventReason::AEPError,
             )),
             Ok(a) if is_deleted(&a) => Ok(self.adopt_missing(audience_id)),
             Ok(_) => {
@@ -382,23 +441,23 @@ impl Pass<'_> {
                 self.status.observed = None;
                 self.status.create_pending_since = None;
                 self.status.applied_spec_hash = None;
-                self.status.ingested_spec_hash = Some(plan::ingest_hash(&self.obj.spec, self.audience_name()));
+                self.status.ingested_spec_hash = Some(spec::ingest_hash(&self.obj.spec, self.audience_name()));
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
-                    events::AUDIENCE_ADOPTED,
+                    EventReason::AudienceAdopted,
                     format!("Adopted audience {audience_id}"),
                 ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(self.adopt_missing(audience_id)),
-            Err(e) => Ok(self.failure(&e, "reading the audience to adopt")),
+            Err(e) => Ok(self.failure(&e, "reading the audience to adopt", Phase::Apply)),
         }
     }
 
     /// A restored object (no status, an ownership record): re-attach to the recorded audience
     /// once AEP confirms it is the one the record describes. Reads only: the recorded spec hashes
     /// come back with it, so no PATCH and no run is owed unless the spec really changed.
-    pub(super) async fn reattach(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let Some(Ok(record)) = self.record.clone() else {
+    pub(crate) async fn reattach(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let Some(Ok(record)) = self.gathered.record.clone() else {
             return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         };
         let retry = self.ctx.timing.credentials_retry;
@@ -409,12 +468,12 @@ impl Pass<'_> {
                  set spec.audienceId to adopt one)"
             ));
             Ok(Outcome::with(
-                Health::stalled(reasons::OWNERSHIP_NOT_CONFIRMED, msg.clone()),
+                Health::stalled(Reason::OwnershipNotConfirmed, msg.clone()),
                 Next::After(retry),
             )
-            .note(EventType::Warning, events::AEP_ERROR, msg))
+            .note(EventType::Warning, EventReason::AEPError, msg))
         };
-        if let Some((org, platform)) = &self.endpoint
+        if let Creds::Ready(org, platform) = &self.gathered.credentials
             && (record.org_id != *org || record.platform_url != *platform)
         {
             let msg = format!(
@@ -424,17 +483,17 @@ impl Pass<'_> {
                 record.org_id, record.platform_url, self.obj.spec.credentials_secret_ref.name
             );
             return Ok(Outcome::with(
-                Health::stalled(reasons::ORGANIZATION_CHANGED, msg.clone()),
+                Health::stalled(Reason::OrganizationChanged, msg.clone()),
                 Next::After(retry),
             )
-            .note(EventType::Warning, events::ORGANIZATION_CHANGED, msg));
+            .note(EventType::Warning, EventReason::OrganizationChanged, msg));
         }
         let found = match s.get_audience(audience_id).await {
             Ok(a) => a,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return not_confirmed(format!("it does not exist in sandbox {:?}", self.obj.spec.sandbox));
             }
-            Err(e) => return Ok(self.failure(&e, "reading the recorded audience")),
+            Err(e) => return Ok(self.failure(&e, "reading the recorded audience", Phase::Apply)),
         };
         if is_deleted(&found) {
             return not_confirmed("AEP reports it deleted".to_owned());
@@ -467,7 +526,7 @@ impl Pass<'_> {
         }
         let runs = match s.list_runs(audience_id).await {
             Ok(runs) => runs,
-            Err(e) => return Ok(self.failure(&e, "reading the recorded audience's runs")),
+            Err(e) => return Ok(self.failure(&e, "reading the recorded audience's runs", Phase::Apply)),
         };
         tracing::info!(audience_id, "Re-attached to the audience named by the ownership record");
         self.claim(audience_id, OwnershipProof::RestoreRecord);
@@ -476,9 +535,10 @@ impl Pass<'_> {
         self.status.ingested_spec_hash = record.ingested_spec_hash.clone();
         self.status.create_pending_since = None;
         self.record_runs_seen(&runs);
+        self.checked();
         Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
             EventType::Normal,
-            events::AUDIENCE_REATTACHED,
+            EventReason::AudienceReattached,
             format!(
                 "Re-attached to audience {audience_id} named by the ownership record (checked in AEP: org {}, sandbox \
                  {:?}{}); nothing was created or ingested",
@@ -526,12 +586,11 @@ impl Pass<'_> {
 
     /// `managementPolicy: Observe`: read the audience and its runs, and say where AEP differs
     /// from the spec. Reads only.
-    pub(super) async fn observe(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let interval = self.resync_interval().unwrap_or(self.ctx.timing.resync);
-        let again = if interval.is_zero() {
-            Next::Await
-        } else {
-            Next::After(interval)
+    pub(crate) async fn observe(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        self.checked();
+        let again = match &self.status.next_drift_check {
+            Some(at) => Next::Exactly(super::until(at.0, self.gathered.now)),
+            None => Next::Await,
         };
         let missing = |this: &Self| {
             let msg = format!(
@@ -540,21 +599,21 @@ impl Pass<'_> {
                 this.obj.spec.sandbox
             );
             Ok(Outcome::with(
-                Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
+                Health::stalled(Reason::AudienceNotFound, msg.clone()),
                 Next::After(this.ctx.timing.credentials_retry),
             )
-            .note(EventType::Warning, events::AUDIENCE_MISSING, msg))
+            .note(EventType::Warning, EventReason::AudienceMissing, msg))
         };
         let found = match s.get_audience(audience_id).await {
             Ok(a) if !is_deleted(&a) => a,
             Ok(_) => return missing(self),
             Err(e) if e.kind() == ErrorKind::NotFound => return missing(self),
-            Err(e) => return Ok(self.failure(&e, "reading the observed audience")),
+            Err(e) => return Ok(self.failure(&e, "reading the observed audience", Phase::Apply)),
         };
         let runs = match s.list_runs(audience_id).await {
             Ok(runs) => runs,
             Err(e) if e.kind() == ErrorKind::NotFound => return missing(self),
-            Err(e) => return Ok(self.failure(&e, "reading the observed audience's runs")),
+            Err(e) => return Ok(self.failure(&e, "reading the observed audience's runs", Phase::Apply)),
         };
         let mut differences = Vec::new();
         if found.name != self.audience_name() {
@@ -598,7 +657,7 @@ impl Pass<'_> {
         if !differences.is_empty() && was.as_ref() != Some(&differences) {
             out = out.note(
                 EventType::Normal,
-                events::DRIFT_DETECTED,
+                EventReason::DriftDetected,
                 format!(
                     "Observed audience {audience_id} differs from the spec in {}",
                     differences.join(", ")
@@ -616,32 +675,32 @@ impl Pass<'_> {
             self.obj.spec.sandbox
         );
         Outcome::with(
-            Health::stalled(reasons::AUDIENCE_NOT_FOUND, msg.clone()),
+            Health::stalled(Reason::AudienceNotFound, msg.clone()),
             Next::After(self.ctx.timing.credentials_retry),
         )
-        .note(EventType::Warning, events::AEP_ERROR, msg)
+        .note(EventType::Warning, EventReason::AEPError, msg)
     }
 
     /// A 404 on one of the audience's routes: both lookups are asked before anything is
     /// concluded (they may lag behind the service, and a 404 may be about a run, not the
     /// audience). `Err` carries the outcome of a lookup that failed.
-    pub(super) async fn presence(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Presence, Outcome> {
+    pub(crate) async fn presence(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Presence, Outcome> {
         match s.get_audience(audience_id).await {
             Ok(a) if !is_deleted(&a) => return Ok(Presence::Exists),
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(self.failure(&e, "confirming whether the audience still exists")),
+            Err(e) => return Err(self.failure(&e, "confirming whether the audience still exists", Phase::Apply)),
         }
         match s.list_runs(audience_id).await {
             Ok(_) => Ok(Presence::Exists),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Presence::Gone),
-            Err(e) => Err(self.failure(&e, "confirming whether the audience still exists")),
+            Err(e) => Err(self.failure(&e, "confirming whether the audience still exists", Phase::Apply)),
         }
     }
 
     /// After a 404 from `what` on the audience: confirmed gone → the missing-audience policy;
     /// still there → try again soon.
-    pub(super) async fn confirm_missing(
+    pub(crate) async fn confirm_missing(
         &mut self,
         s: &impl AepApi,
         audience_id: &str,
@@ -652,7 +711,7 @@ impl Pass<'_> {
             Ok(Presence::Exists) => {
                 let msg = format!("AEP answered 404 {what}, but audience {audience_id} still exists; trying again");
                 Ok(Outcome::with(
-                    Health::progressing(reasons::RETRYING, msg),
+                    Health::progressing(Reason::Retrying, msg),
                     Next::After(self.ctx.timing.operation_poll),
                 ))
             }
@@ -660,28 +719,28 @@ impl Pass<'_> {
         }
     }
 
-    pub(super) async fn update(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn update(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         match s
-            .patch_audience(audience_id, &plan::patch_request(&self.obj.spec))
+            .patch_audience(audience_id, &spec::patch_request(&self.obj.spec))
             .await
         {
             Ok(_) => {
                 tracing::info!(audience_id, "Updated audience");
-                self.status.applied_spec_hash = Some(plan::updatable_hash(&self.obj.spec));
+                self.status.applied_spec_hash = Some(spec::updatable_hash(&self.obj.spec));
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
-                    events::AUDIENCE_UPDATED,
+                    EventReason::AudienceUpdated,
                     format!("Updated description, labels, field labels and ttlInDays of audience {audience_id}"),
                 ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to the PATCH").await,
-            Err(e) => Ok(self.failure(&e, "updating the audience")),
+            Err(e) => Ok(self.failure(&e, "updating the audience", Phase::Apply)),
         }
     }
 
     // ----- runs -------------------------------------------------------------------------------
 
-    pub(super) fn record_run(
+    pub(crate) fn record_run(
         &mut self,
         run_id: String,
         status: RunState,
@@ -706,7 +765,7 @@ impl Pass<'_> {
             self.status.last_scheduled_time = Some(t.clone());
         }
         let org = self.status.org_id.clone().unwrap_or_default();
-        self.ctx.budget.confirm(&org, &self.obj.spec.sandbox, &self.key());
+        self.shared.budget.confirm(&org, &self.obj.spec.sandbox, &self.key());
         let day = pending.since.0.strftime("%Y-%m-%d").to_string();
         let counts = self.status.run_counts.get_or_insert_with(Default::default);
         counts.total += 1;
@@ -719,99 +778,22 @@ impl Pass<'_> {
         self.status.run_pending = None;
     }
 
-    /// Runs counted against `--max-runs-per-audience` for the current window.
-    fn runs_counted(&self, today: &str) -> u32 {
-        let counts = self.status.run_counts.clone().unwrap_or_default();
-        match self.ctx.run_limit.window {
-            RunWindow::Lifetime => counts.total,
-            RunWindow::Day if counts.day == today => counts.today,
-            RunWindow::Day => 0,
-        }
-    }
-
-    /// Before a run: the per-audience limit (known from the runs this operator started), then the
-    /// sandbox's daily budget shared with every object of the (org, sandbox). Either way, a run
-    /// that cannot start costs no request.
-    fn run_allowed(&mut self, audience_id: &str) -> Option<Outcome> {
-        let now = now().0;
-        let today = now.strftime("%Y-%m-%d").to_string();
-        let limit = self.ctx.run_limit;
-        let counted = self.runs_counted(&today);
-        if counted >= limit.max {
-            let window = match limit.window {
-                RunWindow::Lifetime => "in its lifetime",
-                RunWindow::Day => "today (UTC)",
-            };
-            let msg = format!(
-                "Audience {audience_id} has had {counted} ingestion runs {window}, AEP's limit of {} per audience, \
-                 so no run is sent (AEP would refuse it): extend the data's TTL instead of re-ingesting \
-                 (spec.expiration.autoExtend), or manage a new audience with a new ExternalAudience",
-                limit.max
-            );
-            return Some(Outcome::blocked(
-                reasons::INGESTION_LIMIT_REACHED,
-                msg,
-                events::INGESTION_LIMIT_REACHED,
-            ));
-        }
-        let demand = plan::run_owed(&Facts {
-            schedule_due: None,
-            ..self.facts()
-        });
-        let (priority, since) = match (demand, self.schedule_due()) {
-            (false, Some(due)) => (Priority::Scheduled, due.0),
-            _ => (
-                Priority::Demand,
-                self.obj.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
-            ),
+    pub(crate) async fn start_run(
+        &mut self,
+        s: &impl AepApi,
+        audience_id: &str,
+        scheduled_for: Option<Time>,
+    ) -> Result<Outcome, Error> {
+        // The decider checked that the spec has ingestion settings.
+        let Some(request) = spec::start_run_request(&self.obj.spec) else {
+            return Ok(Outcome::planned(Next::Await));
         };
-        let org = self.status.org_id.clone().unwrap_or_default();
-        let sandbox = self.obj.spec.sandbox.clone();
-        let objects = &self.ctx.objects;
-        let grant = self
-            .ctx
-            .budget
-            .claim(&org, &sandbox, &self.key(), priority, since, now, |day| {
-                budget_seed(objects, &org, &sandbox, day)
-            });
-        match grant {
-            Grant::Go => None,
-            Grant::Wait { used, limit, until } => {
-                let wait = Duration::try_from(until.duration_since(now)).unwrap_or_default();
-                let msg = format!(
-                    "Run deferred: the run budget of sandbox {sandbox:?} is used ({used}/{limit} runs today, UTC); \
-                     this run can start at {until} (spec changes and run requests first, then scheduled refreshes, \
-                     oldest first). Nothing is sent to AEP until then"
-                );
-                Some(
-                    Outcome::with(
-                        Health::progressing(reasons::RUN_DEFERRED, msg.clone()),
-                        Next::Exactly(wait),
-                    )
-                    .note(EventType::Normal, events::RUN_DEFERRED, msg),
-                )
-            }
-        }
-    }
-
-    pub(super) async fn start_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let Some(request) = plan::start_run_request(&self.obj.spec) else {
-            let msg = format!(
-                "spec.ingestion: Required value: an ingestion run of audience {audience_id} is owed (a run request or \
-                 a spec change), but the spec has no spec.ingestion; add spec.ingestion.dataFilterStartTime"
-            );
-            return Ok(Outcome::blocked(reasons::REJECTED, msg, events::AEP_ERROR));
-        };
-        if let Some(out) = self.run_allowed(audience_id) {
-            return Ok(out);
-        }
         let pending = RunPending {
             since: now(),
             generation: self.generation,
-            spec_hash: plan::ingest_hash(&self.obj.spec, self.audience_name()),
-            run_request: self.run_request().map(str::to_owned),
-            // A run started while a scheduled time is due serves it, whatever else it is for.
-            scheduled_for: self.schedule_due(),
+            spec_hash: spec::ingest_hash(&self.obj.spec, self.audience_name()),
+            run_request: self.facts().run_request.map(str::to_owned),
+            scheduled_for,
         };
         self.status.run_pending = Some(pending.clone());
         if let Err(e) = self.write_marker().await {
@@ -826,7 +808,7 @@ impl Pass<'_> {
                 self.record_run(run.run_id.clone(), RunState::Processing, &pending, None);
                 Ok(Outcome::planned(Next::After(self.ctx.timing.run_poll)).note(
                     EventType::Normal,
-                    events::INGESTION_STARTED,
+                    EventReason::IngestionStarted,
                     format!(
                         "Started ingestion run {} for generation {}",
                         run.run_id, self.generation
@@ -841,10 +823,10 @@ impl Pass<'_> {
                     e.message()
                 ));
                 Ok(Outcome::with(
-                    Health::progressing(reasons::RUN_PENDING, msg.clone()),
+                    Health::progressing(Reason::RunPending, msg.clone()),
                     Next::After(self.ctx.timing.operation_poll),
                 )
-                .note(EventType::Warning, events::AEP_ERROR, msg))
+                .note(EventType::Warning, EventReason::AEPError, msg))
             }
             Err(e) => {
                 // Not processed or refused: no run was started; the budget is given back (a
@@ -854,7 +836,7 @@ impl Pass<'_> {
                 match e.kind() {
                     ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to the run start").await,
                     ErrorKind::NotNow { .. } => self.run_refused(s, audience_id, &e).await,
-                    _ => Ok(self.failure(&e, "starting an ingestion run")),
+                    _ => Ok(self.failure(&e, "starting an ingestion run", Phase::Apply)),
                 }
             }
         }
@@ -863,7 +845,7 @@ impl Pass<'_> {
     /// Gives the run budget granted to this object back (no run was started).
     fn refund_run(&self) {
         let org = self.status.org_id.clone().unwrap_or_default();
-        self.ctx
+        self.shared
             .budget
             .refund(&org, &self.obj.spec.sandbox, &self.key(), now().0);
     }
@@ -876,12 +858,12 @@ impl Pass<'_> {
     async fn run_refused(&mut self, s: &impl AepApi, audience_id: &str, e: &aep::Error) -> Result<Outcome, Error> {
         let runs = match s.list_runs(audience_id).await {
             Ok(runs) => runs,
-            Err(_) => return Ok(self.failure(e, "starting an ingestion run")),
+            Err(_) => return Ok(self.failure(e, "starting an ingestion run", Phase::Apply)),
         };
         if runs.iter().any(|r| !r.status.is_terminal()) {
-            return Ok(self.failure(e, "starting an ingestion run (a run is in progress)"));
+            return Ok(self.failure(e, "starting an ingestion run (a run is in progress)", Phase::Apply));
         }
-        let limit = self.ctx.run_limit;
+        let limit = self.shared.settings.run_limit;
         let today = now().0.as_second().div_euclid(86_400);
         let lifetime = runs.len();
         let on_day = runs
@@ -905,9 +887,9 @@ impl Pass<'_> {
                 e.message()
             ));
             return Ok(Outcome::blocked(
-                reasons::INGESTION_LIMIT_REACHED,
+                Reason::IngestionLimitReached,
                 msg,
-                events::INGESTION_LIMIT_REACHED,
+                EventReason::IngestionLimitReached,
             ));
         }
         let (org, sandbox, at) = (
@@ -915,8 +897,8 @@ impl Pass<'_> {
             self.obj.spec.sandbox.clone(),
             now().0,
         );
-        self.ctx.budget.spent(&org, &sandbox, at);
-        let until = super::budget::RunBudget::next_window(at);
+        self.shared.budget.spent(&org, &sandbox, at);
+        let until = crate::controller::budget::RunBudget::next_window(at);
         let msg = stable_message(&format!(
             "Run deferred: AEP refused to start a run ({}) with none in progress and the audience under its own limit, \
              so the daily run cap of sandbox {sandbox:?} is reached (runs started outside this operator count too); \
@@ -925,13 +907,13 @@ impl Pass<'_> {
         ));
         let wait = Duration::try_from(until.duration_since(at)).unwrap_or_default();
         Ok(Outcome::with(
-            Health::progressing(reasons::RUN_DEFERRED, msg.clone()),
+            Health::progressing(Reason::RunDeferred, msg.clone()),
             Next::Exactly(wait),
         )
-        .note(EventType::Warning, events::RUN_DEFERRED, msg))
+        .note(EventType::Warning, EventReason::RunDeferred, msg))
     }
 
-    pub(super) async fn recover_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+    pub(crate) async fn recover_run(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         let Some(pending) = self.status.run_pending.clone() else {
             return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         };
@@ -940,7 +922,7 @@ impl Pass<'_> {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return self.confirm_missing(s, audience_id, "to the runs list").await;
             }
-            Err(e) => return Ok(self.failure(&e, "listing runs after an interrupted start")),
+            Err(e) => return Ok(self.failure(&e, "listing runs after an interrupted start", Phase::Apply)),
         };
         let known: Vec<&str> = self
             .status
@@ -951,7 +933,7 @@ impl Pass<'_> {
             .collect();
         // Only this object starts runs on an audience it owns: a run it does not know, started
         // after the marker (allowing for clock skew), is the one whose answer was lost.
-        let since = pending.since.0.as_second() - plan::CLOCK_SKEW_SECS;
+        let since = pending.since.0.as_second() - spec::CLOCK_SKEW_SECS;
         let found = runs
             .into_iter()
             .filter(|r| !known.contains(&r.run_id.as_str()) && r.created_at.is_none_or(|t| t >= since))
@@ -962,7 +944,7 @@ impl Pass<'_> {
                 self.record_run(run.run_id.clone(), state, &pending, run_message(&run));
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
-                    events::INGESTION_STARTED,
+                    EventReason::IngestionStarted,
                     format!("Found ingestion run {} whose start answer was lost", run.run_id),
                 ))
             }
@@ -970,7 +952,7 @@ impl Pass<'_> {
                 // The start never happened: its share of the run budget is given back.
                 self.status.run_pending = None;
                 let org = self.status.org_id.clone().unwrap_or_default();
-                self.ctx
+                self.shared
                     .budget
                     .refund(&org, &self.obj.spec.sandbox, &self.key(), now().0);
                 Ok(Outcome::planned(Next::After(Duration::ZERO)))
@@ -978,7 +960,7 @@ impl Pass<'_> {
         }
     }
 
-    pub(super) async fn poll_run(
+    pub(crate) async fn poll_run(
         &mut self,
         s: &impl AepApi,
         audience_id: &str,
@@ -1001,12 +983,12 @@ impl Pass<'_> {
                             last.end_time = Some(now());
                             last.message = Some(msg.clone());
                         }
-                        Ok(Outcome::planned(Next::Await).note(EventType::Warning, events::INGESTION_FAILED, msg))
+                        Ok(Outcome::planned(Next::Await).note(EventType::Warning, EventReason::IngestionFailed, msg))
                     }
                     Err(out) => Ok(out),
                 };
             }
-            Err(e) => return Ok(self.failure(&e, "reading the ingestion run")),
+            Err(e) => return Ok(self.failure(&e, "reading the ingestion run", Phase::Apply)),
         };
         let state = run_state(&run.status);
         if state == RunState::Processing {
@@ -1025,11 +1007,11 @@ impl Pass<'_> {
         });
         let out = if state == RunState::Success {
             // AEP was just read and matches: the next drift check is one interval away.
-            self.ctx.resynced(self.key());
+            self.checked();
             tracing::info!(audience_id, run_id, "Ingestion run succeeded");
             Outcome::planned(Next::After(Duration::ZERO)).note(
                 EventType::Normal,
-                events::INGESTION_SUCCEEDED,
+                EventReason::IngestionSucceeded,
                 format!("Ingestion run {run_id} succeeded"),
             )
         } else {
@@ -1037,51 +1019,20 @@ impl Pass<'_> {
                 "Ingestion run {run_id} failed: {}",
                 message.unwrap_or_else(|| "AEP gave no reason".into())
             ));
-            Outcome::planned(Next::Await).note(EventType::Warning, events::INGESTION_FAILED, msg)
+            Outcome::planned(Next::Await).note(EventType::Warning, EventReason::IngestionFailed, msg)
         };
         Ok(out)
     }
 
     // ----- steady state -----------------------------------------------------------------------
 
-    /// The drift interval: the annotation's, else the flag's; a malformed annotation is reported
-    /// (`Err` with the message), never silently ignored.
-    pub(super) fn resync_interval(&self) -> Result<Duration, String> {
-        match self.obj.annotations().get(RESYNC_INTERVAL) {
-            None => Ok(self.ctx.timing.resync),
-            Some(v) => crate::config::parse_duration(v).map_err(|e| {
-                format!("annotation {RESYNC_INTERVAL} is ignored: {e}; using the default resync interval")
-            }),
-        }
-    }
-
-    pub(super) async fn idle(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let planned = self.plan().health;
-        if planned.is_stalled() {
-            return Ok(Outcome::planned(Next::Await));
-        }
-        let interval = match self.resync_interval() {
-            Ok(d) => d,
-            Err(problem) => {
-                // Ready, but say what was ignored (condition message and a Warning event).
-                let health = Health::ready(format!("{}; {problem}", planned.message()));
-                return Ok(Outcome::with(health, Next::After(self.ctx.timing.resync)).note(
-                    EventType::Warning,
-                    events::INVALID_ANNOTATION,
-                    problem,
-                ));
-            }
-        };
-        if interval.is_zero() {
-            return Ok(Outcome::planned(Next::Await));
-        }
-        if !self.ctx.resync_due(&self.key(), interval) {
-            return Ok(Outcome::planned(Next::After(interval)));
-        }
+    /// A drift check: one read, sharing the per-org rate limit; drifted properties are PATCHed
+    /// back next, an audience gone behind the operator's back goes to the missing-audience policy.
+    pub(crate) async fn check_drift(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         // Drift check: one read, sharing the per-org rate limit.
         match s.get_audience(audience_id).await {
             Ok(a) => {
-                self.ctx.resynced(self.key());
+                self.checked();
                 let want_desc = self.obj.spec.description.clone().unwrap_or_default();
                 let mut have_labels = a.labels.clone();
                 let mut want_labels = self.obj.spec.labels.clone();
@@ -1091,38 +1042,38 @@ impl Pass<'_> {
                     self.status.applied_spec_hash = None;
                     return Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                         EventType::Normal,
-                        events::DRIFT_CORRECTED,
+                        EventReason::DriftCorrected,
                         format!("Audience {audience_id} drifted in AEP (description or labels); patching it back to the spec"),
                     ));
                 }
-                Ok(Outcome::planned(Next::After(interval)))
+                Ok(Outcome::planned(Next::Exactly(self.resync_interval())))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Lookups may lag behind the service: confirm on the audience's own routes.
                 match s.list_runs(audience_id).await {
                     Err(e) if e.kind() == ErrorKind::NotFound => self.audience_missing(audience_id).await,
-                    Err(e) => Ok(self.failure(&e, "confirming the audience is gone")),
+                    Err(e) => Ok(self.failure(&e, "confirming the audience is gone", Phase::Apply)),
                     Ok(_) => {
                         tracing::debug!(audience_id, "Audience not yet visible to lookups");
                         Ok(Outcome::planned(Next::After(self.ctx.timing.operation_poll)))
                     }
                 }
             }
-            Err(e) => Ok(self.failure(&e, "checking the audience for drift")),
+            Err(e) => Ok(self.failure(&e, "checking the audience for drift", Phase::Apply)),
         }
     }
 
     /// The audience vanished from AEP behind our back.
-    pub(super) async fn audience_missing(&mut self, audience_id: &str) -> Result<Outcome, Error> {
-        match self.ctx.missing_audience_policy {
+    pub(crate) async fn audience_missing(&mut self, audience_id: &str) -> Result<Outcome, Error> {
+        match self.shared.settings.missing_audience_policy {
             MissingAudiencePolicy::Stall => {
                 let msg = format!(
                     "Audience {audience_id} no longer exists in AEP (deleted outside this operator); delete and re-create this object, or run the operator with --missing-audience-policy=recreate"
                 );
                 Ok(Outcome::blocked(
-                    reasons::AUDIENCE_NOT_FOUND,
+                    Reason::AudienceNotFound,
                     msg,
-                    events::AUDIENCE_MISSING,
+                    EventReason::AudienceMissing,
                 ))
             }
             MissingAudiencePolicy::Recreate => {
@@ -1149,7 +1100,7 @@ impl Pass<'_> {
                 }
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Warning,
-                    events::AUDIENCE_MISSING,
+                    EventReason::AudienceMissing,
                     format!("Audience {audience_id} was deleted in AEP outside this operator; creating it again"),
                 ))
             }
@@ -1157,7 +1108,7 @@ impl Pass<'_> {
     }
 }
 
-pub(super) fn run_state(s: &RunStatus) -> RunState {
+pub(crate) fn run_state(s: &RunStatus) -> RunState {
     match s {
         RunStatus::Success => RunState::Success,
         RunStatus::Failed => RunState::Failed,
@@ -1180,46 +1131,18 @@ fn run_message(run: &aep::Run) -> Option<String> {
     })
 }
 
-/// The run budget's state after a restart, from the objects of (org, sandbox) in the cache: the
-/// runs they started on UTC day `day` (each records its runs' start times), and whether any of
-/// them was waiting (`RunDeferred`).
-fn budget_seed(objects: &Store<ExternalAudience>, org: &str, sandbox: &str, day: i64) -> (u32, bool) {
-    let state = objects.state();
-    let statuses: Vec<_> = state
-        .iter()
-        .filter(|o| o.spec.sandbox == sandbox)
-        .filter_map(|o| o.status.as_ref())
-        .filter(|st| st.org_id.as_deref() == Some(org))
-        .collect();
-    let used = statuses
-        .iter()
-        .flat_map(|st| st.last_run.iter().chain(st.run_history.iter()))
-        .filter(|r| {
-            r.start_time
-                .as_ref()
-                .is_some_and(|t| t.0.as_second().div_euclid(86_400) == day)
-        })
-        .count() as u32;
-    let waiting = statuses.iter().any(|st| {
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Reconciling" && c.status == "True" && c.reason == reasons::RUN_DEFERRED)
-    });
-    (used, waiting)
-}
-
-impl Pass<'_> {
+impl AudiencePass<'_> {
     /// `spec.expiration.autoExtend`: one extend-TTL call. Not idempotent: a lost answer is retried
     /// and may extend twice (harmless: the expiration moves one more TTL out).
-    pub(super) async fn extend_ttl(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
-        let Some(ttl) = plan::known_ttl(&self.obj.spec, &self.status) else {
+    pub(crate) async fn extend_ttl(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let Some(ttl) = decide::known_ttl(&self.obj.spec, &self.status) else {
             return Ok(Outcome::planned(Next::After(Duration::ZERO)));
         };
         let at = now().0;
-        let current = crate::controller::expiry::compute(&self.status, ttl);
+        let current = expiry::compute(&self.status, ttl);
         match s.extend_ttl(audience_id).await {
             Ok(_) => {
-                let extended = crate::controller::expiry::extended(current.as_ref(), ttl, at);
+                let extended = expiry::extended(current.as_ref(), ttl, at);
                 let msg = format!(
                     "Extended the data expiration of audience {audience_id} to {} (spec.expiration.autoExtend)",
                     extended.expires_at.0
@@ -1228,12 +1151,20 @@ impl Pass<'_> {
                 self.status.data_expiration = Some(extended);
                 Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                     EventType::Normal,
-                    events::AUDIENCE_TTL_EXTENDED,
+                    EventReason::AudienceTTLExtended,
                     msg,
                 ))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => self.confirm_missing(s, audience_id, "to extend-TTL").await,
-            Err(e) => Ok(self.failure(&e, "extending the data expiration")),
+            Err(e) => Ok(self.failure(&e, "extending the data expiration", Phase::Apply)),
         }
     }
+}
+
+/// A decision that reaches a step method without a call of its own (a bug in the dispatch).
+fn unreachable_step(step: &Step) -> Result<Outcome, Error> {
+    Err(Error::Config(format!(
+        "step {} has no AEP call to make here",
+        step.name()
+    )))
 }

@@ -1,0 +1,40 @@
+//! The operator's clock: the host's, shifted by `--clock-offset` (schedules, data expiry, the run
+//! budget's UTC day and the times written to status follow it). Read once per pass, as a fact;
+//! the decisions themselves take the time they are given.
+
+use std::sync::OnceLock;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+static CLOCK_OFFSET: OnceLock<SignedDuration> = OnceLock::new();
+
+/// Shifts the operator's clock (`--clock-offset`); set once at start.
+pub fn set_clock_offset(offset: std::time::Duration) {
+    let _ = CLOCK_OFFSET.set(SignedDuration::try_from(offset).unwrap_or(SignedDuration::ZERO));
+}
+
+/// The operator's clock now.
+pub fn now() -> Time {
+    let offset = CLOCK_OFFSET.get().copied().unwrap_or(SignedDuration::ZERO);
+    Time(Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::MAX))
+}
+
+/// Time from `since` to `now`; zero when `since` lies ahead (a time written by a replica whose
+/// clock runs ahead counts as just now, never as long ago).
+pub fn elapsed(since: Timestamp, now: Timestamp) -> std::time::Duration {
+    std::time::Duration::try_from(now.duration_since(since)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_ahead_of_the_clock_is_no_time_ago() {
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().expect("t");
+        let later = t + SignedDuration::from_secs(90);
+        assert_eq!(elapsed(t, later), std::time::Duration::from_secs(90));
+        assert_eq!(elapsed(later, t), std::time::Duration::ZERO);
+    }
+}
