@@ -69,9 +69,9 @@ soak: envtest
 fuzz:
 	hack/fuzz.sh
 
-## Regenerate the committed CRD from the Rust types.
+## Regenerate the committed CRDs from the Rust types.
 crds:
-	$(CARGO) run --locked -q --bin crdgen > crds/externalaudience.yaml
+	$(CARGO) run --locked -q --bin crdgen -- crds
 
 lint:
 	$(CARGO) fmt --all -- --check

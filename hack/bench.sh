@@ -4,6 +4,7 @@
 #   BENCH_N_LIST="100 1000" make bench           # several sizes, one after another
 #   N=1000 RPS=1000 CONCURRENCY=32 STEADY_SECS=60 REALISTIC_N=1000 DEFAULT_RPS=1 PEER_K=5 make bench
 #   RESTART_N=1000 RESTART_WINDOW_SECS=60 make bench   # also: a SIGKILL with N Ready, requests per window
+#   ACTIVATIONS_N=1000 ACTIVATION_FLOWS=10 make bench   # also: N AudienceActivations over 10 dataflows
 # Starts the local control plane and the emulator (zero latency), builds the release binaries and
 # runs crates/bench: the limit (create + the operator's writes with a plain concurrent client),
 # the operator as its own process, the steady state window, optionally realistic AEP latency.
@@ -42,8 +43,8 @@ echo $! >"$work/emulator.pid"
 for _ in $(seq 1 100); do grep -q '^listening on ' "$work/emulator.out" && break; sleep 0.1; done
 addr=$(sed -n 's/^listening on //p' "$work/emulator.out")
 
-kubectl apply --server-side -f crds/externalaudience.yaml >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev >/dev/null
+kubectl apply --server-side -k crds >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev >/dev/null
 kubectl apply --server-side -f deploy/base/rbac.yaml >/dev/null
 
 # The peer: a sequential aepp-style script at realistic latency (K audiences, extrapolated to N).
@@ -62,7 +63,7 @@ fi
 
 # The command as typed, for the table in docs/performance.md.
 cmd="make bench"
-for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N RESTART_N RESTART_WINDOW_SECS DEFAULT_RPS PEER_K TIMEOUT; do
+for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N RESTART_N RESTART_WINDOW_SECS ACTIVATIONS_N ACTIVATION_FLOWS DEFAULT_RPS PEER_K TIMEOUT; do
   if [ -n "${!v:-}" ]; then
     case "${!v}" in *" "*) cmd="$v=\"${!v}\" $cmd" ;; *) cmd="$v=${!v} $cmd" ;; esac
   fi
@@ -79,6 +80,7 @@ extra=()
   "${n_args[@]}" --concurrency "$concurrency" --rps "$rps" --steady-secs "$steady" \
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
   --restart-n "${RESTART_N:-0}" --restart-window-secs "${RESTART_WINDOW_SECS:-60}" \
+  --activations-n "${ACTIVATIONS_N:-0}" --activation-flows "${ACTIVATION_FLOWS:-10}" \
   --realistic-operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" \
   --realistic-run-delay-ms "${REALISTIC_RUN_DELAY_MS:-10000}" \
   --work-dir "$work" "${peer[@]}" "${extra[@]}" "${doc[@]}"

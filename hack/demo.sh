@@ -2,7 +2,8 @@
 # `make demo`: the operator's main job end to end on the local defaults.
 #   local control plane (etcd + kube-apiserver + kube-controller-manager)
 #   + AEP emulator + operator (as its ServiceAccount, with deploy/ RBAC)
-#   + the seed example with its credentials Secret -> Ready.
+#   + the seed example with its credentials Secret -> Ready
+#   + its activations to a file-based and a streaming destination dataflow -> Ready.
 # KEEP=1 leaves everything running and prints what to export.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,14 +55,15 @@ addr=$(sed -n 's/^listening on //p' "$work/emulator.out")
 echo "emulator at http://$addr"
 
 log "Installing the CRD and the operator's RBAC"
-kubectl apply --server-side -f crds/externalaudience.yaml
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev
+kubectl apply --server-side -k crds
+kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev
 kubectl apply --server-side -f deploy/base/rbac.yaml
 
 log "Starting the operator as system:serviceaccount:audience-operator:audience-operator"
 "$bin/controller" run --kubeconfig "$OPERATOR_KUBECONFIG" --metrics-addr 127.0.0.1:0 \
   --aep-platform-url "http://$addr" --aep-ims-url "http://$addr" \
-  --operation-poll-interval 1s --run-poll-interval 2s >"$work/controller.log" 2>&1 &
+  --operation-poll-interval 1s --run-poll-interval 2s --activation-poll-interval 5s \
+  >"$work/controller.log" 2>&1 &
 echo $! >"$work/controller.pid"
 
 log "Applying the seed example and its credentials Secret"
@@ -78,8 +80,24 @@ if ! kubectl -n marketing wait --for=condition=Ready --timeout=120s externalaudi
   exit 1
 fi
 
-log "kubectl get ea -o wide"
+log "Activating it: two destination dataflows (made by the destination administrator; here in the emulator)"
+curl -fsS -X POST "http://$addr/_emulator/flows" -H 'content-type: application/json' \
+  -d '{"id":"b8f0c5a2-6d1e-4f3b-9c7a-2e5d8f1a0b01","name":"S3 nightly files","kind":"batch"}'
+echo
+curl -fsS -X POST "http://$addr/_emulator/flows" -H 'content-type: application/json' \
+  -d '{"id":"d3a7e9c1-4b2f-4a6d-8e5c-7f1b2a9c0d02","name":"Kinesis stream","kind":"streaming"}'
+echo
+kubectl apply -f deploy/samples/loyalty-members-to-s3.yaml -f deploy/samples/loyalty-members-to-kinesis.yaml
+if ! kubectl -n marketing wait --for=condition=Ready --timeout=120s \
+  audienceactivation/loyalty-members-to-s3 audienceactivation/loyalty-members-to-kinesis; then
+  echo "activations not Ready in time; operator log tail:" >&2
+  tail -30 "$work/controller.log" >&2
+  exit 1
+fi
+
+log "kubectl get ea,aact -o wide"
 kubectl -n marketing get ea -o wide
+kubectl -n marketing get aact -o wide
 log "Conditions"
 kubectl -n marketing get ea loyalty-members \
   -o jsonpath='{range .status.conditions[*]}{.type}{"\t"}{.status}{"\t"}{.reason}{"\t"}{.message}{"\n"}{end}'

@@ -144,8 +144,8 @@ api_port=${server##*:}
 [[ "$server" == https://127.0.0.1:* && "$api_port" =~ ^[0-9]+$ ]] || die "unexpected apiserver URL $server"
 
 log "Installing the CRD and deploy/base/rbac.yaml"
-kubectl apply --server-side -f crds/externalaudience.yaml >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev >/dev/null
+kubectl apply --server-side -k crds >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev >/dev/null
 kubectl apply --server-side -f deploy/base/rbac.yaml >/dev/null
 
 log "Starting the AEP emulator"

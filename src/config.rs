@@ -124,6 +124,13 @@ pub struct RunConfig {
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
 
+    /// How often the destination dataflows of AudienceActivations are read (one read of each
+    /// dataflow and one list of its export runs per interval, whatever the number of objects
+    /// mapped into it), and how often an ExternalAudience waiting for AEP's daily segmentation
+    /// job looks for it (one list per org and sandbox per interval).
+    #[arg(long, env = "ACTIVATION_POLL_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub activation_poll_interval: Duration,
+
     /// How long after a create whose answer was lost the operator keeps looking for the audience
     /// by proof before it decides: an audience AEP created must be visible to lookups by then.
     /// Until then nothing is created again; afterwards a create is sent again only when no

@@ -466,3 +466,162 @@ async fn immutable_fields_are_refused_with_a_create_new_object_hint() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn valid_activation(ns: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "aep.audience-operator.dev/v1alpha1",
+        "kind": "AudienceActivation",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "audienceRef": {"name": "loyalty-members"},
+            "dataflowId": "b8f0c5a2-6d1e-4f3b-9c7a-2e5d8f1a0b01",
+            "export": {
+                "mode": "DAILY_FULL_EXPORT",
+                "schedule": {"frequency": "DAILY", "triggerType": "SCHEDULED", "startTime": "13:00",
+                             "startDate": "2026-01-01", "endDate": "2026-12-31"},
+                "filenameTemplate": "%DESTINATION_NAME%_%SEGMENT_ID%"
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_activations_are_refused_with_field_named_messages() {
+    install_crd_and_rbac();
+    let client = support::admin().await;
+    let ns = support::namespace(&client, "invalid-act").await;
+    let (ok, out) = apply(&valid_activation(&ns, "valid"));
+    assert!(ok, "the valid activation applies: {out}");
+    let s = "/spec/export/schedule";
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "no dataflow",
+            "/spec/dataflowId",
+            Value::Null,
+            "spec.dataflowId: Required value",
+        ),
+        (
+            "dataflow with a space",
+            "/spec/dataflowId",
+            json!("a b"),
+            "spec.dataflowId",
+        ),
+        (
+            "unknown mode",
+            "/spec/export/mode",
+            json!("HOURLY"),
+            "spec.export.mode: Unsupported value",
+        ),
+        (
+            "incremental frequency with a full export",
+            "/spec/export/schedule/frequency",
+            json!("EVERY_3_HOURS"),
+            "spec.export.schedule.frequency must be ONCE or DAILY with mode DAILY_FULL_EXPORT",
+        ),
+        (
+            "no trigger with a full export",
+            "/spec/export/schedule/triggerType",
+            Value::Null,
+            "spec.export.schedule.triggerType is required with mode DAILY_FULL_EXPORT",
+        ),
+        (
+            "minutes in startTime",
+            "/spec/export/schedule/startTime",
+            json!("13:30"),
+            "spec.export.schedule.startTime",
+        ),
+        (
+            "scheduled without startTime",
+            "/spec/export/schedule/startTime",
+            Value::Null,
+            "spec.export.schedule.startTime is required with triggerType SCHEDULED",
+        ),
+        (
+            "a date that is not YYYY-MM-DD",
+            "/spec/export/schedule/startDate",
+            json!("01/02/2026"),
+            "spec.export.schedule.startDate",
+        ),
+        (
+            "end before start",
+            "/spec/export/schedule/endDate",
+            json!("2025-12-31"),
+            "spec.export.schedule.endDate must not be before startDate",
+        ),
+        (
+            "a slash in the file name",
+            "/spec/export/filenameTemplate",
+            json!("a/b"),
+            "spec.export.filenameTemplate must not contain control characters or '/'",
+        ),
+        (
+            "unknown deletion policy",
+            "/spec/deletionPolicy",
+            json!("Keep"),
+            "spec.deletionPolicy: Unsupported value",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, pointer, value, message)) in cases.iter().enumerate() {
+        let mut obj = valid_activation(&ns, &format!("case-{i}"));
+        set(&mut obj, pointer, value.clone());
+        let (ok, out) = apply(&obj);
+        if ok || !out.contains(message) {
+            failures.push(format!("{what}: applied={ok}, want {message:?}: {out}"));
+        }
+    }
+    // Rules across fields of the schedule.
+    let mut once = valid_activation(&ns, "once-with-end");
+    set(&mut once, &format!("{s}/frequency"), json!("ONCE"));
+    let (ok, out) = apply(&once);
+    if ok || !out.contains("spec.export.schedule.endDate does not apply to a one-time export") {
+        failures.push(format!("ONCE with endDate: applied={ok}: {out}"));
+    }
+    let mut after = valid_activation(&ns, "after-eval-with-time");
+    set(&mut after, &format!("{s}/triggerType"), json!("AFTER_SEGMENT_EVAL"));
+    let (ok, out) = apply(&after);
+    if ok
+        || !out.contains(
+            "spec.export.schedule.startTime does not apply to DAILY_FULL_EXPORT with triggerType AFTER_SEGMENT_EVAL",
+        )
+    {
+        failures.push(format!("AFTER_SEGMENT_EVAL with startTime: applied={ok}: {out}"));
+    }
+    let mut incremental = valid_activation(&ns, "incremental");
+    set(
+        &mut incremental,
+        "/spec/export/mode",
+        json!("FIRST_FULL_THEN_INCREMENTAL"),
+    );
+    set(&mut incremental, &format!("{s}/frequency"), json!("ONCE"));
+    let (ok, out) = apply(&incremental);
+    if ok || !out.contains("with mode FIRST_FULL_THEN_INCREMENTAL") {
+        failures.push(format!("incremental ONCE: applied={ok}: {out}"));
+    }
+    set(&mut incremental, &format!("{s}/frequency"), json!("EVERY_6_HOURS"));
+    let (ok, out) = apply(&incremental);
+    if !ok {
+        failures.push(format!("incremental every 6 hours is valid: {out}"));
+    }
+    // Immutable references.
+    for (pointer, value, message) in [
+        (
+            "/spec/audienceRef/name",
+            json!("other"),
+            "spec.audienceRef is immutable",
+        ),
+        (
+            "/spec/dataflowId",
+            json!("another-flow"),
+            "spec.dataflowId is immutable",
+        ),
+    ] {
+        let mut obj = valid_activation(&ns, "valid");
+        set(&mut obj, pointer, value);
+        let (ok, out) = apply(&obj);
+        if ok || !out.contains(message) {
+            failures.push(format!("changing {pointer}: applied={ok}: {out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

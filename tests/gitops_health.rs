@@ -21,7 +21,7 @@ use std::{
 
 use audience_operator::api::ExternalAudience;
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams},
 };
 use serde_json::{Value, json};
@@ -31,6 +31,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const TIMEOUT: Duration = Duration::from_secs(90);
 const PAUSED: &str = "aep.audience-operator.dev/paused";
 const CM_KEY: &str = "resource.customizations.health.aep.audience-operator.dev_ExternalAudience";
+const CM_KEY_ACTIVATION: &str = "resource.customizations.health.aep.audience-operator.dev_AudienceActivation";
 
 /// Per captured state, in capture order: (state, kstatus verdict, Argo CD script verdict). `None`:
 /// anything but Healthy or Unknown, as Argo CD itself decides deleting objects before any script.
@@ -232,25 +233,7 @@ async fn every_state_gets_the_kstatus_and_argo_cd_verdict_users_expect() {
 
     let table = verdicts(&captured, &kstatus_lines, &lua_lines);
     println!("{}", render(&table));
-    let wrong: Vec<String> = EXPECTED
-        .iter()
-        .zip(&table)
-        .filter(|((_, kstatus, argo), v)| {
-            v.kstatus != *kstatus
-                || match argo {
-                    Some(argo) => v.argo != *argo,
-                    None => v.argo == "Healthy" || v.argo == "Unknown",
-                }
-        })
-        .map(|((state, kstatus, argo), v)| {
-            format!(
-                "{state}: kstatus {} (want {kstatus}), Argo CD {} (want {})",
-                v.kstatus,
-                v.argo,
-                argo.unwrap_or("not Healthy")
-            )
-        })
-        .collect();
+    let wrong = wrong_verdicts(EXPECTED, &table);
     assert!(
         wrong.is_empty(),
         "wrong verdicts:\n{}\n\n{}\ncaptures: {}",
@@ -275,10 +258,12 @@ async fn the_argocd_cm_patch_embeds_health_lua_and_installs_with_kubectl_patch()
         ),
         (Some("ConfigMap"), Some("argocd-cm"), Some("argocd"))
     );
-    assert!(
-        patch["data"][CM_KEY].as_str() == Some(lua.as_str()),
-        "deploy/argocd/argocd-cm-patch.yaml is stale: run hack/argocd-health/gen-cm-patch.sh"
-    );
+    for key in [CM_KEY, CM_KEY_ACTIVATION] {
+        assert!(
+            patch["data"][key].as_str() == Some(lua.as_str()),
+            "deploy/argocd/argocd-cm-patch.yaml is stale ({key}): run hack/argocd-health/gen-cm-patch.sh"
+        );
+    }
 
     // The install command the patch documents, on an argocd-cm that already holds settings.
     let client = support::admin().await;
@@ -574,14 +559,46 @@ struct Verdict {
 }
 
 fn verdicts(captured: &[Value], kstatus: &[String], lua: &[String]) -> Vec<Verdict> {
-    assert_eq!(captured.len(), EXPECTED.len(), "one capture per expected state");
+    verdicts_of(EXPECTED, captured, kstatus, lua)
+}
+
+/// The captures that got another verdict than `expected` says.
+fn wrong_verdicts(expected: &[(&str, &str, Option<&str>)], table: &[Verdict]) -> Vec<String> {
+    expected
+        .iter()
+        .zip(table)
+        .filter(|((_, kstatus, argo), v)| {
+            v.kstatus != *kstatus
+                || match argo {
+                    Some(argo) => v.argo != *argo,
+                    None => v.argo == "Healthy" || v.argo == "Unknown",
+                }
+        })
+        .map(|((state, kstatus, argo), v)| {
+            format!(
+                "{state}: kstatus {} (want {kstatus}), Argo CD {} (want {})",
+                v.kstatus,
+                v.argo,
+                argo.unwrap_or("not Healthy")
+            )
+        })
+        .collect()
+}
+
+fn verdicts_of(
+    expected: &'static [(&'static str, &str, Option<&str>)],
+    captured: &[Value],
+    kstatus: &[String],
+    lua: &[String],
+) -> Vec<Verdict> {
+    assert_eq!(captured.len(), expected.len(), "one capture per expected state");
     assert_eq!(
         kstatus.len(),
         captured.len(),
         "one kstatus line per object: {kstatus:?}"
     );
     assert_eq!(lua.len(), captured.len(), "one Lua line per object: {lua:?}");
-    EXPECTED
+    expected
         .iter()
         .zip(captured)
         .zip(kstatus.iter().zip(lua))
@@ -614,4 +631,157 @@ fn render(table: &[Verdict]) -> String {
         ));
     }
     out
+}
+
+/// The AudienceActivation states, judged the same way (one health check serves both kinds).
+const EXPECTED_ACTIVATION: &[(&str, &str, Option<&str>)] = &[
+    ("created, no status yet", "InProgress", Some("Progressing")),
+    ("waiting for its audience", "InProgress", Some("Progressing")),
+    ("Ready", "Current", Some("Healthy")),
+    ("spec changed, not yet observed", "InProgress", Some("Progressing")),
+    (
+        "Stalled (export settings the dataflow refuses)",
+        "Failed",
+        Some("Degraded"),
+    ),
+    ("Paused (was Ready)", "Current", Some("Suspended")),
+    ("deleting (paused: the removal waits)", "Terminating", None),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_activation_state_gets_the_kstatus_and_argo_cd_verdict_users_expect() {
+    use audience_operator::api::AudienceActivation;
+    let kstatus = tool("hack/kstatus/build.sh");
+    let lua = tool("hack/argocd-health/install-lua.sh");
+    let mut env = Env::start_with(
+        "gitops-act",
+        |b| {
+            b.operation_timing(Duration::from_millis(300), 0)
+                .run_timing(Duration::from_millis(300), 0)
+        },
+        vec!["--activation-poll-interval=1s".into()],
+        true,
+    )
+    .await;
+    let batch = env
+        .emulator
+        .create_flow(&aep_emulator::NewFlow::new("prod", "S3", aep::DestinationKind::Batch));
+    let streaming = env.emulator.create_flow(&aep_emulator::NewFlow::new(
+        "prod",
+        "Kinesis",
+        aep::DestinationKind::Streaming,
+    ));
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &ApiResource::erase::<AudienceActivation>(&()),
+    );
+    let manifest = |name: &str, flow: &str| {
+        format!(
+            "apiVersion: aep.audience-operator.dev/v1alpha1\nkind: AudienceActivation\nmetadata:\n  name: {name}\nspec:\n  \
+             audienceRef: {{name: loyalty-members}}\n  dataflowId: {flow}\n  export:\n    mode: DAILY_FULL_EXPORT\n    \
+             schedule: {{frequency: DAILY, triggerType: AFTER_SEGMENT_EVAL}}\n"
+        )
+    };
+    let log_path = env.log.clone();
+    let capture = |name: &'static str, what: &'static str, check: fn(&AudienceActivation) -> bool| {
+        let raw = raw.clone();
+        let log = log_path.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            loop {
+                if let Ok(obj) = raw.get(name).await {
+                    let value = serde_json::to_value(obj).expect("json");
+                    let typed: AudienceActivation = serde_json::from_value(value.clone()).expect("typed");
+                    if check(&typed) {
+                        return value;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} never {what}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    fn cond(a: &AudienceActivation, type_: &str, reason: &str) -> bool {
+        a.status.as_ref().is_some_and(|s| {
+            s.observed_generation == a.metadata.generation
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+        })
+    }
+    let mut captured = Vec::new();
+    env.stop_operator(false);
+    let (ok, out) = env.apply_yaml(&manifest("to-s3", &batch));
+    assert!(ok, "{out}");
+    captured.push(serde_json::to_value(raw.get("to-s3").await.expect("get")).expect("json"));
+    env.start_operator();
+    captured.push(capture("to-s3", "waiting", |a| cond(a, "Reconciling", "AudienceNotReady")).await);
+    let (ok, out) = env.apply_yaml(&env.seed_yaml());
+    assert!(ok, "{out}");
+    captured.push(capture("to-s3", "Ready", |a| cond(a, "Ready", "Ready")).await);
+    let changed = raw
+        .patch(
+            "to-s3",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"export": {"schedule": {"frequency": "ONCE"}}}})),
+        )
+        .await
+        .expect("patch");
+    captured.push(serde_json::to_value(changed).expect("json"));
+    let (ok, out) = env.apply_yaml(&manifest("to-kinesis", &streaming));
+    assert!(ok, "{out}");
+    captured.push(capture("to-kinesis", "Stalled", |a| cond(a, "Stalled", "ExportSettingsInvalid")).await);
+    capture("to-s3", "Ready again", |a| cond(a, "Ready", "Ready")).await;
+    annotate_paused(&raw, "to-s3", Some("true")).await;
+    captured.push(capture("to-s3", "Paused", |a| cond(a, "Paused", "Paused")).await);
+    raw.delete("to-s3", &DeleteParams::default()).await.expect("delete");
+    captured.push(
+        capture("to-s3", "deleting", |a| {
+            a.metadata.deletion_timestamp.is_some()
+                && a.finalizers()
+                    .iter()
+                    .any(|f| f == audience_operator::api::ACTIVATION_FINALIZER)
+        })
+        .await,
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files: Vec<PathBuf> = captured
+        .iter()
+        .enumerate()
+        .map(|(i, obj)| {
+            let path = dir.path().join(format!("{i:02}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(obj).expect("json")).expect("write capture");
+            path
+        })
+        .collect();
+    let kstatus_lines = run_tool(Command::new(&kstatus).args(&files));
+    let lua_lines = run_tool(
+        Command::new(&lua)
+            .arg(format!("{ROOT}/hack/argocd-health/run.lua"))
+            .arg(format!("{ROOT}/deploy/argocd/health.lua"))
+            .args(&files),
+    );
+    annotate_paused(&raw, "to-s3", None).await;
+    env.api()
+        .delete("loyalty-members", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&env.api(), "loyalty-members", TIMEOUT).await;
+    env.stop_operator(false);
+
+    let table = verdicts_of(EXPECTED_ACTIVATION, &captured, &kstatus_lines, &lua_lines);
+    println!("{}", render(&table));
+    let wrong = wrong_verdicts(EXPECTED_ACTIVATION, &table);
+    assert!(
+        wrong.is_empty(),
+        "wrong verdicts:\n{}\n\n{}",
+        wrong.join("\n"),
+        render(&table)
+    );
 }

@@ -1,5 +1,5 @@
--- Argo CD health check for aep.audience-operator.dev/ExternalAudience.
--- Install under resource.customizations.health.aep.audience-operator.dev_ExternalAudience in argocd-cm
+-- Argo CD health check for aep.audience-operator.dev/ExternalAudience and AudienceActivation.
+-- Install under resource.customizations.health.aep.audience-operator.dev_<Kind> in argocd-cm
 -- (deploy/argocd/argocd-cm-patch.yaml). Uses base functions only: Argo CD runs health scripts
 -- without the string, math and io libraries (hack/argocd-health/run.lua checks it the same way).
 local hs = { status = "Progressing", message = "Waiting for the operator" }

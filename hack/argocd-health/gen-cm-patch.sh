@@ -15,7 +15,8 @@ fi
 {
   cat <<'HEAD'
 # Generated from deploy/argocd/health.lua by hack/argocd-health/gen-cm-patch.sh: edit health.lua
-# and rerun the script. Adds the ExternalAudience health check to Argo CD (argocd-cm, which
+# and rerun the script. Adds the health check of the operator's kinds (ExternalAudience,
+# AudienceActivation: one script, the same kstatus conditions) to Argo CD (argocd-cm, which
 # Argo CD reads live, no restart needed):
 #
 #   kubectl -n argocd patch configmap argocd-cm --type merge --patch-file deploy/argocd/argocd-cm-patch.yaml
@@ -27,9 +28,11 @@ metadata:
   name: argocd-cm
   namespace: argocd
 data:
-  resource.customizations.health.aep.audience-operator.dev_ExternalAudience: |
 HEAD
-  sed 's/^\(.\)/    \1/' "$lua"
+  for kind in ExternalAudience AudienceActivation; do
+    echo "  resource.customizations.health.aep.audience-operator.dev_$kind: |"
+    sed 's/^\(.\)/    \1/' "$lua"
+  done
 } > "$out.tmp"
 mv "$out.tmp" "$out"
 echo "$out"

@@ -4,6 +4,10 @@
 //!
 //! This module holds types and constants only: no I/O, no reconcile logic.
 
+mod activation;
+
+pub use activation::*;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -534,6 +538,11 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_drift_check: Option<Time>,
 
+    /// The AEP daily segmentation job that evaluated the audience after its last successful run
+    /// (the `Evaluated` condition): batch destinations export what that job evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<SegmentationSeen>,
+
     /// When the current `spec.ingestion.schedule` was first seen: scheduled times before it owe
     /// no run (adding a schedule to an existing object does not start one at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +558,18 @@ pub struct ExternalAudienceStatus {
     /// says so, an annotation) changes. Mirrored by the `Stalled` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<Blocked>,
+}
+
+/// A segmentation job seen after a successful run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentationSeen {
+    /// The run it came after.
+    pub run_id: String,
+    /// The segmentation job (`source: scheduler`).
+    pub job_id: String,
+    /// When AEP created the job.
+    pub created_at: Time,
 }
 
 /// How an audience is proven to be the object's own.
@@ -799,9 +820,44 @@ pub fn custom_audience_id(uid: &str) -> String {
     format!("{CUSTOM_AUDIENCE_ID_PREFIX}{uid}")
 }
 
-/// Condition types (kstatus vocabulary, plus informational ones).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConditionType {
+/// An enum of stable PascalCase names: each variant is written as its own name (`as_str`), read
+/// back with `parse`, and listed in `ALL`.
+macro_rules! names {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The value written to the API.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant),)*
+                }
+            }
+
+            /// The value named `s`, if any.
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
+    /// Condition types (kstatus vocabulary, plus informational ones).
+    pub enum ConditionType {
     /// The audience exists, matches the spec, and the latest run for this spec succeeded.
     Ready,
     /// Work is under way (create, PATCH, run in flight, retrying).
@@ -815,26 +871,10 @@ pub enum ConditionType {
     DataExpiring,
     /// For an observed audience (`managementPolicy: Observe`): `True` when AEP matches the spec
     /// (informational: an observed audience that differs is still Ready).
-    InSync,
-}
-
-impl ConditionType {
-    /// The value written to the API.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ConditionType::Ready => "Ready",
-            ConditionType::Reconciling => "Reconciling",
-            ConditionType::Stalled => "Stalled",
-            ConditionType::Paused => "Paused",
-            ConditionType::DataExpiring => "DataExpiring",
-            ConditionType::InSync => "InSync",
-        }
-    }
-}
-
-impl std::fmt::Display for ConditionType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+    InSync,    /// For an ExternalAudience: `True` once AEP's daily batch segmentation job ran after the
+    /// last successful ingestion (informational: it never blocks Ready; activations to batch
+    /// destinations export what that job evaluated).
+    Evaluated,
     }
 }
 
@@ -849,9 +889,9 @@ pub mod conditions {
     pub const IN_SYNC: &str = ConditionType::InSync.as_str();
 }
 
-/// Condition reasons: one stable PascalCase vocabulary for every kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
+names! {
+    /// Condition reasons: one stable PascalCase vocabulary for every kind.
+    pub enum Reason {
     Ready,
     CreatingAudience,
     WaitingForOperation,
@@ -912,105 +952,29 @@ pub enum Reason {
     /// `InSync` Unknown: the audience has not been read yet.
     NotObserved,
     /// Stalled: AEP does not know the destination dataflow.
-    DataflowNotFound,
-}
-
-impl Reason {
-    /// The value written to the API.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::Ready => "Ready",
-            Reason::CreatingAudience => "CreatingAudience",
-            Reason::WaitingForOperation => "WaitingForOperation",
-            Reason::UpdatingAudience => "UpdatingAudience",
-            Reason::RunPending => "RunPending",
-            Reason::RunInProgress => "RunInProgress",
-            Reason::Retrying => "Retrying",
-            Reason::RunDeferred => "RunDeferred",
-            Reason::OperationFailed => "OperationFailed",
-            Reason::RunFailed => "RunFailed",
-            Reason::RejectedByAEP => "RejectedByAEP",
-            Reason::PermissionDenied => "PermissionDenied",
-            Reason::CredentialsMissing => "CredentialsMissing",
-            Reason::CredentialsInvalid => "CredentialsInvalid",
-            Reason::AudienceNameTaken => "AudienceNameTaken",
-            Reason::AudienceNotFound => "AudienceNotFound",
-            Reason::Deleting => "Deleting",
-            Reason::DeleteRefused => "DeleteRefused",
-            Reason::ConfirmingCreate => "ConfirmingCreate",
-            Reason::CreateOutcomeUnknown => "CreateOutcomeUnknown",
-            Reason::UnexpectedAEPResponse => "UnexpectedAEPResponse",
-            Reason::AudienceIdMismatch => "AudienceIdMismatch",
-            Reason::IngestionLimitReached => "IngestionLimitReached",
-            Reason::InvalidSchedule => "InvalidSchedule",
-            Reason::DataExpiringSoon => "DataExpiringSoon",
-            Reason::DataExpired => "DataExpired",
-            Reason::AudienceTTLExtended => "AudienceTTLExtended",
-            Reason::DataFresh => "DataFresh",
-            Reason::NotAnExternalAudience => "NotAnExternalAudience",
-            Reason::Paused => "Paused",
-            Reason::AudienceClaimed => "AudienceClaimed",
-            Reason::OrganizationChanged => "OrganizationChanged",
-            Reason::InvalidOwnershipRecord => "InvalidOwnershipRecord",
-            Reason::OwnershipNotConfirmed => "OwnershipNotConfirmed",
-            Reason::Reattaching => "Reattaching",
-            Reason::InSync => "InSync",
-            Reason::Drifted => "Drifted",
-            Reason::NotObserved => "NotObserved",
-            Reason::DataflowNotFound => "DataflowNotFound",
-        }
-    }
-    /// The reason written as `s`, if it is one of this vocabulary.
-    pub fn parse(s: &str) -> Option<Reason> {
-        [
-            Reason::Ready,
-            Reason::CreatingAudience,
-            Reason::WaitingForOperation,
-            Reason::UpdatingAudience,
-            Reason::RunPending,
-            Reason::RunInProgress,
-            Reason::Retrying,
-            Reason::RunDeferred,
-            Reason::OperationFailed,
-            Reason::RunFailed,
-            Reason::RejectedByAEP,
-            Reason::PermissionDenied,
-            Reason::CredentialsMissing,
-            Reason::CredentialsInvalid,
-            Reason::AudienceNameTaken,
-            Reason::AudienceNotFound,
-            Reason::Deleting,
-            Reason::DeleteRefused,
-            Reason::ConfirmingCreate,
-            Reason::CreateOutcomeUnknown,
-            Reason::UnexpectedAEPResponse,
-            Reason::AudienceIdMismatch,
-            Reason::IngestionLimitReached,
-            Reason::InvalidSchedule,
-            Reason::DataExpiringSoon,
-            Reason::DataExpired,
-            Reason::AudienceTTLExtended,
-            Reason::DataFresh,
-            Reason::NotAnExternalAudience,
-            Reason::Paused,
-            Reason::AudienceClaimed,
-            Reason::OrganizationChanged,
-            Reason::InvalidOwnershipRecord,
-            Reason::OwnershipNotConfirmed,
-            Reason::Reattaching,
-            Reason::InSync,
-            Reason::Drifted,
-            Reason::NotObserved,
-            Reason::DataflowNotFound,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+    DataflowNotFound,    /// Reconciling: the referenced ExternalAudience is not Ready (or not there yet).
+    AudienceNotReady,
+    /// Reconciling: the audience is being added to the dataflow, or its export settings changed.
+    Activating,
+    /// Reconciling: a change to the dataflow was accepted; waiting for a read to show it.
+    ConfirmingActivation,
+    /// Reconciling: the audience is being removed from the dataflow.
+    Deactivating,
+    /// Stalled: the export settings do not fit the dataflow (file-based flows need
+    /// `spec.export`; streaming flows take none).
+    ExportSettingsInvalid,
+    /// Stalled: the dataflow is not a destination dataflow that takes audiences.
+    NotADestinationDataflow,
+    /// Reconciling (for an ExternalAudience being deleted): activations of it still exist.
+    ActivationsExist,
+    /// Stalled: another AudienceActivation maps the same audience into the same dataflow.
+    ActivationClaimed,
+    /// Reconciling: an ad hoc export was requested; its answer is being confirmed.
+    ExportRequested,
+    /// `Evaluated` True: a daily segmentation job ran after the last successful run.
+    SegmentationDone,
+    /// `Evaluated` False: no daily segmentation job has run since the last successful run.
+    AwaitingSegmentation,
     }
 }
 
@@ -1058,9 +1022,9 @@ pub mod reasons {
     pub const DATAFLOW_NOT_FOUND: &str = Reason::DataflowNotFound.as_str();
 }
 
-/// Event reasons (stable, PascalCase).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventReason {
+names! {
+    /// Event reasons (stable, PascalCase).
+    pub enum EventReason {
     AudienceCreateRequested,
     AudienceCreated,
     AudienceAdopted,
@@ -1102,55 +1066,20 @@ pub enum EventReason {
     AudienceClaimed,
     OrganizationChanged,
     /// An observed audience differs from the spec (nothing is changed in AEP).
-    DriftDetected,
-}
-
-impl EventReason {
-    /// The value written to the API.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventReason::AudienceCreateRequested => "AudienceCreateRequested",
-            EventReason::AudienceCreated => "AudienceCreated",
-            EventReason::AudienceAdopted => "AudienceAdopted",
-            EventReason::AudienceUpdated => "AudienceUpdated",
-            EventReason::AudienceDeleted => "AudienceDeleted",
-            EventReason::AudienceOrphaned => "AudienceOrphaned",
-            EventReason::IngestionStarted => "IngestionStarted",
-            EventReason::IngestionSucceeded => "IngestionSucceeded",
-            EventReason::IngestionFailed => "IngestionFailed",
-            EventReason::OperationFailed => "OperationFailed",
-            EventReason::AEPError => "AEPError",
-            EventReason::RunDeferred => "RunDeferred",
-            EventReason::AudienceNameTaken => "AudienceNameTaken",
-            EventReason::CredentialsError => "CredentialsError",
-            EventReason::DeleteRefused => "DeleteRefused",
-            EventReason::DriftCorrected => "DriftCorrected",
-            EventReason::AudienceMissing => "AudienceMissing",
-            EventReason::AudienceRecovered => "AudienceRecovered",
-            EventReason::CreateOutcomeUnknown => "CreateOutcomeUnknown",
-            EventReason::OperationLost => "OperationLost",
-            EventReason::AudienceNotDeleted => "AudienceNotDeleted",
-            EventReason::IngestionLimitReached => "IngestionLimitReached",
-            EventReason::InvalidSchedule => "InvalidSchedule",
-            EventReason::DataExpiringSoon => "DataExpiringSoon",
-            EventReason::DataExpired => "DataExpired",
-            EventReason::AudienceTTLExtended => "AudienceTTLExtended",
-            EventReason::DataFresh => "DataFresh",
-            EventReason::UnexpectedAEPResponse => "UnexpectedAEPResponse",
-            EventReason::Paused => "Paused",
-            EventReason::DeletionPaused => "DeletionPaused",
-            EventReason::InvalidAnnotation => "InvalidAnnotation",
-            EventReason::AudienceReattached => "AudienceReattached",
-            EventReason::AudienceClaimed => "AudienceClaimed",
-            EventReason::OrganizationChanged => "OrganizationChanged",
-            EventReason::DriftDetected => "DriftDetected",
-        }
-    }
-}
-
-impl std::fmt::Display for EventReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+    DriftDetected,    /// The audience was added to a destination dataflow (or its export settings updated).
+    AudienceActivated,
+    /// The audience was removed from a destination dataflow.
+    AudienceDeactivated,
+    /// A dataflow change met a concurrent writer (412): read again and decided again.
+    DataflowChanged,
+    /// An ad hoc export was started.
+    ExportStarted,
+    /// AEP refused an ad hoc export.
+    ExportRefused,
+    /// The activation cannot proceed: it waits for its audience.
+    AudienceNotReady,
+    /// An ExternalAudience waits for its activations to be removed before it is deleted.
+    ActivationsExist,
     }
 }
 
@@ -1194,9 +1123,11 @@ pub mod events {
     pub const DRIFT_DETECTED: &str = EventReason::DriftDetected.as_str();
 }
 
-/// The CRD, with the status default that keeps kstatus from reading a fresh object as done.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
-    let mut crd = ExternalAudience::crd();
+type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// `crd` with the status default that keeps kstatus from reading a fresh object as done
+/// (`observedGeneration: -1` until the controller first writes).
+fn with_status_default(mut crd: Crd) -> Crd {
     for version in &mut crd.spec.versions {
         let status = version
             .schema
@@ -1215,7 +1146,25 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     crd
 }
 
-/// The CRD as YAML, as committed in `crds/externalaudience.yaml`.
+/// The ExternalAudience CRD.
+pub fn crd() -> Crd {
+    with_status_default(ExternalAudience::crd())
+}
+
+/// The AudienceActivation CRD.
+pub fn activation_crd() -> Crd {
+    with_status_default(AudienceActivation::crd())
+}
+
+/// The CRDs as committed in `crds/`: (file name, YAML).
+pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml_ng::Error> {
+    Ok(vec![
+        ("externalaudience.yaml", serde_yaml_ng::to_string(&crd())?),
+        ("audienceactivation.yaml", serde_yaml_ng::to_string(&activation_crd())?),
+    ])
+}
+
+/// The ExternalAudience CRD as YAML, as committed in `crds/externalaudience.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
     serde_yaml_ng::to_string(&crd())
 }
@@ -1225,19 +1174,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn committed_crd_matches_the_types() {
-        let committed = include_str!("../../crds/externalaudience.yaml");
-        let generated = crd_yaml().expect("crd yaml");
-        assert!(
-            committed == generated,
-            "crds/externalaudience.yaml is stale: run `cargo run --bin crdgen > crds/externalaudience.yaml`"
-        );
+    fn committed_crds_match_the_types() {
+        let committed = [
+            include_str!("../../crds/externalaudience.yaml"),
+            include_str!("../../crds/audienceactivation.yaml"),
+        ];
+        let generated = crd_files().expect("crd yaml");
+        assert_eq!(generated.len(), committed.len());
+        for ((file, yaml), committed) in generated.iter().zip(committed) {
+            assert!(
+                committed == yaml,
+                "crds/{file} is stale: run `make crds` (cargo run --bin crdgen -- crds)"
+            );
+        }
     }
 
     #[test]
     fn status_defaults_observed_generation_to_minus_one() {
-        let yaml = crd_yaml().expect("crd yaml");
-        assert!(yaml.contains("observedGeneration: -1"), "{yaml}");
+        for (file, yaml) in crd_files().expect("crd yaml") {
+            assert!(yaml.contains("observedGeneration: -1"), "{file}: {yaml}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   [`clock`], [`keys`]; and the I/O seams: [`credentials`] (Secrets), [`seams`] (AEP calls and
 //!   status writes behind traits).
 
+pub mod activation;
 pub mod audience;
 pub mod budget;
 pub mod claims;
@@ -17,6 +18,7 @@ pub mod core;
 pub mod credentials;
 pub mod expiry;
 pub mod keys;
+pub mod reads;
 pub mod schedule;
 pub mod seams;
 
@@ -41,7 +43,7 @@ pub use credentials::CredentialStore;
 
 use crate::{
     aep::{AepClient, ClientConfig},
-    api::{ConditionType, ExternalAudience, MANAGER, OWNERSHIP_RECORD},
+    api::{AudienceActivation, ConditionType, ExternalAudience, MANAGER, OWNERSHIP_RECORD},
     config::RunConfig,
     health::Health,
     metrics::Metrics,
@@ -73,16 +75,33 @@ pub fn triggers() -> impl Predicate<ExternalAudience> + Clone {
         .combine(deletion)
 }
 
-/// Fails with a hint when the CRD is not installed (the controller never installs it).
+/// Fails with a hint when a CRD is not installed (the controller never installs them).
 pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
-    let api = match namespace {
-        Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
-        None => Api::<ExternalAudience>::all(client.clone()),
-    };
-    api.list_metadata(&ListParams::default().limit(1))
+    scoped::<ExternalAudience>(client, namespace)
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::Kube)?;
+    scoped::<AudienceActivation>(client, namespace)
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .map(|_| ())
         .map_err(Error::Kube)
+}
+
+/// The API of kind `K` in `namespace`, or in all namespaces.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Whether an AudienceActivation is being deleted.
+fn activation_deletion(obj: &AudienceActivation) -> bool {
+    obj.metadata.deletion_timestamp.is_some()
 }
 
 /// Builds the shared context and runs the controllers until a shutdown signal.
@@ -121,6 +140,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         create_settle: cfg.create_settle_window,
         secret_grace: cfg.secret_grace_period,
         expiration_warning: cfg.expiration_warning_window,
+        activation_poll: cfg.activation_poll_interval,
     };
     clock::set_clock_offset(cfg.clock_offset);
     let core = Arc::new(Context::new(
@@ -131,24 +151,26 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         metrics.clone(),
         cfg.credentials_cache_ttl,
     ));
-    let audiences = match &cfg.namespace {
-        Some(ns) => Api::<ExternalAudience>::namespaced(client.clone(), ns),
-        None => Api::<ExternalAudience>::all(client.clone()),
-    };
+    let audiences = scoped::<ExternalAudience>(&client, cfg.namespace.as_deref());
     let (reader, writer) = reflector::store();
-    let shared = Arc::new(audience::shared(
-        core.clone(),
-        reader.clone(),
-        audience::decide::Settings {
-            missing_audience_policy: cfg.missing_audience_policy,
-            run_limit: audience::decide::RunLimit {
-                max: cfg.max_runs_per_audience,
-                window: cfg.runs_per_audience_window,
+    let (activation_reader, activation_writer) = reflector::store::<AudienceActivation>();
+    let reads = Arc::new(reads::Reads::default());
+    let shared = Arc::new(
+        audience::shared(
+            core.clone(),
+            reader.clone(),
+            audience::decide::Settings {
+                missing_audience_policy: cfg.missing_audience_policy,
+                run_limit: audience::decide::RunLimit {
+                    max: cfg.max_runs_per_audience,
+                    window: cfg.runs_per_audience_window,
+                },
             },
-        },
-        cfg.max_runs_per_sandbox_per_day,
-        budget::GATHER,
-    ));
+            cfg.max_runs_per_sandbox_per_day,
+            budget::GATHER,
+        )
+        .with_activations(activation_reader.clone(), reads.clone()),
+    );
     // Objects by condition, for dashboards: counted from the cache when scraped, never labelled
     // by object.
     let counted = reader.clone();
@@ -179,6 +201,12 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     // an audience, the other objects claiming it are looked at again.
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let claims_shared = shared.clone();
+    // An ExternalAudience that changes wakes its activations (they wait for it to be Ready and
+    // follow its audience id); an activation that goes wakes its ExternalAudience (a deletion
+    // waits for its activations). Both from the watches the controllers already have.
+    let (wake_activations, activations_woken) = futures::channel::mpsc::unbounded();
+    let (wake_audiences, audiences_woken) = futures::channel::mpsc::unbounded();
+    let activations_of_changed = activation_reader.clone();
     // Our own status writes do not trigger passes (every pass that leaves work pending returns
     // an explicit requeue); spec, annotations, finalizers and deletion do.
     let triggers = watcher(audiences, watcher::Config::default().any_semantic())
@@ -212,16 +240,59 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
             if let Ok(watcher::Event::InitDone) = event {
                 health.set_synced();
             }
+            if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
+                let ns = ea.namespace().unwrap_or_default();
+                for a in activation::activations_of(&activations_of_changed, &ns, &ea.name_any()) {
+                    let _ = wake_activations.unbounded_send(ObjectRef::from_obj(&*a));
+                }
+            }
         })
         .applied_objects()
         .predicate_filter(triggers(), PredicateConfig::default());
-    let mut controller = Controller::for_stream(triggers, reader).reconcile_on(woken);
+    let mut controller =
+        Controller::for_stream(triggers, reader.clone()).reconcile_on(futures::stream::select(woken, audiences_woken));
+    let activation_shared = Arc::new(activation::shared(
+        core.clone(),
+        activation_reader.clone(),
+        reader,
+        reads,
+    ));
+    let activation_triggers = watcher(
+        scoped::<AudienceActivation>(&client, cfg.namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|a| {
+        a.managed_fields_mut().clear();
+        a.annotations_mut().remove(LAST_APPLIED);
+    })
+    .reflect(activation_writer)
+    .inspect(move |event| {
+        let gone = match event {
+            Ok(watcher::Event::Delete(a)) => Some(a),
+            Ok(watcher::Event::Apply(a)) if activation_deletion(a) => Some(a),
+            _ => None,
+        };
+        if let Some(a) = gone {
+            let ns = a.namespace().unwrap_or_default();
+            let _ = wake_audiences.unbounded_send(ObjectRef::new(&a.spec.audience_ref.name).within(&ns));
+        }
+    })
+    .applied_objects()
+    .predicate_filter(activation::triggers(), PredicateConfig::default());
+    let activations = Controller::for_stream(activation_triggers, activation_reader)
+        .reconcile_on(activations_woken)
+        .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
+        .shutdown_on_signal()
+        .run(activation::reconcile, activation::error_policy, activation_shared)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "Reconcile error reported by the runtime");
+            }
+        });
     if cfg.watch_secrets {
         // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.
-        let secrets = match &cfg.namespace {
-            Some(ns) => Api::<PartialObjectMeta<Secret>>::namespaced(client, ns),
-            None => Api::<PartialObjectMeta<Secret>>::all(client),
-        };
+        let secrets = scoped::<PartialObjectMeta<Secret>>(&client, cfg.namespace.as_deref());
         let store = controller.store();
         let watch_core = core.clone();
         let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
@@ -239,7 +310,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
                 .collect::<Vec<_>>()
         });
     }
-    controller
+    let audiences = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
         .shutdown_on_signal()
         .run(audience::reconcile, audience::error_policy, shared)
@@ -247,7 +318,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
             if let Err(e) = res {
                 tracing::debug!(error = %e, "Reconcile error reported by the runtime");
             }
-        })
-        .await;
+        });
+    futures::join!(audiences, activations);
     Ok(())
 }

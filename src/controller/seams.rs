@@ -1,5 +1,6 @@
-//! The two seams of a reconcile pass, so that each step can be tested without a network: the AEP
-//! calls a step may make ([`AepApi`], implemented by the real [`Session`]) and the status and
+//! The seams of a reconcile pass, so that each step can be tested without a network: the AEP
+//! calls a step may make ([`AepApi`] for audiences, [`FlowApi`] for dataflows, both implemented
+//! by the real [`Session`]) and the status and
 //! annotation writes ([`StatusApi`], implemented by `Api<K>`). Only these; everything else a
 //! step does is pure.
 
@@ -10,8 +11,9 @@ use kube::{
 };
 
 use crate::aep::{
-    CreateAudienceRequest, CreateAudienceResponse, Error, ExtendTtlResponse, ExternalAudience as AepAudience,
-    Operation, PatchAudienceRequest, Run, Session, StartRunRequest, UpsAudience,
+    AdhocOrder, CreateAudienceRequest, CreateAudienceResponse, Error, ExtendTtlResponse,
+    ExternalAudience as AepAudience, Flow, FlowPatchOp, FlowRun, Operation, PatchAudienceRequest, Run, SegmentJob,
+    Session, StartRunRequest, UpsAudience,
 };
 
 /// The AEP calls of the steps (reference §2).
@@ -76,6 +78,72 @@ impl AepApi for Session {
     }
     fn extend_ttl(&self, audience_id: &str) -> impl Future<Output = Result<ExtendTtlResponse, Error>> + Send {
         Session::extend_ttl(self, audience_id)
+    }
+}
+
+/// The AEP calls of the AudienceActivation steps: Flow Service dataflows and their runs, the ad
+/// hoc activation API, and the segmentation jobs an ExternalAudience reads.
+pub trait FlowApi: Send + Sync {
+    fn get_flow(&self, flow_id: &str) -> impl Future<Output = Result<Flow, Error>> + Send;
+    fn patch_flow(
+        &self,
+        flow_id: &str,
+        etag: &str,
+        ops: &[FlowPatchOp],
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    fn list_flow_runs(&self, flow_id: &str) -> impl Future<Output = Result<Vec<FlowRun>, Error>> + Send;
+    fn list_audience_flow_runs(
+        &self,
+        flow_id: &str,
+        audience_id: &str,
+    ) -> impl Future<Output = Result<Vec<FlowRun>, Error>> + Send;
+    fn adhoc_run(
+        &self,
+        flow_id: &str,
+        audience_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<AdhocOrder>, Error>> + Send;
+    fn list_segment_jobs(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SegmentJob>, Error>> + Send;
+}
+
+impl FlowApi for Session {
+    fn get_flow(&self, flow_id: &str) -> impl Future<Output = Result<Flow, Error>> + Send {
+        Session::get_flow(self, flow_id)
+    }
+    fn patch_flow(
+        &self,
+        flow_id: &str,
+        etag: &str,
+        ops: &[FlowPatchOp],
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send {
+        Session::patch_flow(self, flow_id, etag, ops)
+    }
+    fn list_flow_runs(&self, flow_id: &str) -> impl Future<Output = Result<Vec<FlowRun>, Error>> + Send {
+        Session::list_flow_runs(self, flow_id)
+    }
+    fn list_audience_flow_runs(
+        &self,
+        flow_id: &str,
+        audience_id: &str,
+    ) -> impl Future<Output = Result<Vec<FlowRun>, Error>> + Send {
+        Session::list_audience_flow_runs(self, flow_id, audience_id)
+    }
+    fn adhoc_run(
+        &self,
+        flow_id: &str,
+        audience_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<AdhocOrder>, Error>> + Send {
+        Session::adhoc_run(self, flow_id, audience_ids)
+    }
+    fn list_segment_jobs(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SegmentJob>, Error>> + Send {
+        Session::list_segment_jobs(self, status, limit)
     }
 }
 

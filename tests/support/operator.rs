@@ -82,6 +82,7 @@ pub fn install_crd_and_rbac() {
                 "--for=condition=Established",
                 "--timeout=60s",
                 "crd/externalaudiences.aep.audience-operator.dev",
+                "crd/audienceactivations.aep.audience-operator.dev",
             ],
             None,
         );

@@ -63,6 +63,10 @@ pub struct CredentialInfo {
 /// in the UI; the operator only maps audiences into existing flows).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewFlow {
+    /// The flow id; default: a new UUID. A flow that already has this id is left as it is (so a
+    /// setup script can run twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Sandbox (default `prod`).
     #[serde(default = "default_sandbox")]
     pub sandbox: String,
@@ -93,6 +97,7 @@ impl NewFlow {
     /// An enabled flow of the default org.
     pub fn new(sandbox: impl Into<String>, name: impl Into<String>, kind: DestinationKind) -> Self {
         NewFlow {
+            id: None,
             sandbox: sandbox.into(),
             org: None,
             name: name.into(),
@@ -156,7 +161,14 @@ pub(crate) fn create_flow_in(world: &mut World, spec: &NewFlow) -> FlowCreated {
         .clone()
         .or_else(|| world.credentials.first().map(|c| c.org_id.clone()))
         .unwrap_or_else(|| super::DEFAULT_ORG_ID.to_owned());
-    let flow = FlowRec::new(
+    let tenant = world.tenant_mut(&org, &spec.sandbox);
+    if let Some(existing) = spec.id.as_ref().and_then(|id| tenant.flows.get(id)) {
+        return FlowCreated {
+            id: existing.id.clone(),
+            etag: existing.etag.clone(),
+        };
+    }
+    let mut flow = FlowRec::new(
         spec.name.clone(),
         spec.description.clone(),
         spec.kind,
@@ -164,6 +176,13 @@ pub(crate) fn create_flow_in(world: &mut World, spec: &NewFlow) -> FlowCreated {
         now,
         ADMIN_ACTOR.to_owned(),
     );
+    if let Some(id) = spec
+        .id
+        .as_ref()
+        .filter(|id| !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        flow.id = id.clone();
+    }
     let created = FlowCreated {
         id: flow.id.clone(),
         etag: flow.etag.clone(),

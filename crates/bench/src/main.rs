@@ -78,6 +78,13 @@ struct Args {
     /// window is this long.
     #[arg(long, default_value_t = 60)]
     restart_window_secs: u64,
+    /// AudienceActivations for the activation scenario (0: skip): N Ready ExternalAudiences, then
+    /// one activation each, spread over `--activation-flows` streaming dataflows.
+    #[arg(long, default_value_t = 0)]
+    activations_n: usize,
+    /// Dataflows of the activation scenario.
+    #[arg(long, default_value_t = 10)]
+    activation_flows: usize,
     /// Objects for the realistic-latency run (0: skip).
     #[arg(long, default_value_t = 0)]
     realistic_n: usize,
@@ -229,6 +236,13 @@ async fn main() -> anyhow::Result<()> {
 
     if args.restart_n > 0 {
         runs.push(bench.restart(args.restart_n).await?);
+    }
+    if args.activations_n > 0 {
+        runs.push(
+            bench
+                .activations(args.activations_n, args.activation_flows.max(1))
+                .await?,
+        );
     }
     let peer: Option<Value> = match &args.peer_json {
         Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
@@ -535,68 +549,7 @@ impl Bench {
         let kube_before = self.kube_counts().await?;
         let cpu_before = op.cpu_secs().unwrap_or(0.0);
 
-        // Watch for Ready before creating anything, so no transition is missed.
-        let ready: Arc<std::sync::Mutex<BTreeMap<String, Instant>>> = Arc::default();
-        let watch = {
-            let ready = ready.clone();
-            let api = api.clone();
-            tokio::spawn(async move {
-                let stream = watcher(api, watcher::Config::default()).applied_objects();
-                futures::pin_mut!(stream);
-                while let Ok(Some(obj)) = stream.try_next().await {
-                    let is_ready = obj.data["status"]["conditions"]
-                        .as_array()
-                        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                    if is_ready {
-                        let name = obj.metadata.name.clone().unwrap_or_default();
-                        ready.lock().expect("lock").entry(name).or_insert_with(Instant::now);
-                    }
-                }
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-
-        let t0 = Instant::now();
-        let created: BTreeMap<String, Instant> = futures::stream::iter(objs)
-            .map(|obj| {
-                let api = api.clone();
-                async move {
-                    let name = obj.metadata.name.clone().unwrap_or_default();
-                    let at = Instant::now();
-                    api.create(&PostParams::default(), &obj).await?;
-                    anyhow::Ok((name, at))
-                }
-            })
-            .buffer_unordered(self.args.client_concurrency)
-            .try_collect()
-            .await?;
-        let deadline = t0 + Duration::from_secs(self.args.timeout_secs);
-        loop {
-            let count = ready.lock().expect("lock").len();
-            if count >= n {
-                break;
-            }
-            if let Ok(Some(status)) = op.child.try_wait() {
-                bail!("{name}: the operator exited ({status}) with {count}/{n} Ready; see its log in the work dir");
-            }
-            if Instant::now() > deadline {
-                bail!("{name}: only {count}/{n} Ready after {}s", self.args.timeout_secs);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        watch.abort();
-        let ready = ready.lock().expect("lock").clone();
-        let wall = ready
-            .values()
-            .map(|t| t.duration_since(t0).as_secs_f64())
-            .fold(0.0, f64::max);
-        let mut latency: Vec<f64> = ready
-            .iter()
-            .map(|(k, t)| t.duration_since(created[k]).as_secs_f64())
-            .collect();
-        latency.sort_by(f64::total_cmp);
-        let mut ready_at: Vec<f64> = ready.values().map(|t| t.duration_since(t0).as_secs_f64()).collect();
-        ready_at.sort_by(f64::total_cmp);
+        let (wall, latency, ready_at) = create_and_wait(name, &api, objs, &mut op, &self.args).await?;
         let aep_after = self.aep_counts().await?;
         let kube_after = self.kube_counts().await?;
         let cpu = op.cpu_secs().map(|c| c - cpu_before);
@@ -706,6 +659,9 @@ impl Bench {
             windows.push(total(&self.aep_counts().await?) - total(&before));
         }
         let writes_before = self.aep_counts().await?;
+        // The window after is as long as those before, from the same kind of start (the kill and
+        // the new operator's start are inside it).
+        let window_start = Instant::now();
         let rss = op.rss_mib();
         // SIGKILL, then a new operator at once.
         let _ = tokio::process::Command::new("kill")
@@ -714,7 +670,7 @@ impl Bench {
             .await;
         drop(op);
         let restarted = self.spawn(&name, &ns, self.args.rps, ("200ms", "200ms"), &extra)?;
-        tokio::time::sleep(Duration::from_secs(secs)).await;
+        tokio::time::sleep((window_start + Duration::from_secs(secs)).saturating_duration_since(Instant::now())).await;
         let after_counts = self.aep_counts().await?;
         let after = total(&after_counts) - total(&writes_before);
         let changed: BTreeMap<String, f64> = ["create_audience", "start_run", "patch_audience", "delete_audience"]
@@ -742,6 +698,175 @@ impl Bench {
             peak_rss_mib: rss,
             extra,
             ..Run::default()
+        })
+    }
+}
+
+/// Creates `objs` through `api` and waits until every one shows `Ready=True`: (wall seconds from
+/// the first create to the last Ready, create → Ready latencies sorted, Ready times sorted).
+async fn create_and_wait(
+    name: &str,
+    api: &Api<DynamicObject>,
+    objs: Vec<DynamicObject>,
+    op: &mut Operator,
+    args: &Args,
+) -> anyhow::Result<(f64, Vec<f64>, Vec<f64>)> {
+    let n = objs.len();
+    // Watch for Ready before creating anything, so no transition is missed.
+    let ready: Arc<std::sync::Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let watch = {
+        let ready = ready.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).applied_objects();
+            futures::pin_mut!(stream);
+            while let Ok(Some(obj)) = stream.try_next().await {
+                let is_ready = obj.data["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                if is_ready {
+                    let name = obj.metadata.name.clone().unwrap_or_default();
+                    ready.lock().expect("lock").entry(name).or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = Instant::now();
+    let created: BTreeMap<String, Instant> = futures::stream::iter(objs)
+        .map(|obj| {
+            let api = api.clone();
+            async move {
+                let name = obj.metadata.name.clone().unwrap_or_default();
+                let at = Instant::now();
+                api.create(&PostParams::default(), &obj).await?;
+                anyhow::Ok((name, at))
+            }
+        })
+        .buffer_unordered(args.client_concurrency)
+        .try_collect()
+        .await?;
+    let deadline = t0 + Duration::from_secs(args.timeout_secs);
+    loop {
+        let count = ready.lock().expect("lock").len();
+        if count >= n {
+            break;
+        }
+        if let Ok(Some(status)) = op.child.try_wait() {
+            bail!("{name}: the operator exited ({status}) with {count}/{n} Ready; see its log in the work dir");
+        }
+        if Instant::now() > deadline {
+            bail!("{name}: only {count}/{n} Ready after {}s", args.timeout_secs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watch.abort();
+    let ready = ready.lock().expect("lock").clone();
+    let wall = ready
+        .values()
+        .map(|t| t.duration_since(t0).as_secs_f64())
+        .fold(0.0, f64::max);
+    let mut latency: Vec<f64> = ready
+        .iter()
+        .map(|(k, t)| t.duration_since(created[k]).as_secs_f64())
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    let mut ready_at: Vec<f64> = ready.values().map(|t| t.duration_since(t0).as_secs_f64()).collect();
+    ready_at.sort_by(f64::total_cmp);
+    Ok((wall, latency, ready_at))
+}
+
+impl Bench {
+    /// N Ready ExternalAudiences, then N AudienceActivations of them spread over `flows`
+    /// streaming dataflows, created at once: time until all are Ready, AEP and kube requests per
+    /// activation, and what the dataflows hold at the end.
+    async fn activations(&self, n: usize, flows: usize) -> anyhow::Result<Run> {
+        let name = format!("activations-{n}");
+        let extra_flags = vec!["--activation-poll-interval".to_owned(), "60s".to_owned()];
+        let (_, mut op) = self.operator_with(&name, n, self.args.rps, None, &extra_flags).await?;
+        let ns = format!("bench-{name}-{}", self.tag);
+        let mut flow_ids = Vec::new();
+        for f in 0..flows {
+            let url = format!("{}/_emulator/flows", self.args.emulator_url.trim_end_matches('/'));
+            let created: Value = self
+                .http
+                .post(url)
+                .json(&json!({"name": format!("Bench stream {f}"), "kind": "streaming"}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            flow_ids.push(created["id"].as_str().context("flow id")?.to_owned());
+        }
+        let gvk = GroupVersionKind::gvk("aep.audience-operator.dev", "v1alpha1", "AudienceActivation");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "audienceactivations");
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &ar);
+        let objs = (0..n)
+            .map(|i| {
+                let v = json!({
+                    "apiVersion": "aep.audience-operator.dev/v1alpha1",
+                    "kind": "AudienceActivation",
+                    "metadata": {"name": format!("act-{i}"), "namespace": ns},
+                    "spec": {"audienceRef": {"name": format!("bench-{i}")}, "dataflowId": flow_ids[i % flows]},
+                });
+                Ok(serde_json::from_value(v)?)
+            })
+            .collect::<anyhow::Result<Vec<DynamicObject>>>()?;
+        let aep_before = self.aep_counts().await?;
+        let kube_before = self.kube_counts().await?;
+        let cpu_before = op.cpu_secs().unwrap_or(0.0);
+        let (wall, latency, ready_at) = create_and_wait(&name, &api, objs, &mut op, &self.args).await?;
+        let aep_after = self.aep_counts().await?;
+        let kube_after = self.kube_counts().await?;
+        let cpu = op.cpu_secs().map(|c| c - cpu_before);
+        let rss = op.rss_mib();
+        op.stop().await;
+        // What the dataflows hold: each audience exactly once.
+        let state = self.emulator_get("/_emulator/state").await?;
+        let mut selectors = Vec::new();
+        for id in &flow_ids {
+            let flow = state["flows"]
+                .as_array()
+                .and_then(|fs| fs.iter().find(|f| f["flow_id"] == json!(id)))
+                .context("flow in the emulator's state")?;
+            let ids: Vec<&str> = flow["selectors"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|s| s["value"]["id"].as_str()).collect())
+                .unwrap_or_default();
+            let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+            if unique.len() != ids.len() {
+                bail!("{name}: flow {id} holds an audience twice");
+            }
+            selectors.push(ids.len());
+        }
+        if selectors.iter().sum::<usize>() != n {
+            bail!("{name}: the flows hold {selectors:?} selectors, not {n}");
+        }
+        eprintln!(
+            "bench: {name}: {wall:.1}s over {flows} dataflows; selectors per dataflow {selectors:?}; AEP per activation {:?}",
+            per_object(&aep_before, &aep_after, n)
+        );
+        let mut extra = serde_json::Map::new();
+        extra.insert("dataflows".into(), json!(flows));
+        extra.insert("selectors_per_dataflow".into(), json!(selectors));
+        extra.insert(
+            "note".into(),
+            json!("after N Ready ExternalAudiences; AEP and kube requests per activation, create -> Ready"),
+        );
+        Ok(Run {
+            name,
+            n,
+            wall_secs: wall,
+            p50_secs: quantile(&latency, 0.5),
+            p99_secs: quantile(&latency, 0.99),
+            ready_at,
+            aep_per_object: per_object(&aep_before, &aep_after, n),
+            kube_per_object: per_object(&kube_before, &kube_after, n),
+            peak_rss_mib: rss,
+            cpu_secs: cpu,
+            extra,
         })
     }
 }

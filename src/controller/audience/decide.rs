@@ -60,25 +60,7 @@ pub struct Settings {
     pub run_limit: RunLimit,
 }
 
-/// The IMS org and AEP endpoint of the credentials a pass loaded.
-#[derive(Clone, Copy, Debug)]
-pub struct Endpoint<'a> {
-    pub org_id: &'a str,
-    pub platform_url: &'a str,
-}
-
-/// The credentials Secret, as the pass found it.
-#[derive(Clone, Copy, Debug)]
-pub enum Credentials<'a> {
-    /// Read and valid: the org and endpoint they name.
-    Ready(Endpoint<'a>),
-    /// The Secret does not exist (the message names it).
-    Missing(&'a str),
-    /// The Secret is invalid (the message names the key and the rule).
-    Invalid(&'a str),
-    /// Not read (a decision that needs no credentials, or a unit test).
-    NotRead,
-}
+pub use crate::controller::core::facts::{Credentials, Endpoint};
 
 /// What the decider sees.
 #[derive(Clone, Debug)]
@@ -116,6 +98,8 @@ pub struct Facts<'a> {
     pub cache_holds_claim: bool,
     /// The object's namespace is being deleted (only asked when a deletion lacks credentials).
     pub namespace_terminating: bool,
+    /// The AudienceActivations of this object that still exist (a deletion waits for them).
+    pub activations: &'a [String],
     pub timing: &'a Timing,
     pub settings: &'a Settings,
 }
@@ -192,6 +176,9 @@ pub enum Step {
     /// Read the audience and PATCH drifted properties back.
     CheckDrift { audience_id: String },
     // ----- deletion -----------------------------------------------------------------------------
+    /// Deletion waits for the object's AudienceActivations to remove the audience from their
+    /// dataflows (AEP refuses to delete an audience a destination uses): delete them, wait.
+    AwaitActivations { names: Vec<String> },
     /// Release the object without touching AEP (the event says why, if anything).
     Release {
         event: Option<(EventType, EventReason, String)>,
@@ -234,6 +221,7 @@ impl Step {
             Step::StartRun { .. } => "StartRun",
             Step::ExtendTtl { .. } => "ExtendTtl",
             Step::CheckDrift { .. } => "CheckDrift",
+            Step::AwaitActivations { .. } => "AwaitActivations",
             Step::Release { .. } => "Release",
             Step::WaitDeletion { .. } => "WaitDeletion",
             Step::DeleteLegacy { .. } => "DeleteLegacy",
@@ -335,6 +323,75 @@ pub fn known_ttl(spec: &ExternalAudienceSpec, status: &ExternalAudienceStatus) -
 }
 
 /// The data expiration the status implies (for the audience this object ingests).
+/// What AEP's daily segmentation job says about the last successful run (the `Evaluated`
+/// condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Evaluation {
+    /// A scheduler job created after the run ended.
+    Done(crate::api::SegmentationSeen),
+    /// None yet: the run `run_id`, ended at `ended`.
+    Awaiting { run_id: String, ended: Timestamp },
+}
+
+/// The last run, if it succeeded: its id and end.
+fn last_success(status: &ExternalAudienceStatus) -> Option<(&str, Timestamp)> {
+    let run = status.last_run.as_ref()?;
+    (run.status == crate::api::RunState::Success).then_some(())?;
+    Some((run.run_id.as_str(), run.end_time.as_ref()?.0))
+}
+
+/// Whether the segmentation jobs must be read: the last successful run has no job seen yet.
+pub fn awaits_segmentation(status: &ExternalAudienceStatus) -> bool {
+    last_success(status).is_some_and(|(run_id, _)| status.segmentation.as_ref().is_none_or(|s| s.run_id != run_id))
+}
+
+/// Whether the segmentation jobs are worth reading now: the last successful run awaits a job and
+/// ended at least one poll interval ago (no daily job follows a run within seconds; later reads
+/// are one per poll interval, shared per org and sandbox).
+pub fn segmentation_check_due(status: &ExternalAudienceStatus, now: Timestamp, poll: Duration) -> bool {
+    awaits_segmentation(status) && last_success(status).is_some_and(|(_, ended)| elapsed(ended, now) >= poll)
+}
+
+/// When to look for the segmentation job next, while the last successful run awaits one.
+pub fn next_segmentation_check(status: &ExternalAudienceStatus, now: Timestamp, poll: Duration) -> Option<Duration> {
+    if !awaits_segmentation(status) {
+        return None;
+    }
+    let (_, ended) = last_success(status)?;
+    let since = elapsed(ended, now);
+    Some(if since >= poll { poll } else { poll - since })
+}
+
+/// The evaluation of the last successful run from the succeeded segmentation jobs read (newest
+/// first; `None`: not read): the first job of AEP's scheduler created after the run ended. `None`
+/// without a successful run.
+pub fn evaluation(status: &ExternalAudienceStatus, jobs: Option<&[crate::aep::SegmentJob]>) -> Option<Evaluation> {
+    let (run_id, ended) = last_success(status)?;
+    if let Some(seen) = status.segmentation.as_ref().filter(|s| s.run_id == run_id) {
+        return Some(Evaluation::Done(seen.clone()));
+    }
+    let ended_ms = ended.as_millisecond();
+    let job = jobs.into_iter().flatten().filter(|j| {
+        j.source.as_deref() == Some("scheduler")
+            && j.status == crate::aep::SegmentJobStatus::Succeeded
+            && j.creation_time.is_some_and(|t| t > ended_ms)
+    });
+    let first = job.min_by_key(|j| j.creation_time);
+    Some(
+        match first.and_then(|j| Some((j, Timestamp::from_millisecond(j.creation_time?).ok()?))) {
+            Some((j, created)) => Evaluation::Done(crate::api::SegmentationSeen {
+                run_id: run_id.to_owned(),
+                job_id: j.id.clone(),
+                created_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+            }),
+            None => Evaluation::Awaiting {
+                run_id: run_id.to_owned(),
+                ended,
+            },
+        },
+    )
+}
+
 pub fn data_expiration(f: &Facts<'_>) -> Option<crate::api::DataExpiration> {
     match known_ttl(f.spec, f.status) {
         Some(ttl) if !f.spec.observes() => expiry::compute(f.status, ttl),
@@ -1013,6 +1070,21 @@ fn release(event: Option<(EventType, EventReason, String)>) -> Decision {
 fn deletion(f: &Facts<'_>) -> Decision {
     let st = f.status;
     let t = f.timing;
+    if !f.activations.is_empty() {
+        return decision(
+            Step::AwaitActivations {
+                names: f.activations.to_vec(),
+            },
+            Health::progressing(
+                Reason::ActivationsExist,
+                format!(
+                    "Waiting for AudienceActivation {} to remove the audience from its dataflow before the audience is \
+                     deleted",
+                    f.activations.join(", ")
+                ),
+            ),
+        );
+    }
     if !has_sent(st) {
         return release(None);
     }

@@ -89,6 +89,7 @@ struct World {
     budget: Option<Grant>,
     cache_holds_claim: bool,
     namespace_terminating: bool,
+    activations: Vec<String>,
     timing: Timing,
     settings: Settings,
 }
@@ -118,6 +119,7 @@ impl World {
             budget: None,
             cache_holds_claim: true,
             namespace_terminating: false,
+            activations: Vec::new(),
             timing: Timing::default(),
             settings: Settings::default(),
         }
@@ -145,6 +147,7 @@ impl World {
             budget: self.budget.as_ref(),
             cache_holds_claim: self.cache_holds_claim,
             namespace_terminating: self.namespace_terminating,
+            activations: &self.activations,
             timing: &self.timing,
             settings: &self.settings,
         }

@@ -19,7 +19,7 @@ use kube::{
 use super::{AudiencePass, Creds, Shared, decide::Step, steps::Found};
 use crate::{
     aep::{ErrorKind, OperationStatus},
-    api::{EventReason, ExternalAudience, OwnershipProof, Reason},
+    api::{AudienceActivation, EventReason, ExternalAudience, OwnershipProof, Reason},
     controller::{
         clock::now,
         core::{
@@ -56,6 +56,11 @@ pub(super) async fn cleanup(
     pass.conditioned = false;
     let recorded_org = pass.pass.status.org_id.clone();
     pass.look_up_claims(recorded_org.as_deref());
+    pass.gathered.activations =
+        crate::controller::activation::activations_of(&shared.activations, &ns, &fresh.name_any())
+            .iter()
+            .map(|a| a.name_any())
+            .collect();
     let mut decision = pass.decide();
     let mut session = None;
     if decision.step.mutates_aep() {
@@ -81,6 +86,37 @@ pub(super) async fn cleanup(
     }
     pass.pass.action = decision.step.name();
     match decision.step {
+        Step::AwaitActivations { names } => {
+            // The activations are this object's (ownerReference); the garbage collector would
+            // delete them only after this object is gone, which waits for them: delete them here.
+            let activations = Api::<AudienceActivation>::namespaced(shared.core.client.clone(), &ns);
+            for name in &names {
+                let deleting = activations
+                    .get_opt(name)
+                    .await
+                    .map_err(Error::Kube)?
+                    .is_none_or(|a| a.metadata.deletion_timestamp.is_some());
+                if !deleting {
+                    match activations.delete(name, &Default::default()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(Error::Kube(e)),
+                    }
+                }
+            }
+            if pass.report(decision.health.clone()).await? {
+                pass.publish((
+                    EventType::Normal,
+                    EventReason::ActivationsExist,
+                    decision.health.message().to_owned(),
+                ))
+                .await;
+            }
+            return Err(Error::Waiting(
+                "waiting for the audience's activations",
+                shared.core.timing.operation_poll,
+            ));
+        }
         Step::Release { event } => {
             if let Some(note) = event {
                 pass.publish(note).await;

@@ -32,7 +32,7 @@ use kube::{
     runtime::{controller::Action, events::EventType, reflector::Store},
 };
 
-use self::decide::{Annotations, Credentials, Decision, Endpoint, Facts, Settings, Step};
+use self::decide::{Annotations, Decision, Facts, Settings, Step};
 use super::{
     budget::{Grant, RunBudget},
     claims::{self, Claim, ClaimIndex},
@@ -41,13 +41,14 @@ use super::{
     credentials::{self, CredentialsError},
     expiry,
     keys::ObjectKey,
+    reads::Reads,
     schedule::Schedule,
     seams::{AepApi, StatusApi},
 };
 use crate::{
     api::{
-        Blocked, ConditionType, EventReason, ExternalAudience, ExternalAudienceStatus, FINALIZER, OWNERSHIP_RECORD,
-        OwnershipProof, OwnershipRecord, Reason,
+        AudienceActivation, Blocked, ConditionType, EventReason, ExternalAudience, ExternalAudienceStatus, FINALIZER,
+        OWNERSHIP_RECORD, OwnershipProof, OwnershipRecord, Reason,
     },
     status::{Health, with_condition, with_paused, without_condition},
 };
@@ -79,6 +80,10 @@ pub struct Shared {
     /// The daily run budget of each (org, sandbox).
     pub budget: RunBudget,
     pub settings: Settings,
+    /// The AudienceActivation controller's cache (a deletion waits for an object's activations).
+    pub activations: Store<AudienceActivation>,
+    /// AEP reads shared by many objects (segmentation jobs).
+    pub reads: Arc<Reads>,
 }
 
 impl Shared {
@@ -98,16 +103,7 @@ impl Shared {
     }
 }
 
-/// The credentials as the pass found them (owned).
-#[derive(Clone, Debug, Default)]
-pub(crate) enum Creds {
-    /// Read and valid: (org id, platform URL).
-    Ready(String, String),
-    Missing(String),
-    Invalid(String),
-    #[default]
-    NotRead,
-}
+pub(crate) use super::core::facts::Creds;
 
 /// The facts a pass gathered beyond the object itself.
 #[derive(Clone, Debug)]
@@ -120,6 +116,11 @@ pub(crate) struct Gathered {
     pub(crate) budget: Option<Grant>,
     pub(crate) cache_holds_claim: bool,
     pub(crate) namespace_terminating: bool,
+    /// The object's AudienceActivations that still exist (asked only when it is being deleted).
+    pub(crate) activations: Vec<String>,
+    /// AEP's succeeded segmentation jobs of the sandbox (read only while the last successful run
+    /// awaits one).
+    pub(crate) segmentation: Option<Arc<Vec<crate::aep::SegmentJob>>>,
     pub(crate) schedule: Result<Option<Schedule>, String>,
 }
 
@@ -174,6 +175,8 @@ impl<'a> AudiencePass<'a> {
                 budget: None,
                 cache_holds_claim: true,
                 namespace_terminating: false,
+                activations: Vec::new(),
+                segmentation: None,
                 schedule: parse_schedule(obj),
             },
         }
@@ -229,17 +232,13 @@ impl<'a> AudiencePass<'a> {
             retry_create: annotations.retry_create,
             resync: annotations.resync,
             schedule: &g.schedule,
-            credentials: match &g.credentials {
-                Creds::Ready(org_id, platform_url) => Credentials::Ready(Endpoint { org_id, platform_url }),
-                Creds::Missing(m) => Credentials::Missing(m),
-                Creds::Invalid(m) => Credentials::Invalid(m),
-                Creds::NotRead => Credentials::NotRead,
-            },
+            credentials: g.credentials.facts(),
             claimed_by: g.claimed_by.as_ref(),
             record: g.record.as_ref(),
             budget: g.budget.as_ref(),
             cache_holds_claim: g.cache_holds_claim,
             namespace_terminating: g.namespace_terminating,
+            activations: &g.activations,
             timing: &self.ctx.timing,
             settings: &self.shared.settings,
         }
@@ -407,6 +406,44 @@ impl<'a> AudiencePass<'a> {
                     without_condition(&self.pass.status.conditions, ConditionType::DataExpiring.as_str());
             }
         }
+        let evaluation = decide::evaluation(
+            &self.pass.status,
+            self.gathered.segmentation.as_deref().map(Vec::as_slice),
+        );
+        self.pass.status.conditions = match evaluation {
+            Some(decide::Evaluation::Done(seen)) => {
+                let message = format!(
+                    "AEP's daily segmentation job {} ran at {}, after the last successful run {}: batch destinations \
+                     export the audience as it evaluated it",
+                    seen.job_id, seen.created_at.0, seen.run_id
+                );
+                self.pass.status.segmentation = Some(seen);
+                with_condition(
+                    &self.pass.status.conditions,
+                    &self.pass.original.conditions,
+                    ConditionType::Evaluated.as_str(),
+                    true,
+                    Reason::SegmentationDone.as_str(),
+                    message,
+                    generation,
+                    at,
+                )
+            }
+            Some(decide::Evaluation::Awaiting { run_id, ended }) => with_condition(
+                &self.pass.status.conditions,
+                &self.pass.original.conditions,
+                ConditionType::Evaluated.as_str(),
+                false,
+                Reason::AwaitingSegmentation.as_str(),
+                format!(
+                    "The last successful run {run_id} (ended {ended}) has not been evaluated by AEP's daily \
+                     segmentation job yet; batch destinations export the audience after it (streaming ones sooner)"
+                ),
+                generation,
+                at,
+            ),
+            None => without_condition(&self.pass.status.conditions, ConditionType::Evaluated.as_str()),
+        };
         let observes = self.pass.obj.spec.observes();
         self.pass.status.conditions = match (&self.pass.status.observed, observes) {
             (Some(observed), true) => {
@@ -471,7 +508,10 @@ impl<'a> AudiencePass<'a> {
             self.ctx.timing.expiration_warning,
         )
         .map(|d| d + SCHEDULE_WAKE_MARGIN);
-        next_scheduled.into_iter().chain(expiry).min()
+        // While the last successful run awaits AEP's segmentation job, look for it every poll
+        // interval, the first time one interval after the run.
+        let segmentation = decide::next_segmentation_check(&self.pass.status, at, self.ctx.timing.activation_poll);
+        next_scheduled.into_iter().chain(expiry).chain(segmentation).min()
     }
 
     /// The ownership record the written status implies: for an audience this object manages, with
@@ -656,7 +696,44 @@ async fn apply_once(cached: &ExternalAudience, shared: &Shared, api: &Api<Extern
         cached.status.as_ref().and_then(|s| s.claimed_at.as_ref()) == pass.pass.original.claimed_at.as_ref();
     let decision = pass.decide_with_budget();
     pass.pass.status.credentials_secret = Some(secret_name);
+    if let Some(s) = &session {
+        pass.gather_segmentation(s).await;
+    }
     run(pass, decision, session.as_ref()).await
+}
+
+impl AudiencePass<'_> {
+    /// AEP's succeeded segmentation jobs of the sandbox, while the last successful run awaits one
+    /// (shared: one list per org and sandbox per poll interval).
+    async fn gather_segmentation(&mut self, session: &crate::aep::Session) {
+        if !decide::segmentation_check_due(&self.pass.status, self.gathered.now, self.ctx.timing.activation_poll) {
+            return;
+        }
+        // Only where the audience lives: credentials that now name another org or endpoint are
+        // never used for it (the decision holds the object instead).
+        let st = &self.pass.status;
+        let home = matches!(&self.gathered.credentials, Creds::Ready(org, url)
+            if st.org_id.as_deref() == Some(org.as_str()) && st.platform_url.as_deref() == Some(url.as_str()));
+        if !home {
+            return;
+        }
+        let endpoint = (
+            self.pass.status.org_id.clone().unwrap_or_default(),
+            session.platform_url().to_string(),
+            self.pass.obj.spec.sandbox.clone(),
+        );
+        let read = self
+            .shared
+            .reads
+            .segment_jobs(&endpoint, self.ctx.timing.activation_poll, || {
+                crate::controller::seams::FlowApi::list_segment_jobs(session, Some("SUCCEEDED"), 100)
+            })
+            .await;
+        match read {
+            Ok(jobs) => self.gathered.segmentation = Some(jobs),
+            Err(e) => tracing::debug!(error = %e, "Could not list the segmentation jobs"),
+        }
+    }
 }
 
 /// Carries the decision out and finishes the pass.
@@ -742,6 +819,17 @@ pub fn shared(
             budget_gather,
         ),
         settings,
+        activations: kube::runtime::reflector::store().0,
+        reads: Arc::default(),
+    }
+}
+
+impl Shared {
+    /// With the AudienceActivation cache and the shared reads of the process.
+    pub fn with_activations(mut self, activations: Store<AudienceActivation>, reads: Arc<Reads>) -> Self {
+        self.activations = activations;
+        self.reads = reads;
+        self
     }
 }
 

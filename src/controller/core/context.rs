@@ -42,6 +42,8 @@ pub struct Timing {
     pub secret_grace: Duration,
     /// How long before the data expires it is reported (and auto-extended).
     pub expiration_warning: Duration,
+    /// How often destination dataflows, their export runs and segmentation jobs are read.
+    pub activation_poll: Duration,
 }
 
 impl Default for Timing {
@@ -57,6 +59,7 @@ impl Default for Timing {
             create_settle: Duration::from_secs(600),
             secret_grace: Duration::from_secs(120),
             expiration_warning: Duration::from_secs(72 * 3600),
+            activation_poll: Duration::from_secs(300),
         }
     }
 }

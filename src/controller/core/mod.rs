@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod facts;
 pub mod finalizer;
 pub mod pass;
 pub mod verdict;

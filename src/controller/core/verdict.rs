@@ -11,7 +11,7 @@
 //! | NotNow (start-run refused, in use) | Reconciling/RunDeferred, the deferred interval | Stalled/DeleteRefused, backoff |
 //! | PermissionDenied (403) | Stalled/PermissionDenied, re-checked on the credentials interval | Stalled/PermissionDenied, backoff |
 //! | Unauthorized (401 after a fresh token) | Stalled/CredentialsInvalid, Secret read again | the same, backoff |
-//! | Terminal, Conflict (400, 409) | Stalled/RejectedByAEP, blocks the generation | Stalled/DeleteRefused, backoff |
+//! | Terminal, Conflict (400, 409, 412) | Stalled/RejectedByAEP, blocks the generation | Stalled/DeleteRefused, backoff |
 //! | NotFound (404) | Stalled/&lt;the resource&gt;NotFound, blocks the generation | Stalled/DeleteRefused, backoff |
 //!
 //! Messages carry AEP's own text (never a URL, token or secret), made stable so that a repeat
@@ -36,9 +36,14 @@ pub enum Phase {
     Delete,
 }
 
-/// The reason a 404 from `call` is reported with.
-fn not_found(_call: Call) -> Reason {
-    Reason::AudienceNotFound
+/// The reason a 404 from `call` is reported with: the resource the call names.
+fn not_found(call: Call) -> Reason {
+    match call {
+        Call::GetFlow | Call::ListFlows | Call::PatchFlow | Call::ListFlowRuns | Call::GetFlowRun => {
+            Reason::DataflowNotFound
+        }
+        _ => Reason::AudienceNotFound,
+    }
 }
 
 /// What `e`, met while doing `what`, means for the pass.
