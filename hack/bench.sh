@@ -2,7 +2,7 @@
 # `make bench`: the operator side by side with the kube-apiserver floor (see docs/performance.md).
 #   make bench                                   # N=1000
 #   BENCH_N_LIST="100 1000" make bench           # several sizes, one after another
-#   N=1000 RPS=1000 CONCURRENCY=32 STEADY_SECS=60 REALISTIC_N=1000 DEFAULT_RPS=1 PEER_K=5 make bench
+#   N=1000 RPS=1000 CONCURRENCY=32 STEADY_SECS=180 STEADY_RESYNC_SECS=60 REALISTIC_N=1000 DEFAULT_RPS=1 PEER_K=5 make bench
 #   RESTART_N=1000 RESTART_WINDOW_SECS=60 make bench   # also: a SIGKILL with N Ready, requests per window
 #   ACTIVATIONS_N=1000 ACTIVATION_FLOWS=10 make bench   # also: N AudienceActivations over 10 dataflows
 # Starts the local control plane and the emulator (zero latency), builds the release binaries and
@@ -17,7 +17,7 @@ cd "$root"
 n_list=${BENCH_N_LIST:-${N:-1000}}
 rps=${RPS:-1000}
 concurrency=${CONCURRENCY:-32}
-steady=${STEADY_SECS:-60}
+steady=${STEADY_SECS:-180}
 realistic=${REALISTIC_N:-0}
 work=${BENCH_DIR:-/tmp/audience-operator-bench}
 nice=(nice -n "${NICE:-19}")
@@ -63,7 +63,7 @@ fi
 
 # The command as typed, for the table in docs/performance.md.
 cmd="make bench"
-for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS REALISTIC_N RESTART_N RESTART_WINDOW_SECS ACTIVATIONS_N ACTIVATION_FLOWS DEFAULT_RPS PEER_K TIMEOUT; do
+for v in N BENCH_N_LIST RPS CONCURRENCY STEADY_SECS STEADY_RESYNC_SECS REALISTIC_N RESTART_N RESTART_WINDOW_SECS ACTIVATIONS_N ACTIVATION_FLOWS DEFAULT_RPS PEER_K TIMEOUT; do
   if [ -n "${!v:-}" ]; then
     case "${!v}" in *" "*) cmd="$v=\"${!v}\" $cmd" ;; *) cmd="$v=${!v} $cmd" ;; esac
   fi
@@ -79,6 +79,7 @@ extra=()
 "${nice[@]}" "$bin/bench" --emulator-url "http://$addr" --controller "$bin/controller" --nice \
   "${n_args[@]}" --concurrency "$concurrency" --rps "$rps" --steady-secs "$steady" \
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
+  --steady-resync-secs "${STEADY_RESYNC_SECS:-60}" \
   --restart-n "${RESTART_N:-0}" --restart-window-secs "${RESTART_WINDOW_SECS:-60}" \
   --activations-n "${ACTIVATIONS_N:-0}" --activation-flows "${ACTIVATION_FLOWS:-10}" \
   --realistic-operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" \

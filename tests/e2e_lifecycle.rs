@@ -171,13 +171,14 @@ async fn restarting_a_ready_operator_makes_no_aep_writes() {
     env.start_operator();
     // The restarted operator is really running (not dead at start): it logs its start and then
     // reads the audience once for its first drift check.
-    let reads_before = before.received("get_audience");
+    // (A drift check reads the sandbox's audience list, or the audience itself.)
+    let reads_before = before.received("get_audience") + before.received("list_audiences");
     support::wait_for("the restarted operator's first drift check", READY_TIMEOUT, || {
         let log = env.log_text();
         let stats = env.emulator.stats();
         async move {
             (log.matches("Starting ExternalAudience controller").count() > starts_before
-                && stats.received("get_audience") > reads_before)
+                && stats.received("get_audience") + stats.received("list_audiences") > reads_before)
                 .then_some(())
         }
     })
@@ -196,11 +197,13 @@ async fn restarting_a_ready_operator_makes_no_aep_writes() {
     assert!(is_ready(&env.get("loyalty-members").await));
 }
 
-/// Drift-check reads (GET audience) sent in a window of `secs` from now.
+/// Drift-check reads sent in a window of `secs` from now: GETs of one audience and pages of the
+/// sandbox's audience list (which answers for every object of the sandbox).
 async fn reads_in(env: &Env, secs: u64) -> u64 {
-    let before = env.emulator.stats().received("get_audience");
+    let reads = |s: &aep_emulator::Stats| s.received("get_audience") + s.received("list_audiences");
+    let before = reads(&env.emulator.stats());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    env.emulator.stats().received("get_audience") - before
+    reads(&env.emulator.stats()) - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,7 +146,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     let core = Arc::new(Context::new(
         client.clone(),
         aep,
-        Arc::new(core::events::RecorderSink(recorder)),
+        Arc::new(core::events::RecorderSink::spawn(recorder)),
         timing,
         metrics.clone(),
         cfg.credentials_cache_ttl,

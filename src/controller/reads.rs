@@ -1,6 +1,7 @@
 //! AEP reads shared by many objects: one read of a destination dataflow and one list of its
-//! export runs per dataflow per poll interval, and one list of segmentation jobs per (org,
-//! sandbox) per poll interval, whatever the number of objects that ask. Single flight: objects
+//! export runs per dataflow per poll interval, one list of segmentation jobs per (org, sandbox)
+//! per poll interval, and the paged list of a sandbox's audiences that drift checks read,
+//! whatever the number of objects that ask. Single flight: objects
 //! that ask at once wait for the one read in flight.
 //!
 //! The dataflow's slot is also its write lock: a change to a dataflow is decided from a read taken
@@ -19,7 +20,7 @@ use std::{
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
-use crate::aep::{Error, ErrorKind, Flow, FlowRun, SegmentJob, error::Call};
+use crate::aep::{Error, ErrorKind, Flow, FlowRun, SegmentJob, UpsAudience, error::Call};
 
 /// Where a dataflow or a sandbox lives: (IMS org, AEP endpoint, sandbox).
 pub type Endpoint = (String, String, String);
@@ -123,14 +124,50 @@ impl FlowEntry {
 
 /// The entries of dataflows by (endpoint, dataflow id), with when each was last asked for.
 type FlowEntries = HashMap<(Endpoint, String), (Instant, Arc<FlowEntry>)>;
-/// The segmentation jobs by endpoint.
-type JobSlots = HashMap<Endpoint, Arc<AsyncMutex<Slot<Vec<SegmentJob>>>>>;
+
+/// One shared answer per endpoint (org, AEP endpoint, sandbox).
+pub struct PerEndpoint<T> {
+    slots: Mutex<HashMap<Endpoint, Arc<AsyncMutex<Slot<T>>>>>,
+}
+
+impl<T> Default for PerEndpoint<T> {
+    fn default() -> Self {
+        PerEndpoint {
+            slots: Mutex::default(),
+        }
+    }
+}
+
+impl<T> PerEndpoint<T> {
+    /// The answer for `endpoint` when younger than `max_age`, else `read`'s (single flight).
+    pub async fn get<F, Fut>(&self, endpoint: &Endpoint, max_age: Duration, read: F) -> Result<Arc<T>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() > PRUNE_ABOVE {
+                slots.retain(|_, slot| {
+                    slot.try_lock()
+                        .map_or(true, |s| s.read_within(Duration::from_secs(3600)))
+                });
+            }
+            slots.entry(endpoint.clone()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        slot.get(max_age, read).await
+    }
+}
 
 /// The shared reads of the process.
 #[derive(Default)]
 pub struct Reads {
     flows: Mutex<FlowEntries>,
-    jobs: Mutex<JobSlots>,
+    /// Succeeded segmentation jobs of each sandbox, newest first.
+    pub jobs: PerEndpoint<Vec<SegmentJob>>,
+    /// The audiences the plain list of each sandbox returns, by id (drift checks read them).
+    pub audiences: PerEndpoint<HashMap<String, UpsAudience>>,
 }
 
 impl Reads {
@@ -146,31 +183,6 @@ impl Reads {
             .or_insert_with(|| (Instant::now(), Arc::default()));
         slot.0 = Instant::now();
         slot.1.clone()
-    }
-
-    /// The succeeded segmentation jobs of a sandbox, newest first: one list per `max_age`.
-    pub async fn segment_jobs<F, Fut>(
-        &self,
-        endpoint: &Endpoint,
-        max_age: Duration,
-        read: F,
-    ) -> Result<Arc<Vec<SegmentJob>>, Error>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<SegmentJob>, Error>>,
-    {
-        let slot = {
-            let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            if jobs.len() > PRUNE_ABOVE {
-                jobs.retain(|_, slot| {
-                    slot.try_lock()
-                        .map_or(true, |s| s.read_within(Duration::from_secs(3600)))
-                });
-            }
-            jobs.entry(endpoint.clone()).or_default().clone()
-        };
-        let mut slot = slot.lock().await;
-        slot.get(max_age, read).await
     }
 }
 

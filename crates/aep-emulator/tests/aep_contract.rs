@@ -913,8 +913,8 @@ async fn the_seed_curl_calls_from_the_docs_work_against_the_emulator() {
 
     let emu = start(|b| b).await;
     let base = emu.base_url().as_str().trim_end_matches('/').to_owned();
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/aep-emulator.md"))
-        .expect("docs/aep-emulator.md exists");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/tutorial-curl.md"))
+        .expect("docs/tutorial-curl.md exists");
 
     // 1. Token (docs: "Get an access token").
     let token_url = format!("{base}/ims/token/v3");

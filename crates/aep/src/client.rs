@@ -30,7 +30,7 @@ use super::flows::{
     NextLink, PatchFlowResponse, SegmentJob, SegmentSchedule, UpsList, segment_entity_id,
 };
 use super::ims::{AccessToken, TokenCache};
-use super::ratelimit::OrgRateLimiter;
+use super::ratelimit::{OrgRateLimiter, Priority};
 use super::types::{
     CreateAudienceRequest, CreateAudienceResponse, ExtendTtlResponse, ExternalAudience, Operation,
     PatchAudienceRequest, Run, RunList, StartRunRequest, UpsAudience, UpsAudienceList, error_code_from_body,
@@ -45,6 +45,9 @@ pub const DEFAULT_PLATFORM_URL: &str = "https://platform.adobe.io";
 pub const DEFAULT_IMS_URL: &str = "https://ims-na1.adobelogin.com";
 /// Page size used by [`Session::find_audiences_by_name`].
 const FIND_PAGE_SIZE: u32 = 50;
+/// Page size of the unfiltered list of a sandbox's audiences (drift checks, import): AEP documents
+/// no maximum; 100 is what its other list APIs take.
+const LIST_PAGE_SIZE: u32 = 100;
 /// Upper bound on pages followed by one lookup (protects against looping `next` links).
 const MAX_PAGES: usize = 1000;
 /// Page size of the Flow Service lists (its maximum, reference §1.4).
@@ -288,6 +291,7 @@ impl AepClient {
             client: self.clone(),
             creds: Arc::new(creds.clone()),
             sandbox: sandbox.to_owned(),
+            priority: Priority::Foreground,
         }
     }
 
@@ -308,6 +312,8 @@ pub struct Session {
     client: AepClient,
     creds: Arc<Credentials>,
     sandbox: String,
+    /// The lane of the org's request budget its calls wait in.
+    priority: Priority,
 }
 
 impl fmt::Debug for Session {
@@ -345,6 +351,16 @@ pub(crate) fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
 }
 
 impl Session {
+    /// The same session, its calls waiting in the background lane of the org's request budget:
+    /// they take a slot only while no foreground call of the org waits (periodic drift checks
+    /// yield to creates, updates and runs).
+    pub fn background(&self) -> Session {
+        Session {
+            priority: Priority::Background,
+            ..self.clone()
+        }
+    }
+
     /// The sandbox this session acts in.
     pub fn sandbox(&self) -> &str {
         &self.sandbox
@@ -439,7 +455,7 @@ impl Session {
     /// Every audience of this sandbox that the plain list returns (not inactive or deleted ones),
     /// optionally only those whose name contains `name_contains` (case-insensitive, AEP's `name`
     /// filter): pages through `GET /data/core/ups/audiences` following `_links.next`, at most
-    /// 1,000 pages of 50.
+    /// 1,000 pages of 100.
     pub async fn list_audiences(&self, name_contains: Option<&str>) -> Result<Vec<UpsAudience>, Error> {
         let mut url = self.ups_url(&["audiences"]);
         let filter = match name_contains {
@@ -449,7 +465,7 @@ impl Session {
             }
             None => "limit",
         };
-        url.query_pairs_mut().append_pair("limit", &FIND_PAGE_SIZE.to_string());
+        url.query_pairs_mut().append_pair("limit", &LIST_PAGE_SIZE.to_string());
         let needle = name_contains.map(str::to_lowercase);
         self.collect_pages(url, filter, |a| {
             needle.as_deref().is_none_or(|n| a.name.to_lowercase().contains(n))
@@ -1000,7 +1016,7 @@ impl Session {
                     inner.observer.as_ref(),
                 )
                 .await?;
-            inner.limiter.acquire(&self.creds.org_id).await;
+            inner.limiter.acquire_with(&self.creds.org_id, self.priority).await;
             let (status, headers, bytes) = self.send(call, method, url, body, headers, &token).await?;
             if (200..300).contains(&status) {
                 return Ok((status, bytes));

@@ -25,6 +25,7 @@ pub use client::{AepClient, ClientConfig, ClientMetrics, Credentials, DEFAULT_SC
 pub use endpoint::{EndpointError, EndpointPolicy};
 pub use error::{Error, ErrorKind};
 pub use flows::*;
+pub use ratelimit::Priority;
 pub use types::*;
 
 /// Installs the process-wide rustls crypto provider (ring) that every HTTP client of this crate

@@ -5,10 +5,25 @@
 //!
 //! [`AepClient`]: super::AepClient
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+
+/// Which lane a request waits in: background reads (drift checks) take a slot only while no
+/// foreground request (creates, updates, runs and their polls) of the same org is waiting. One
+/// budget, two lanes: background work never adds to the rate, it only yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Work an object is waiting on.
+    #[default]
+    Foreground,
+    /// Periodic checks that may wait.
+    Background,
+}
 
 /// Transport jitter the spacing leaves room for: a request held up on its way for up to this long
 /// (a busy host, a slow network path) still never lands in the same one-second window of AEP's
@@ -22,6 +37,29 @@ pub const JITTER_ALLOWANCE: Duration = Duration::from_millis(100);
 /// leaves every window of arrivals at or under the limit.
 pub struct OrgRateLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
+    /// Foreground requests waiting for a slot, per org.
+    waiting: Mutex<HashMap<String, usize>>,
+    /// Signalled whenever an org's foreground queue empties.
+    drained: Notify,
+}
+
+/// Counts one waiting foreground request until dropped (also when its future is cancelled).
+struct Waiting<'a> {
+    limiter: &'a OrgRateLimiter,
+    org: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.limiter.lock();
+        if let Some(n) = waiting.get_mut(self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(self.org);
+                self.limiter.drained.notify_waiters();
+            }
+        }
+    }
 }
 
 impl OrgRateLimiter {
@@ -34,12 +72,46 @@ impl OrgRateLimiter {
             .allow_burst(NonZeroU32::MIN);
         OrgRateLimiter {
             limiter: RateLimiter::keyed(quota),
+            waiting: Mutex::default(),
+            drained: Notify::new(),
         }
     }
 
-    /// Waits until `org_id` may send one more request.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn foreground_waiting(&self, org_id: &str) -> bool {
+        self.lock().get(org_id).is_some_and(|n| *n > 0)
+    }
+
+    /// Waits until `org_id` may send one more foreground request.
     pub async fn acquire(&self, org_id: &str) {
-        self.limiter.until_key_ready(&org_id.to_owned()).await;
+        self.acquire_with(org_id, Priority::Foreground).await;
+    }
+
+    /// Waits until `org_id` may send one more request of `priority`: a background request first
+    /// waits until no foreground request of the org is waiting.
+    pub async fn acquire_with(&self, org_id: &str, priority: Priority) {
+        match priority {
+            Priority::Foreground => {
+                *self.lock().entry(org_id.to_owned()).or_insert(0) += 1;
+                let _waiting = Waiting {
+                    limiter: self,
+                    org: org_id,
+                };
+                self.limiter.until_key_ready(&org_id.to_owned()).await;
+            }
+            Priority::Background => loop {
+                let drained = self.drained.notified();
+                // Registered before the check, so a queue that empties in between still wakes it.
+                if !self.foreground_waiting(org_id) {
+                    self.limiter.until_key_ready(&org_id.to_owned()).await;
+                    return;
+                }
+                drained.await;
+            },
+        }
     }
 }
 
@@ -52,6 +124,43 @@ impl std::fmt::Debug for OrgRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn background_requests_wait_while_foreground_ones_queue() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let limiter = Arc::new(OrgRateLimiter::new(20));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicUsize::new(0));
+        // A burst of foreground work is queued first; a background read arrives behind it.
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (limiter, order, done) = (limiter.clone(), order.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire("A@AdobeOrg").await;
+                order.lock().expect("lock").push(format!("fg{i}"));
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        tokio::task::yield_now().await;
+        let bg = {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tokio::spawn(async move {
+                limiter.acquire_with("A@AdobeOrg", Priority::Background).await;
+                order.lock().expect("lock").push("bg".to_owned());
+            })
+        };
+        for t in tasks {
+            t.await.expect("fg");
+        }
+        bg.await.expect("bg");
+        let order = order.lock().expect("lock").clone();
+        assert_eq!(order.last().map(String::as_str), Some("bg"), "{order:?}");
+        // Another org's background request does not wait for A's queue.
+        let started = tokio::time::Instant::now();
+        limiter.acquire_with("B@AdobeOrg", Priority::Background).await;
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
 
     #[tokio::test]
     async fn requests_are_spaced_and_orgs_are_independent() {

@@ -28,10 +28,12 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 const FINALIZER: &str = "externalaudiences.aep.audience-operator.dev/cleanup";
-/// Writes the operator makes per object on the happy path (see `src/controller/steps.rs`):
-/// the finalizer (metadata patch), then six status writes: create marker, operation id,
-/// audience id, run marker, run id, run result (Ready).
-const WRITES_PER_OBJECT: usize = 7;
+/// Writes the operator must make per object on the happy path: the finalizer (metadata patch),
+/// six status writes (create marker, operation id, audience id, run marker, run id, run result:
+/// Ready), and the ownership record annotation twice (once the audience is known, so a backup
+/// taken from then on restores without a create; again with the spec the run ingested, so it
+/// restores without a run).
+const WRITES_PER_OBJECT: usize = 9;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Benchmark the operator against the kube-apiserver floor (see hack/bench.sh)")]
@@ -70,6 +72,10 @@ struct Args {
     /// Steady-state window after the operator run of the largest N, seconds (0: skip).
     #[arg(long, default_value_t = 60)]
     steady_secs: u64,
+    /// Drift interval (`--resync-interval`) of the operator whose steady state is measured, seconds:
+    /// shorter than the window, so the window shows what drift checks cost.
+    #[arg(long, default_value_t = 60)]
+    steady_resync_secs: u64,
     /// Objects for the restart scenario (0: skip): N Ready with a short drift interval, AEP
     /// requests counted per window before a SIGKILL of the operator and after its restart.
     #[arg(long, default_value_t = 0)]
@@ -193,9 +199,17 @@ async fn main() -> anyhow::Result<()> {
     let smallest = args.n.iter().copied().min().unwrap_or(0);
     let largest = args.n.iter().copied().max().unwrap_or(0);
     let mut steady_done = false;
+    let steady_flags = vec!["--resync-interval".to_owned(), format!("{}s", args.steady_resync_secs)];
     for &n in &args.n {
         runs.push(bench.limit(n).await?);
-        let (run, op) = bench.operator(&format!("operator-{n}"), n, args.rps, None).await?;
+        let flags: &[String] = if n == largest && args.steady_secs > 0 {
+            &steady_flags
+        } else {
+            &[]
+        };
+        let (run, op) = bench
+            .operator_with(&format!("operator-{n}"), n, args.rps, None, flags)
+            .await?;
         runs.push(run);
         // The steady window follows the largest N: idle cost with the most objects Ready.
         if n == largest && !steady_done && args.steady_secs > 0 {
@@ -357,6 +371,10 @@ fn per_object(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, n: 
             (d > 0.0).then(|| (k.clone(), round2(d / n as f64)))
         })
         .collect()
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
 }
 
 fn round2(x: f64) -> f64 {
@@ -601,6 +619,17 @@ impl Bench {
         };
         let mut extra = serde_json::Map::new();
         extra.insert("window_secs".into(), json!(secs));
+        extra.insert("resync_interval_secs".into(), json!(self.args.steady_resync_secs));
+        let aep_total: f64 = aep_after.values().sum::<f64>() - aep_before.values().sum::<f64>();
+        let per_object_per_minute = round4(aep_total * per_min / n.max(1) as f64);
+        eprintln!(
+            "bench: steady-{n}: {secs}s window, drift interval {}s: {per_object_per_minute} AEP requests per object per minute",
+            self.args.steady_resync_secs
+        );
+        extra.insert(
+            "aep_requests_per_object_per_minute".into(),
+            json!(per_object_per_minute),
+        );
         extra.insert("aep_requests_per_minute".into(), json!(rate(&aep_before, &aep_after)));
         extra.insert(
             "kube_requests_per_minute".into(),
@@ -900,9 +929,23 @@ async fn limit_object(api: &Api<DynamicObject>, obj: &DynamicObject, i: usize) -
         json!({"lastRun": {"runId": run_id, "status": "Success", "generation": 1, "startTime": now(), "endTime": now()},
                "ingestedSpecHash": "0123456789abcdef", "conditions": cond("True", "Ready")}),
     ];
-    for status in writes {
+    let record = |ingested: Option<&str>| {
+        json!({"metadata": {"annotations": {"aep.audience-operator.dev/ownership": json!({
+            "v": 1, "audienceId": aud_id, "orgId": "ORG", "platformUrl": "http://aep/", "sandbox": "prod",
+            "claimedBy": "uid", "claimedAt": now(), "ingestedSpecHash": ingested}).to_string()}}})
+    };
+    for (k, status) in writes.into_iter().enumerate() {
         api.patch_status(&name, &pp, &Patch::Merge(json!({"status": status})))
             .await?;
+        // The ownership record follows the status that makes it true.
+        match k {
+            2 => api.patch(&name, &pp, &Patch::Merge(record(None))).await.map(|_| ())?,
+            5 => api
+                .patch(&name, &pp, &Patch::Merge(record(Some("0123456789abcdef"))))
+                .await
+                .map(|_| ())?,
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -968,7 +1011,7 @@ fn print_table(runs: &[Run], args: &Args) {
         }
     }
     println!(
-        "\nlimit = create + {WRITES_PER_OBJECT} writes per object (finalizer + 6 status writes), client concurrency {}; \
+        "\nlimit = create + {WRITES_PER_OBJECT} writes per object (finalizer + 6 status writes + 2 ownership record writes), client concurrency {}; \
          operator --concurrency {} --aep-requests-per-second {} (poll 200ms; realistic: defaults 5s/15s)",
         args.client_concurrency, args.concurrency, args.rps
     );
@@ -1014,8 +1057,14 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
                     .and_then(Value::as_object)
                     .map_or(0.0, |o| o.values().filter_map(Value::as_f64).sum::<f64>())
             };
+            let per_object = r
+                .extra
+                .get("aep_requests_per_object_per_minute")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            let interval = r.extra.get("resync_interval_secs").and_then(Value::as_u64).unwrap_or(0);
             out.push_str(&format!(
-                "| steady state, {}s window | {} | - | - | - | - | {:.0} / min | {:.0} / min (all clients) | {rss} | {cpu} |\n",
+                "| steady state, {}s window, drift interval {interval}s | {} | - | - | - | - | {:.0} / min ({per_object:.3} / object / min) | {:.0} / min (all clients) | {rss} | {cpu} |\n",
                 r.wall_secs,
                 r.n,
                 per_min("aep_requests_per_minute").abs(),
@@ -1053,6 +1102,12 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
             (
                 format!("limit: create + {WRITES_PER_OBJECT} writes, no logic ({rest})"),
                 "floor".to_owned(),
+            )
+        } else if r.name.starts_with("activations") {
+            let flows = r.extra.get("dataflows").and_then(Value::as_u64).unwrap_or(0);
+            (
+                format!("AudienceActivations into {flows} dataflows (N audiences Ready first)"),
+                "-".to_owned(),
             )
         } else if r.name.starts_with("realistic") {
             let vs = match (r.n, one) {

@@ -328,31 +328,21 @@ fn apply(f: &Facts<'_>) -> Decision {
             ),
         );
     }
+    let wait_for_audience = |why: String| {
+        decision(
+            Step::Hold {
+                retry: t.activation_poll,
+                event: None,
+            },
+            Health::progressing(
+                Reason::AudienceNotReady,
+                format!("Waiting for ExternalAudience {audience_name}{why}"),
+            ),
+        )
+    };
     let (audience_id, sandbox) = match f.audience {
-        Audience::Missing => {
-            return decision(
-                Step::Hold {
-                    retry: t.activation_poll,
-                    event: None,
-                },
-                Health::progressing(
-                    Reason::AudienceNotReady,
-                    format!("Waiting for ExternalAudience {audience_name}: it does not exist in this namespace"),
-                ),
-            );
-        }
-        Audience::NotReady(why) => {
-            return decision(
-                Step::Hold {
-                    retry: t.activation_poll,
-                    event: None,
-                },
-                Health::progressing(
-                    Reason::AudienceNotReady,
-                    format!("Waiting for ExternalAudience {audience_name} to be Ready: {why}"),
-                ),
-            );
-        }
+        Audience::Missing => return wait_for_audience(": it does not exist in this namespace".to_owned()),
+        Audience::NotReady(why) => return wait_for_audience(format!(" to be Ready: {why}")),
         Audience::Ready { audience_id, sandbox } => (audience_id, sandbox),
     };
     if let Some(held) = credentials_hold(f, Some(sandbox), Phase::Apply) {

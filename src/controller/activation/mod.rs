@@ -22,7 +22,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -32,7 +32,7 @@ use kube::{
 use self::decide::{Audience, Decision, Facts, Step};
 use super::{
     clock::now,
-    core::{Context, Error, Managed, Outcome, Pass, facts::Creds},
+    core::{Context, Error, Outcome, Pass, facts::Creds},
     credentials::CredentialsError,
     reads::{Endpoint, Reads},
     seams::{FlowApi, StatusApi},
@@ -46,22 +46,7 @@ use crate::{
     status::{Health, with_paused, without_condition},
 };
 
-impl Managed for AudienceActivation {
-    type Status = AudienceActivationStatus;
-
-    fn status(&self) -> Option<&AudienceActivationStatus> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &AudienceActivationStatus) -> &[Condition] {
-        &status.conditions
-    }
-    fn set_conditions(status: &mut AudienceActivationStatus, conditions: Vec<Condition>) {
-        status.conditions = conditions;
-    }
-    fn set_observed_generation(status: &mut AudienceActivationStatus, generation: i64) {
-        status.observed_generation = Some(generation);
-    }
-}
+crate::managed_kind!(AudienceActivation, AudienceActivationStatus);
 
 /// The kind's state shared by its passes.
 pub struct Shared {

@@ -428,11 +428,7 @@ pub(super) async fn delete<A: FlowApi>(
         Step::WaitDeletion { retry } => {
             let stalled = decision.health.is_stalled();
             if pass.report(&decision.health).await? && stalled {
-                let event = if decision.health.reason() == Reason::OrganizationChanged.as_str() {
-                    EventReason::OrganizationChanged
-                } else {
-                    EventReason::CredentialsError
-                };
+                let event = crate::controller::core::verdict::deletion_wait_event(&decision.health);
                 pass.publish((EventType::Warning, event, decision.health.message().to_owned()))
                     .await;
             }

@@ -134,11 +134,7 @@ pub(super) async fn cleanup(
                 return Err(Error::Waiting("paused", retry));
             }
             if pass.report(decision.health.clone()).await? {
-                let event = if decision.health.reason() == Reason::OrganizationChanged.as_str() {
-                    EventReason::OrganizationChanged
-                } else {
-                    EventReason::CredentialsError
-                };
+                let event = verdict::deletion_wait_event(&decision.health);
                 pass.publish((EventType::Warning, event, decision.health.message().to_owned()))
                     .await;
             }

@@ -26,7 +26,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, events::EventType, reflector::Store},
@@ -37,7 +37,7 @@ use super::{
     budget::{Grant, RunBudget},
     claims::{self, Claim, ClaimIndex},
     clock::{self, now},
-    core::{Context, Error, Managed, Next, Outcome, Pass},
+    core::{Context, Error, Next, Outcome, Pass},
     credentials::{self, CredentialsError},
     expiry,
     keys::ObjectKey,
@@ -53,22 +53,7 @@ use crate::{
     status::{Health, with_condition, with_paused, without_condition},
 };
 
-impl Managed for ExternalAudience {
-    type Status = ExternalAudienceStatus;
-
-    fn status(&self) -> Option<&ExternalAudienceStatus> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &ExternalAudienceStatus) -> &[Condition] {
-        &status.conditions
-    }
-    fn set_conditions(status: &mut ExternalAudienceStatus, conditions: Vec<Condition>) {
-        status.conditions = conditions;
-    }
-    fn set_observed_generation(status: &mut ExternalAudienceStatus, generation: i64) {
-        status.observed_generation = Some(generation);
-    }
-}
+crate::managed_kind!(ExternalAudience, ExternalAudienceStatus);
 
 /// The kind's state shared by its passes.
 pub struct Shared {
@@ -121,6 +106,8 @@ pub(crate) struct Gathered {
     /// AEP's succeeded segmentation jobs of the sandbox (read only while the last successful run
     /// awaits one).
     pub(crate) segmentation: Option<Arc<Vec<crate::aep::SegmentJob>>>,
+    /// For a drift check: the audience as the sandbox's shared list shows it.
+    pub(crate) listed: Option<crate::aep::UpsAudience>,
     pub(crate) schedule: Result<Option<Schedule>, String>,
 }
 
@@ -177,6 +164,7 @@ impl<'a> AudiencePass<'a> {
                 namespace_terminating: false,
                 activations: Vec::new(),
                 segmentation: None,
+                listed: None,
                 schedule: parse_schedule(obj),
             },
         }
@@ -346,6 +334,14 @@ impl<'a> AudiencePass<'a> {
             }
             self.record(&health, out.block);
             event = self.derive_status(event, &at);
+            // A write that is made anyway carries the first drift check the next pass would
+            // otherwise schedule with a write of its own.
+            if self.pass.changed()
+                && self.pass.status.next_drift_check.is_none()
+                && let Step::ScheduleDriftCheck { at } = self.decide().step
+            {
+                self.pass.status.next_drift_check = Some(Time(at));
+            }
         }
         let wake = self.wake();
         if self.pass.changed() {
@@ -698,40 +694,81 @@ async fn apply_once(cached: &ExternalAudience, shared: &Shared, api: &Api<Extern
     pass.pass.status.credentials_secret = Some(secret_name);
     if let Some(s) = &session {
         pass.gather_segmentation(s).await;
+        if let Step::CheckDrift { audience_id } = &decision.step {
+            pass.gather_listing(s, audience_id).await;
+        }
     }
+    // Periodic checks wait in the background lane of the org's request budget.
+    let session = match &decision.step {
+        Step::CheckDrift { .. } | Step::Observe { .. } => session.map(|s| s.background()),
+        _ => session,
+    };
     run(pass, decision, session.as_ref()).await
 }
 
 impl AudiencePass<'_> {
+    /// Where the audience lives, when the credentials name that place: (org, endpoint,
+    /// sandbox). Credentials that now name another org or endpoint are never used for shared
+    /// reads about it (the decision holds the object instead).
+    fn home(&self, session: &crate::aep::Session) -> Option<super::reads::Endpoint> {
+        let st = &self.pass.status;
+        let home = matches!(&self.gathered.credentials, Creds::Ready(org, url)
+            if st.org_id.as_deref() == Some(org.as_str()) && st.platform_url.as_deref() == Some(url.as_str()));
+        home.then(|| {
+            (
+                st.org_id.clone().unwrap_or_default(),
+                session.platform_url().to_string(),
+                self.pass.obj.spec.sandbox.clone(),
+            )
+        })
+    }
+
     /// AEP's succeeded segmentation jobs of the sandbox, while the last successful run awaits one
     /// (shared: one list per org and sandbox per poll interval).
     async fn gather_segmentation(&mut self, session: &crate::aep::Session) {
         if !decide::segmentation_check_due(&self.pass.status, self.gathered.now, self.ctx.timing.activation_poll) {
             return;
         }
-        // Only where the audience lives: credentials that now name another org or endpoint are
-        // never used for it (the decision holds the object instead).
-        let st = &self.pass.status;
-        let home = matches!(&self.gathered.credentials, Creds::Ready(org, url)
-            if st.org_id.as_deref() == Some(org.as_str()) && st.platform_url.as_deref() == Some(url.as_str()));
-        if !home {
+        let Some(endpoint) = self.home(session) else {
             return;
-        }
-        let endpoint = (
-            self.pass.status.org_id.clone().unwrap_or_default(),
-            session.platform_url().to_string(),
-            self.pass.obj.spec.sandbox.clone(),
-        );
+        };
+        let background = session.background();
         let read = self
             .shared
             .reads
-            .segment_jobs(&endpoint, self.ctx.timing.activation_poll, || {
-                crate::controller::seams::FlowApi::list_segment_jobs(session, Some("SUCCEEDED"), 100)
+            .jobs
+            .get(&endpoint, self.ctx.timing.activation_poll, || {
+                crate::controller::seams::FlowApi::list_segment_jobs(&background, Some("SUCCEEDED"), 100)
             })
             .await;
         match read {
             Ok(jobs) => self.gathered.segmentation = Some(jobs),
             Err(e) => tracing::debug!(error = %e, "Could not list the segmentation jobs"),
+        }
+    }
+
+    /// For a drift check: the audience as the sandbox's paged list shows it (shared by every
+    /// object of the sandbox: one list per quarter of the drift interval at most, in the
+    /// background lane). `None` when it is not in the list or the list failed: the check then
+    /// reads the audience itself.
+    async fn gather_listing(&mut self, session: &crate::aep::Session, audience_id: &str) {
+        let Some(endpoint) = self.home(session) else {
+            return;
+        };
+        let max_age = (self.ctx.timing.resync / 4).max(Duration::from_secs(1));
+        let background = session.background();
+        let read = self
+            .shared
+            .reads
+            .audiences
+            .get(&endpoint, max_age, || async move {
+                let list = background.list_audiences(None).await?;
+                Ok(list.into_iter().map(|a| (a.id.clone(), a)).collect())
+            })
+            .await;
+        match read {
+            Ok(listing) => self.gathered.listed = listing.get(audience_id).cloned(),
+            Err(e) => tracing::debug!(error = %e, "Could not list the sandbox's audiences"),
         }
     }
 }

@@ -1029,16 +1029,27 @@ impl AudiencePass<'_> {
     /// A drift check: one read, sharing the per-org rate limit; drifted properties are PATCHed
     /// back next, an audience gone behind the operator's back goes to the missing-audience policy.
     pub(crate) async fn check_drift(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
+        let drifted = |spec: &crate::api::ExternalAudienceSpec, a: &crate::aep::UpsAudience| {
+            let mut have_labels = a.labels.clone();
+            let mut want_labels = spec.labels.clone();
+            have_labels.sort();
+            want_labels.sort();
+            a.description.clone().unwrap_or_default() != spec.description.clone().unwrap_or_default()
+                || have_labels != want_labels
+        };
+        // The sandbox's shared list answers for most objects; one that differs there (the list
+        // may predate this object's own last PATCH) or is missing from it is read on its own.
+        if let Some(listed) = self.gathered.listed.take()
+            && !drifted(&self.obj.spec, &listed)
+        {
+            self.checked();
+            return Ok(Outcome::planned(Next::Exactly(self.resync_interval())));
+        }
         // Drift check: one read, sharing the per-org rate limit.
         match s.get_audience(audience_id).await {
             Ok(a) => {
                 self.checked();
-                let want_desc = self.obj.spec.description.clone().unwrap_or_default();
-                let mut have_labels = a.labels.clone();
-                let mut want_labels = self.obj.spec.labels.clone();
-                have_labels.sort();
-                want_labels.sort();
-                if a.description.unwrap_or_default() != want_desc || have_labels != want_labels {
+                if drifted(&self.obj.spec, &a) {
                     self.status.applied_spec_hash = None;
                     return Ok(Outcome::planned(Next::After(Duration::ZERO)).note(
                         EventType::Normal,

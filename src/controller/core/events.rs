@@ -3,7 +3,10 @@
 //! series instead of creating another. The Recorder tells repeats by object, reason and action,
 //! not by note, so the action carries a digest of the note: an exact repeat becomes a series, and
 //! a new note (another run's id, another error) a new event, never a series under an old text.
-//! Publishing failures are logged, never fatal. Tests use [`Captured`] to see every event a step
+//! Publishing failures are logged, never fatal. Events are off the critical path: a pass hands
+//! its event to a bounded queue and goes on; a few workers publish them, the events of one object
+//! always through the same worker and so in order. A full queue drops the event (counted and
+//! logged) rather than slow a pass down. Tests use [`Captured`] to see every event a step
 //! publishes.
 
 use std::sync::Mutex;
@@ -27,8 +30,45 @@ pub trait EventSink: Send + Sync {
     ) -> BoxFuture<'a, ()>;
 }
 
-/// Events published to the API server.
-pub struct RecorderSink(pub Recorder);
+/// Workers publishing events.
+const WORKERS: usize = 4;
+/// Events waiting per worker before new ones are dropped.
+const QUEUE: usize = 1024;
+
+/// Events published to the API server by background workers.
+pub struct RecorderSink {
+    queues: Vec<tokio::sync::mpsc::Sender<(ObjectReference, Event)>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl RecorderSink {
+    /// Starts the workers (on the current Tokio runtime).
+    pub fn spawn(recorder: Recorder) -> Self {
+        let queues = (0..WORKERS)
+            .map(|_| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectReference, Event)>(QUEUE);
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    while let Some((reference, ev)) = rx.recv().await {
+                        if let Err(e) = recorder.publish(&ev, &reference).await {
+                            tracing::warn!(error = %e, reason = %ev.reason, "Failed to publish event");
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        RecorderSink {
+            queues,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Events dropped so far because a queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 impl EventSink for RecorderSink {
     fn publish<'a>(
@@ -39,18 +79,33 @@ impl EventSink for RecorderSink {
         action: &'a str,
         note: String,
     ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let ev = Event {
-                type_,
-                reason: reason.as_str().to_owned(),
-                action: format!("{action}.{:08x}", digest(&note)),
-                note: Some(note),
-                secondary: None,
-            };
-            if let Err(e) = self.0.publish(&ev, reference).await {
-                tracing::warn!(error = %e, reason = reason.as_str(), "Failed to publish event");
+        let ev = Event {
+            type_,
+            reason: reason.as_str().to_owned(),
+            action: format!("{action}.{:08x}", digest(&note)),
+            note: Some(note),
+            secondary: None,
+        };
+        // One object's events through one worker, in order.
+        let key = format!(
+            "{}/{}",
+            reference.namespace.as_deref().unwrap_or_default(),
+            reference.name.as_deref().unwrap_or_default()
+        );
+        let worker = digest(&key) as usize % self.queues.len().max(1);
+        if let Some(queue) = self.queues.get(worker)
+            && queue.try_send((reference.clone(), ev)).is_err()
+        {
+            let n = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n,
+                    reason = reason.as_str(),
+                    "Event queue full: events dropped"
+                );
             }
-        })
+        }
+        Box::pin(async {})
     }
 }
 

@@ -50,3 +50,29 @@ pub trait Managed:
     /// Sets `status.observedGeneration`.
     fn set_observed_generation(status: &mut Self::Status, generation: i64);
 }
+
+/// Implements [`Managed`] for a kind whose status has `conditions` and `observed_generation`.
+#[macro_export]
+macro_rules! managed_kind {
+    ($kind:ty, $status:ty) => {
+        impl $crate::controller::core::Managed for $kind {
+            type Status = $status;
+
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn conditions(status: &$status) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &status.conditions
+            }
+            fn set_conditions(
+                status: &mut $status,
+                conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+            ) {
+                status.conditions = conditions;
+            }
+            fn set_observed_generation(status: &mut $status, generation: i64) {
+                status.observed_generation = Some(generation);
+            }
+        }
+    };
+}

@@ -46,6 +46,15 @@ fn not_found(call: Call) -> Reason {
     }
 }
 
+/// The event of a deletion that waits on its credentials: the org moved, or the Secret is unusable.
+pub fn deletion_wait_event(health: &Health) -> EventReason {
+    if health.reason() == Reason::OrganizationChanged.as_str() {
+        EventReason::OrganizationChanged
+    } else {
+        EventReason::CredentialsError
+    }
+}
+
 /// What `e`, met while doing `what`, means for the pass.
 pub fn verdict(e: &crate::aep::Error, what: &str, phase: Phase, t: &Timing) -> Outcome {
     let msg = stable_message(&format!("{what}: {}", e.message()));
