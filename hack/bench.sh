@@ -76,6 +76,7 @@ n_args=()
 for n in $n_list; do n_args+=(--n "$n"); done
 extra=()
 [ "${DEFAULT_RPS:-0}" = 1 ] && extra+=(--default-rps)
+[ "${SKIP_LIMIT:-0}" = 1 ] && extra+=(--skip-limit)
 "${nice[@]}" "$bin/bench" --emulator-url "http://$addr" --controller "$bin/controller" --nice \
   "${n_args[@]}" --concurrency "$concurrency" --rps "$rps" --steady-secs "$steady" \
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
@@ -85,5 +86,7 @@ extra=()
   --realistic-operation-delay-ms "${REALISTIC_OPERATION_DELAY_MS:-2000}" \
   --realistic-run-delay-ms "${REALISTIC_RUN_DELAY_MS:-10000}" \
   --work-dir "$work" "${peer[@]}" "${extra[@]}" "${doc[@]}"
-latest=$(ls -t bench/results/*.svg | head -1)
+latest=$(ls -t bench/results/*Z.svg | head -1)
 cp "$latest" bench/ready-over-time.svg
+scaling=$(ls -t bench/results/*-scaling.svg 2>/dev/null | head -1)
+if [ -n "$scaling" ] && [ "$scaling" -nt "$latest" ]; then cp "$scaling" bench/scaling.svg; fi

@@ -532,9 +532,10 @@ pub struct ExternalAudienceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_url: Option<String>,
 
-    /// When the next drift check (a read of the audience in AEP, for a managed or an observed
-    /// one) is due: one resync interval after the last one, spread per object, so that a restart
-    /// checks nothing early and many objects never check at once.
+    /// When drift checks (a read of the audience in AEP, for a managed or an observed one) are
+    /// due: this time and every resync interval after it. Recorded once, spread per object, so
+    /// that a check writes nothing, a restart checks nothing early and many objects never check
+    /// at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_drift_check: Option<Time>,
 

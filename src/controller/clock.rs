@@ -8,6 +8,13 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 static CLOCK_OFFSET: OnceLock<SignedDuration> = OnceLock::new();
+static STARTED: OnceLock<Timestamp> = OnceLock::new();
+
+/// When this process started, on the operator's clock (the first call fixes it; `run` calls it
+/// at start).
+pub fn started() -> Timestamp {
+    *STARTED.get_or_init(|| now().0)
+}
 
 /// Shifts the operator's clock (`--clock-offset`); set once at start.
 pub fn set_clock_offset(offset: std::time::Duration) {

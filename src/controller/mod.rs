@@ -143,6 +143,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         activation_poll: cfg.activation_poll_interval,
     };
     clock::set_clock_offset(cfg.clock_offset);
+    let _ = clock::started();
     let core = Arc::new(Context::new(
         client.clone(),
         aep,

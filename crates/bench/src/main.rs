@@ -60,6 +60,9 @@ struct Args {
     /// that the kube-apiserver, not the client, is what binds.
     #[arg(long, default_value_t = 128)]
     client_concurrency: usize,
+    /// Skip the limit scenario (quick experiments on the operator alone; no ratio is reported).
+    #[arg(long)]
+    skip_limit: bool,
     /// Operator `--concurrency`.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -201,7 +204,9 @@ async fn main() -> anyhow::Result<()> {
     let mut steady_done = false;
     let steady_flags = vec!["--resync-interval".to_owned(), format!("{}s", args.steady_resync_secs)];
     for &n in &args.n {
-        runs.push(bench.limit(n).await?);
+        if !args.skip_limit {
+            runs.push(bench.limit(n).await?);
+        }
         let flags: &[String] = if n == largest && args.steady_secs > 0 {
             &steady_flags
         } else {
@@ -296,6 +301,9 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&result)?)?;
     let svg_path = args.out_dir.join(format!("{stamp}.svg"));
     std::fs::write(&svg_path, chart(&runs))?;
+    if let Some(svg) = scaling_chart(&runs) {
+        std::fs::write(args.out_dir.join(format!("{stamp}-scaling.svg")), svg)?;
+    }
     println!("\nwrote {} and {}", json_path.display(), svg_path.display());
     Ok(())
 }
@@ -1166,6 +1174,81 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
 }
 
 /// Objects Ready over time, one line per scenario (limit and zero-latency operator runs).
+/// Ratio to the limit and peak RSS of the operator against N (log scale), one point per size;
+/// `None` with fewer than two sizes.
+fn scaling_chart(runs: &[Run]) -> Option<String> {
+    let points: Vec<(f64, f64, f64)> = runs
+        .iter()
+        .filter(|r| r.name == format!("operator-{}", r.n))
+        .filter_map(|r| {
+            let limit = runs.iter().find(|l| l.name == format!("limit-{}", r.n))?.wall_secs;
+            Some((r.n as f64, r.wall_secs / limit, r.peak_rss_mib?))
+        })
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let (w, h, ml, mr, mt, mb) = (720.0, 320.0, 60.0, 70.0, 20.0, 45.0);
+    let (nmin, nmax) = points
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let ratio_max = points.iter().map(|p| p.1).fold(2.0f64, f64::max).ceil();
+    let rss_max = (points.iter().map(|p| p.2).fold(64.0f64, f64::max) / 32.0).ceil() * 32.0;
+    let span = (nmax.log10() - nmin.log10()).max(1e-9);
+    let x = |n: f64| ml + (n.log10() - nmin.log10()) / span * (w - ml - mr);
+    let y = |v: f64, max: f64| h - mb - v / max * (h - mt - mb);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for k in 0..=4 {
+        let r = ratio_max * k as f64 / 4.0;
+        let m = rss_max * k as f64 / 4.0;
+        s += &format!(
+            "<line x1=\"{ml}\" y1=\"{y:.1}\" x2=\"{x2:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{tx:.1}\" y=\"{ty:.1}\" text-anchor=\"end\" fill=\"#1f77b4\">{r:.1}×</text>\
+             <text x=\"{rx:.1}\" y=\"{ty:.1}\" fill=\"#d62728\">{m:.0} MiB</text>\n",
+            y = y(r, ratio_max),
+            x2 = w - mr,
+            tx = ml - 6.0,
+            ty = y(r, ratio_max) + 4.0,
+            rx = w - mr + 6.0,
+        );
+    }
+    for &(n, _, _) in &points {
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{n:.0}</text>\n",
+            x(n),
+            h - mb + 16.0
+        );
+    }
+    type Point = (f64, f64, f64);
+    let line = |f: &dyn Fn(&Point) -> (f64, f64)| {
+        points
+            .iter()
+            .map(|p| {
+                let (px, py) = f(p);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    s += &format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
+        line(&|p| (x(p.0), y(p.1, ratio_max)))
+    );
+    s += &format!(
+        "<polyline fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\" stroke-dasharray=\"6 3\" points=\"{}\"/>\n",
+        line(&|p| (x(p.0), y(p.2, rss_max)))
+    );
+    s += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">objects (N, log scale); solid: time to all Ready ÷ the limit's; dashed: peak RSS</text>\n</svg>\n",
+        (ml + w - mr) / 2.0,
+        h - 8.0
+    );
+    Some(s)
+}
+
 fn chart(runs: &[Run]) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 360.0, 60.0, 160.0, 20.0, 45.0);
     let shown: Vec<&Run> = runs

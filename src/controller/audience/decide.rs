@@ -100,6 +100,11 @@ pub struct Facts<'a> {
     pub namespace_terminating: bool,
     /// The AudienceActivations of this object that still exist (a deletion waits for them).
     pub activations: &'a [String],
+    /// When this process last checked the object for drift (a cache: `None` after a restart).
+    pub last_drift_check: Option<Timestamp>,
+    /// When this process started: after a restart, drift checks are due from the first of the
+    /// object's slots after it (none owed from the downtime, none early).
+    pub started: Timestamp,
     pub timing: &'a Timing,
     pub settings: &'a Settings,
 }
@@ -444,14 +449,6 @@ pub fn spread(uid: Option<&str>) -> f64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     (h % 10_000) as f64 / 10_000.0
-}
-
-/// When the drift check after one made at `now` is due: one interval later, plus up to a tenth
-/// of it per object so that checks made together drift apart.
-pub fn next_drift_check(now: Timestamp, interval: Duration, uid: Option<&str>) -> Timestamp {
-    let d = interval.mul_f64(1.0 + spread(uid) / 10.0);
-    now.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX)
 }
 
 /// The org or endpoint the credentials now name, if it is not the one the audience lives in.
@@ -963,13 +960,39 @@ fn drift_schedule(f: &Facts<'_>) -> DriftSchedule {
                     .unwrap_or(Timestamp::MAX),
             )
         }
-        Some(at) if at.0 <= f.now => DriftSchedule::Due,
-        Some(at) => DriftSchedule::In(Some(
-            Duration::try_from(at.0.duration_since(f.now))
-                .unwrap_or_default()
-                .min(interval),
-        )),
+        Some(anchor) => {
+            let since = f.last_drift_check.unwrap_or(f.started);
+            let (due, next) = drift_slot(anchor.0, interval, since, f.now);
+            if due {
+                DriftSchedule::Due
+            } else {
+                DriftSchedule::In(Some(
+                    Duration::try_from(next.duration_since(f.now))
+                        .unwrap_or_default()
+                        .min(interval),
+                ))
+            }
+        }
     }
+}
+
+/// Drift checks of an object are due at `anchor` and every `interval` after it (its slots): one
+/// is due `now` when a slot has come since the last check (`since`: that check, or this process's
+/// start); and the next slot after `now`. Checks write nothing: the anchor is recorded once, the
+/// last check is only remembered by the process.
+pub fn drift_slot(anchor: Timestamp, interval: Duration, since: Timestamp, now: Timestamp) -> (bool, Timestamp) {
+    let step = interval.as_millis().max(1) as i64;
+    let slot = |t: Timestamp| -> i64 {
+        let d = t.as_millisecond() - anchor.as_millisecond();
+        if d < 0 { -1 } else { d / step }
+    };
+    let current = slot(now);
+    let due = current >= 0 && current > slot(since);
+    let next_ms = anchor
+        .as_millisecond()
+        .saturating_add((current + 1).saturating_mul(step));
+    let next = Timestamp::from_millisecond(next_ms).unwrap_or(Timestamp::MAX);
+    (due, next)
 }
 
 /// Nothing owed: report the health, extend the data's expiration when due, check for drift when

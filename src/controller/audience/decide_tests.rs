@@ -90,6 +90,7 @@ struct World {
     cache_holds_claim: bool,
     namespace_terminating: bool,
     activations: Vec<String>,
+    last_drift_check: Option<Timestamp>,
     timing: Timing,
     settings: Settings,
 }
@@ -120,6 +121,7 @@ impl World {
             cache_holds_claim: true,
             namespace_terminating: false,
             activations: Vec::new(),
+            last_drift_check: None,
             timing: Timing::default(),
             settings: Settings::default(),
         }
@@ -148,6 +150,8 @@ impl World {
             cache_holds_claim: self.cache_holds_claim,
             namespace_terminating: self.namespace_terminating,
             activations: &self.activations,
+            last_drift_check: self.last_drift_check,
+            started: t("2025-12-31T00:00:00Z"),
             timing: &self.timing,
             settings: &self.settings,
         }
@@ -795,9 +799,32 @@ fn drift_checks_are_due_from_the_recorded_time_spread_per_object_and_never_at_on
     let d = w.decide();
     assert!(matches!(d.step, Step::Idle { event: Some(_), .. }));
     assert!(d.health.message().contains("is ignored"), "{d:?}");
-    // The next check after one is one interval later, plus at most a tenth of it.
-    let next = next_drift_check(w.now, interval, Some("u-1"));
-    assert!(next >= w.now + SignedDuration::from_secs(600) && next < w.now + SignedDuration::from_secs(660));
+    // Checks follow the anchor's slots, every interval, and write nothing: one made in this slot
+    // is not made again before the next slot.
+    w.resync = Ok(interval);
+    let anchor = w.now - SignedDuration::from_secs(1);
+    w.status.next_drift_check = Some(Time(anchor));
+    w.last_drift_check = Some(w.now);
+    assert_eq!(
+        w.decide().step,
+        Step::Idle {
+            next: Some(Duration::from_secs(599)),
+            event: None
+        },
+        "checked in this slot: the next is one interval after the anchor"
+    );
+    // A restart (nothing remembered) long after the anchor: due only once the first slot after
+    // the start comes, never at once.
+    w.last_drift_check = None;
+    let (due_now, next) = drift_slot(anchor - SignedDuration::from_secs(3 * 600), interval, w.now, w.now);
+    assert!(!due_now && next > w.now, "no check owed from before the start");
+    let (due, _) = drift_slot(
+        anchor,
+        interval,
+        w.now - SignedDuration::from_secs(2),
+        w.now + SignedDuration::from_secs(600),
+    );
+    assert!(due, "the next slot after the start is due");
 }
 
 #[test]

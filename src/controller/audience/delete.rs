@@ -200,10 +200,10 @@ pub(super) async fn release_unused_secret(
     except_uid: Option<&str>,
 ) -> Result<(), Error> {
     let ctx = &shared.core;
-    let holders = credentials::secret_holders(&ctx.client, namespace, name, except_uid)
+    let held = credentials::secret_held(&ctx.client, namespace, name, except_uid)
         .await
         .map_err(Error::Kube)?;
-    if holders == credentials::Holders::None {
+    if !held {
         credentials::release_secret(&ctx.client, namespace, name)
             .await
             .map_err(Error::Kube)?;

@@ -67,8 +67,11 @@ pub struct Shared {
     pub settings: Settings,
     /// The AudienceActivation controller's cache (a deletion waits for an object's activations).
     pub activations: Store<AudienceActivation>,
-    /// AEP reads shared by many objects (segmentation jobs).
+    /// AEP reads shared by many objects (segmentation jobs, the sandbox's audience list).
     pub reads: Arc<Reads>,
+    /// When this process last checked each object for drift (a cache; lost on restart, which
+    /// then checks from the first slot after the start).
+    pub drift_checks: std::sync::Mutex<std::collections::HashMap<ObjectKey, Timestamp>>,
 }
 
 impl Shared {
@@ -85,6 +88,23 @@ impl Shared {
     pub fn forget_object(&self, key: &ObjectKey) {
         self.core.forget_object(key);
         self.budget.forget(key);
+        self.drift_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// Remembers a drift check of `key` made at `at`.
+    pub fn drift_checked(&self, key: ObjectKey, at: Timestamp) {
+        self.drift_checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, at);
+    }
+
+    fn last_drift_check(&self, key: &ObjectKey) -> Option<Timestamp> {
+        self.drift_checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
     }
 }
 
@@ -108,6 +128,8 @@ pub(crate) struct Gathered {
     pub(crate) segmentation: Option<Arc<Vec<crate::aep::SegmentJob>>>,
     /// For a drift check: the audience as the sandbox's shared list shows it.
     pub(crate) listed: Option<crate::aep::UpsAudience>,
+    /// When this process last checked the object for drift.
+    pub(crate) last_drift_check: Option<Timestamp>,
     pub(crate) schedule: Result<Option<Schedule>, String>,
 }
 
@@ -165,6 +187,9 @@ impl<'a> AudiencePass<'a> {
                 activations: Vec::new(),
                 segmentation: None,
                 listed: None,
+                last_drift_check: obj
+                    .namespace()
+                    .and_then(|ns| shared.last_drift_check(&(ns, obj.name_any()))),
                 schedule: parse_schedule(obj),
             },
         }
@@ -227,6 +252,8 @@ impl<'a> AudiencePass<'a> {
             cache_holds_claim: g.cache_holds_claim,
             namespace_terminating: g.namespace_terminating,
             activations: &g.activations,
+            last_drift_check: g.last_drift_check,
+            started: clock::started(),
             timing: &self.ctx.timing,
             settings: &self.shared.settings,
         }
@@ -858,6 +885,7 @@ pub fn shared(
         settings,
         activations: kube::runtime::reflector::store().0,
         reads: Arc::default(),
+        drift_checks: Default::default(),
     }
 }
 

@@ -119,15 +119,12 @@ impl AudiencePass<'_> {
     }
 
     /// AEP was just read and matches (or was corrected): the next drift check is one interval away.
+    /// Remembers the drift check made now (in memory: the schedule's anchor is in status, so a
+    /// check writes nothing).
     fn checked(&mut self) {
-        let interval = self.resync_interval();
-        self.status.next_drift_check = (!interval.is_zero()).then(|| {
-            Time(decide::next_drift_check(
-                now().0,
-                interval,
-                self.obj.metadata.uid.as_deref(),
-            ))
-        });
+        let key = self.pass.key();
+        self.shared.drift_checked(key, self.gathered.now);
+        self.gathered.last_drift_check = Some(self.gathered.now);
     }
 
     /// Records the claim on `audience_id` (with its proof and when it was made).
@@ -588,9 +585,9 @@ impl AudiencePass<'_> {
     /// from the spec. Reads only.
     pub(crate) async fn observe(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         self.checked();
-        let again = match &self.status.next_drift_check {
-            Some(at) => Next::Exactly(super::until(at.0, self.gathered.now)),
-            None => Next::Await,
+        let again = match self.decide().step {
+            Step::Idle { next: Some(d), .. } => Next::Exactly(d),
+            _ => Next::Exactly(self.resync_interval().max(Duration::from_secs(1))),
         };
         let missing = |this: &Self| {
             let msg = format!(
