@@ -88,5 +88,5 @@ extra=()
   --work-dir "$work" "${peer[@]}" "${extra[@]}" "${doc[@]}"
 latest=$(ls -t bench/results/*Z.svg | head -1)
 cp "$latest" bench/ready-over-time.svg
-scaling=$(ls -t bench/results/*-scaling.svg 2>/dev/null | head -1)
+scaling=$(ls -t bench/results/*-scaling.svg 2>/dev/null | head -1 || true)
 if [ -n "$scaling" ] && [ "$scaling" -nt "$latest" ]; then cp "$scaling" bench/scaling.svg; fi

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub ingestion_runs: Family<OutcomeLabels, Counter>,
     /// Objects whose condition is True, by condition type.
     pub objects: Family<ConditionLabels, Gauge>,
+    /// Events dropped because the publishing queue was full.
+    pub events_dropped: Counter,
     /// Counts the objects by True condition, at each scrape.
     objects_source: std::sync::Mutex<Option<ObjectCounter>>,
 }
@@ -100,6 +102,12 @@ impl Default for Metrics {
             "Ingestion runs started and finished, by outcome",
             ingestion_runs.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not published because the publishing queue was full (the API server falls behind)",
+            events_dropped.clone(),
+        );
         let objects = Family::<ConditionLabels, Gauge>::default();
         registry.register(
             "objects",
@@ -115,6 +123,7 @@ impl Default for Metrics {
         }
         Metrics {
             registry,
+            events_dropped,
             reconcile_runs,
             reconcile_failures,
             reconcile_duration,

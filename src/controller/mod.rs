@@ -147,7 +147,10 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     let core = Arc::new(Context::new(
         client.clone(),
         aep,
-        Arc::new(core::events::RecorderSink::spawn(recorder)),
+        Arc::new(core::events::RecorderSink::spawn(
+            recorder,
+            metrics.events_dropped.clone(),
+        )),
         timing,
         metrics.clone(),
         cfg.credentials_cache_ttl,

@@ -41,10 +41,19 @@ pub async fn namespace_with_credentials(client: &kube::Client, ns: &str) -> anyh
 
 /// Peak resident memory (`VmHWM`) of process `pid`, MiB; `None` once it is gone.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM:")
+}
+
+/// Resident memory now (`VmRSS`) of process `pid`, MiB; `None` once it is gone.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmRSS:")
+}
+
+fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

@@ -628,6 +628,7 @@ impl Bench {
         let mut extra = serde_json::Map::new();
         extra.insert("window_secs".into(), json!(secs));
         extra.insert("resync_interval_secs".into(), json!(self.args.steady_resync_secs));
+        extra.insert("rss_mib_at_end".into(), json!(bench::rss_mib(op.pid).map(round2)));
         let aep_total: f64 = aep_after.values().sum::<f64>() - aep_before.values().sum::<f64>();
         let per_object_per_minute = round4(aep_total * per_min / n.max(1) as f64);
         eprintln!(
@@ -1071,6 +1072,10 @@ fn markdown(runs: &[Run], peer: Option<&Value>, args: &Args, stamp: &str) -> Str
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0);
             let interval = r.extra.get("resync_interval_secs").and_then(Value::as_u64).unwrap_or(0);
+            let rss = match r.extra.get("rss_mib_at_end").and_then(Value::as_f64) {
+                Some(now) => format!("{rss} (now {now:.1} MiB)"),
+                None => rss,
+            };
             out.push_str(&format!(
                 "| steady state, {}s window, drift interval {interval}s | {} | - | - | - | - | {:.0} / min ({per_object:.3} / object / min) | {:.0} / min (all clients) | {rss} | {cpu} |\n",
                 r.wall_secs,

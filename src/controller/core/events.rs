@@ -32,18 +32,19 @@ pub trait EventSink: Send + Sync {
 
 /// Workers publishing events.
 const WORKERS: usize = 4;
-/// Events waiting per worker before new ones are dropped.
-const QUEUE: usize = 1024;
+/// Events waiting per worker before new ones are dropped (about 1 KiB each).
+const QUEUE: usize = 4096;
 
 /// Events published to the API server by background workers.
 pub struct RecorderSink {
     queues: Vec<tokio::sync::mpsc::Sender<(ObjectReference, Event)>>,
-    dropped: std::sync::atomic::AtomicU64,
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl RecorderSink {
-    /// Starts the workers (on the current Tokio runtime).
-    pub fn spawn(recorder: Recorder) -> Self {
+    /// Starts the workers (on the current Tokio runtime); `dropped` counts the events a full
+    /// queue refused.
+    pub fn spawn(recorder: Recorder, dropped: prometheus_client::metrics::counter::Counter) -> Self {
         let queues = (0..WORKERS)
             .map(|_| {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectReference, Event)>(QUEUE);
@@ -58,15 +59,7 @@ impl RecorderSink {
                 tx
             })
             .collect();
-        RecorderSink {
-            queues,
-            dropped: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// Events dropped so far because a queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        RecorderSink { queues, dropped }
     }
 }
 
@@ -96,7 +89,7 @@ impl EventSink for RecorderSink {
         if let Some(queue) = self.queues.get(worker)
             && queue.try_send((reference.clone(), ev)).is_err()
         {
-            let n = self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let n = self.dropped.inc() + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
