@@ -16,10 +16,12 @@ envtest:
 	@hack/envtest/build.sh >/dev/null
 
 ## Build (once, cached by version) the kstatus helper and install the Lua interpreter that
-## tests/gitops_health.rs uses to evaluate the Flux/kstatus and Argo CD health verdicts.
+## tests/gitops_health.rs uses to evaluate the Flux/kstatus and Argo CD health verdicts, and
+## Helm (from its pinned Go module) for tests/helm_chart.rs.
 gitops-tools:
 	@hack/kstatus/build.sh >/dev/null
 	@hack/argocd-health/install-lua.sh >/dev/null
+	@hack/helm/build.sh >/dev/null
 
 ## Every test tier: unit, AEP contract (client <-> emulator), and end to end on a real
 ## kube-apiserver + etcd with the emulator and the operator process.
@@ -71,7 +73,7 @@ fuzz:
 
 ## Regenerate the committed CRDs from the Rust types.
 crds:
-	$(CARGO) run --locked -q --bin crdgen -- crds
+	$(CARGO) run --locked -q --bin crdgen -- crds deploy/helm/audience-operator/files
 
 lint:
 	$(CARGO) fmt --all -- --check

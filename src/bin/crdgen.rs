@@ -1,15 +1,16 @@
-//! Writes the CRDs as YAML: `crdgen <dir>` writes `externalaudience.yaml` and
-//! `audienceactivation.yaml` into `<dir>` (`make crds`); without an argument it prints the
-//! ExternalAudience CRD.
+//! Writes the CRDs as YAML: `crdgen <dir>...` writes `externalaudience.yaml` and
+//! `audienceactivation.yaml` into each `<dir>` (`make crds`: `crds/` and the Helm chart's
+//! `files/`); without an argument it prints the ExternalAudience CRD.
 fn main() -> anyhow::Result<()> {
-    match std::env::args_os().nth(1) {
-        Some(dir) => {
-            let dir = std::path::PathBuf::from(dir);
-            for (file, yaml) in audience_operator::api::crd_files()? {
-                std::fs::write(dir.join(file), yaml)?;
-            }
+    let dirs: Vec<std::path::PathBuf> = std::env::args_os().skip(1).map(Into::into).collect();
+    if dirs.is_empty() {
+        print!("{}", audience_operator::api::crd_yaml()?);
+        return Ok(());
+    }
+    for (file, yaml) in audience_operator::api::crd_files()? {
+        for dir in &dirs {
+            std::fs::write(dir.join(file), &yaml)?;
         }
-        None => print!("{}", audience_operator::api::crd_yaml()?),
     }
     Ok(())
 }

@@ -1,0 +1,200 @@
+//! The Helm chart (`deploy/helm/audience-operator`): `helm lint` in both watch scopes, and
+//! `helm template` applied with a server-side dry run against the real kube-apiserver (every
+//! object valid as the API server sees it, CRDs included); the chart grants exactly the rules the
+//! kustomize install grants, and its CRDs are the committed ones. Helm comes from its pinned Go
+//! module (`hack/helm/build.sh`).
+
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use serde_yaml_ng::Value;
+use support::operator::{install_crd_and_rbac, kubectl};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/audience-operator");
+
+fn helm() -> PathBuf {
+    let out = Command::new(format!("{ROOT}/hack/helm/build.sh"))
+        .output()
+        .expect("hack/helm/build.sh runs");
+    assert!(
+        out.status.success(),
+        "hack/helm/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The documents of a multi-document YAML stream.
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+/// Helm's `fromYaml | toYaml` writes `1.0` as `1`: the same number to the API server, so the
+/// comparison is by value.
+fn numbers_as_floats(v: Value) -> Value {
+    match v {
+        Value::Number(n) => Value::Number(n.as_f64().expect("a finite number").into()),
+        Value::Sequence(s) => Value::Sequence(s.into_iter().map(numbers_as_floats).collect()),
+        Value::Mapping(m) => Value::Mapping(m.into_iter().map(|(k, v)| (k, numbers_as_floats(v))).collect()),
+        other => other,
+    }
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+}
+
+/// A role's rules as a sorted set of (group, resource, verb) triples.
+fn grants(rules: &Value) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for rule in rules.as_sequence().into_iter().flatten() {
+        let list = |k: &str| -> Vec<String> {
+            rule[k]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        for g in list("apiGroups") {
+            for r in list("resources") {
+                for v in list("verbs") {
+                    out.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_chart_lints_in_both_watch_scopes() {
+    let helm = helm();
+    run(Command::new(&helm).args(["lint", "--strict", CHART]));
+    run(Command::new(&helm).args(["lint", "--strict", CHART, "--set", "watchNamespace=marketing"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kustomize_install_grants() {
+    let helm = helm();
+    install_crd_and_rbac();
+    let client = support::admin().await;
+    let ns = support::namespace(&client, "helm").await;
+    let watched = support::namespace(&client, "helm-watched").await;
+    for (scope, extra) in [
+        ("cluster", Vec::<String>::new()),
+        (
+            "namespace",
+            vec!["--set".to_owned(), format!("watchNamespace={watched}")],
+        ),
+    ] {
+        let rendered = run(Command::new(&helm)
+            .args(["template", "audience-operator", CHART, "--namespace", &ns])
+            .args(&extra));
+        let (ok, out) = kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--force-conflicts",
+                "-f",
+                "-",
+            ],
+            Some(&rendered),
+        );
+        assert!(ok, "{scope}: the API server refuses the rendered chart:\n{out}");
+        let rendered_docs = docs(&rendered);
+        // The CRDs are the committed ones, kept on uninstall.
+        let crds = of_kind(&rendered_docs, "CustomResourceDefinition");
+        assert_eq!(crds.len(), 2, "{scope}: both CRDs");
+        for crd in crds {
+            let name = crd["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let file = if name.starts_with("externalaudiences") {
+                "externalaudience.yaml"
+            } else {
+                "audienceactivation.yaml"
+            };
+            let committed: Value =
+                serde_yaml_ng::from_str(&std::fs::read_to_string(format!("{ROOT}/crds/{file}")).expect("crd"))
+                    .expect("crd yaml");
+            assert_eq!(
+                numbers_as_floats(crd["spec"].clone()),
+                numbers_as_floats(committed["spec"].clone()),
+                "{scope}: {name} is the committed CRD"
+            );
+            assert_eq!(
+                crd["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+                Some("keep")
+            );
+        }
+        // The Deployment: two replicas with leader election, the restricted security context.
+        let deploy = of_kind(&rendered_docs, "Deployment")[0];
+        assert_eq!(deploy["spec"]["replicas"].as_u64(), Some(2));
+        let args: Vec<&str> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(args.contains(&"--leader-elect"), "{args:?}");
+        let c = &deploy["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        assert_eq!(c["readOnlyRootFilesystem"].as_bool(), Some(true));
+        assert_eq!(c["allowPrivilegeEscalation"].as_bool(), Some(false));
+        // The rules: the same as the kustomize install's, in its scope.
+        let chart_rules = match scope {
+            "cluster" => {
+                let roles = of_kind(&rendered_docs, "ClusterRole");
+                assert_eq!(roles.len(), 1, "one ClusterRole");
+                grants(&roles[0]["rules"])
+            }
+            _ => {
+                assert!(
+                    of_kind(&rendered_docs, "ClusterRole").is_empty(),
+                    "nothing cluster-wide"
+                );
+                assert!(args.contains(&format!("--namespace={watched}").as_str()), "{args:?}");
+                let roles: Vec<_> = of_kind(&rendered_docs, "Role")
+                    .into_iter()
+                    .filter(|r| r["metadata"]["namespace"].as_str() == Some(watched.as_str()))
+                    .collect();
+                assert_eq!(roles.len(), 1, "one Role in the watched namespace");
+                grants(&roles[0]["rules"])
+            }
+        };
+        let kustomize = match scope {
+            "cluster" => support::operator::rendered_install("deploy"),
+            _ => support::operator::rendered_install("deploy/overlays/namespaced"),
+        };
+        let kdocs = docs(&kustomize);
+        let mut want = std::collections::BTreeSet::new();
+        for role in of_kind(&kdocs, if scope == "cluster" { "ClusterRole" } else { "Role" }) {
+            if role["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("leader-election"))
+            {
+                continue;
+            }
+            want.extend(grants(&role["rules"]));
+        }
+        assert_eq!(
+            chart_rules, want,
+            "{scope}: the chart grants what the kustomize install grants"
+        );
+    }
+}
