@@ -44,7 +44,7 @@ for _ in $(seq 1 100); do grep -q '^listening on ' "$work/emulator.out" && break
 addr=$(sed -n 's/^listening on //p' "$work/emulator.out")
 
 kubectl apply --server-side -k crds >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev >/dev/null
+hack/wait-crds.sh
 kubectl apply --server-side -f deploy/base/rbac.yaml >/dev/null
 
 # The peer: a sequential aepp-style script at realistic latency (K audiences, extrapolated to N).
@@ -88,5 +88,5 @@ extra=()
   --work-dir "$work" "${peer[@]}" "${extra[@]}" "${doc[@]}"
 latest=$(ls -t bench/results/*Z.svg | head -1)
 cp "$latest" bench/ready-over-time.svg
-scaling=$(ls -t bench/results/*-scaling.svg 2>/dev/null | head -1 || true)
-if [ -n "$scaling" ] && [ "$scaling" -nt "$latest" ]; then cp "$scaling" bench/scaling.svg; fi
+# The scaling chart of this run, when it measured more than one N.
+if [ -f "${latest%.svg}-scaling.svg" ]; then cp "${latest%.svg}-scaling.svg" bench/scaling.svg; fi

@@ -56,7 +56,7 @@ echo "emulator at http://$addr"
 
 log "Installing the CRD and the operator's RBAC"
 kubectl apply --server-side -k crds
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev
+hack/wait-crds.sh
 kubectl apply --server-side -f deploy/base/rbac.yaml
 
 log "Starting the operator as system:serviceaccount:audience-operator:audience-operator"

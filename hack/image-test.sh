@@ -145,7 +145,7 @@ api_port=${server##*:}
 
 log "Installing the CRD and deploy/base/rbac.yaml"
 kubectl apply --server-side -k crds >/dev/null
-kubectl wait --for=condition=Established --timeout=60s crd/externalaudiences.aep.audience-operator.dev crd/audienceactivations.aep.audience-operator.dev >/dev/null
+hack/wait-crds.sh
 kubectl apply --server-side -f deploy/base/rbac.yaml >/dev/null
 
 log "Starting the AEP emulator"
