@@ -180,6 +180,49 @@ async fn drift_is_corrected_and_a_deleted_audience_is_recreated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_full_of_other_audiences_is_not_paged_through_for_one_object() {
+    let env = Env::start_with(
+        "drift-big",
+        |b| b.zero_latency(),
+        vec!["--resync-interval=2s".into()],
+        true,
+    )
+    .await;
+    // 120 audiences this operator does not manage: the sandbox's list takes 2 pages of 100.
+    let session = AepClient::new(env.emulator.client_config())
+        .expect("client")
+        .session(&env.emulator.credentials(), "prod");
+    let seed: audience_operator::api::ExternalAudience = serde_yaml_ng::from_str(&env.seed_yaml()).expect("seed yaml");
+    let mut operations = Vec::new();
+    for i in 0..120 {
+        let req =
+            audience_operator::controller::audience::spec::create_request(&seed.spec, &format!("Other {i:03}"), None)
+                .expect("the seed has a sourceSpec");
+        operations.push(session.create_audience(&req).await.expect("create").operation_id);
+    }
+    for op in &operations {
+        support::wait_for("the other audiences", TIMEOUT, || async {
+            session.get_operation(op).await.ok().and_then(|o| o.audience_id)
+        })
+        .await;
+    }
+    assert!(env.apply_yaml(&env.seed_yaml()).0);
+    env.wait_ready("loyalty-members", TIMEOUT).await;
+    let before = env.emulator.stats();
+    // Several drift checks of the one object (2 s interval).
+    support::wait_for("three drift checks", TIMEOUT, || async {
+        (env.emulator.stats().received("get_audience") >= before.received("get_audience") + 3).then_some(())
+    })
+    .await;
+    let after = env.emulator.stats();
+    let lists = after.received("list_audiences") - before.received("list_audiences");
+    let reads = after.received("get_audience") - before.received("get_audience");
+    // One audience costs one read per check; the list, longer than that, is abandoned after
+    // its first page (paging through it would cost 2 pages per check and no read).
+    assert!(lists <= reads + 1, "{lists} list pages for {reads} drift reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_audience_is_reported_stalled_under_the_stall_policy() {
     let env = Env::start_with(
         "drift-stall",

@@ -166,8 +166,9 @@ pub struct Reads {
     flows: Mutex<FlowEntries>,
     /// Succeeded segmentation jobs of each sandbox, newest first.
     pub jobs: PerEndpoint<Vec<SegmentJob>>,
-    /// The audiences the plain list of each sandbox returns, by id (drift checks read them).
-    pub audiences: PerEndpoint<HashMap<String, UpsAudience>>,
+    /// The audiences the plain list of each sandbox returns, by id (drift checks read them);
+    /// `None` for a sandbox whose list is longer than reading its managed audiences one by one.
+    pub audiences: PerEndpoint<Option<HashMap<String, UpsAudience>>>,
 }
 
 impl Reads {

@@ -354,6 +354,26 @@ async fn list_audiences_pages_through_the_sandbox_and_filters_by_name() {
 }
 
 #[tokio::test]
+async fn a_bounded_list_stops_at_its_page_budget_and_says_so() {
+    let emu = start(|b| b).await;
+    let s = session(&emu, "dev1");
+    for i in 0..150 {
+        create_ready(&s, &format!("Bounded {i:03}")).await;
+    }
+    let before = emu.admin().stats().await.unwrap().received("list_audiences");
+    assert!(
+        s.list_audiences_within(1).await.unwrap().is_none(),
+        "150 audiences need 2 pages of 100"
+    );
+    let after_one = emu.admin().stats().await.unwrap().received("list_audiences");
+    assert_eq!(after_one - before, 1, "no page read beyond the budget");
+    let all = s.list_audiences_within(2).await.unwrap().expect("fits in 2 pages");
+    assert_eq!(all.len(), 150);
+    let after_two = emu.admin().stats().await.unwrap().received("list_audiences");
+    assert_eq!(after_two - after_one, 2);
+}
+
+#[tokio::test]
 async fn find_by_name_follows_next_links_across_pages_and_matches_exactly() {
     let emu = start(|b| b).await;
     let s = session(&emu, "dev1");

@@ -473,6 +473,18 @@ impl Session {
         .await
     }
 
+    /// The sandbox's plain audience list, like [`Session::list_audiences`] without a filter, but
+    /// only when it fits in `max_pages` pages of 100: `None` once a page beyond them would be
+    /// needed (the caller then reads what it needs one by one, which costs less).
+    pub async fn list_audiences_within(&self, max_pages: usize) -> Result<Option<Vec<UpsAudience>>, Error> {
+        let mut url = self.ups_url(&["audiences"]);
+        url.query_pairs_mut().append_pair("limit", &LIST_PAGE_SIZE.to_string());
+        let (found, complete) = self
+            .collect_pages_within(url, "limit", |_| true, max_pages.clamp(1, MAX_PAGES))
+            .await?;
+        Ok(complete.then_some(found))
+    }
+
     /// Audiences of this sandbox carrying `custom_audience_id` (reference §2.4: the `/ups` record's
     /// `audienceId` is the caller's `customAudienceId` for external audiences). Pages through
     /// `GET /data/core/ups/audiences?property=audienceId==…`, which also returns inactive audiences,
@@ -759,10 +771,22 @@ impl Session {
     /// query parameter `filter` is carried over to every page.
     async fn collect_pages(
         &self,
-        mut url: Url,
+        url: Url,
         filter: &str,
         keep: impl Fn(&UpsAudience) -> bool,
     ) -> Result<Vec<UpsAudience>, Error> {
+        Ok(self.collect_pages_within(url, filter, keep, MAX_PAGES).await?.0)
+    }
+
+    /// Pages through a `/ups/audiences` list, at most `max_pages` pages: what `keep` keeps, and
+    /// whether the list ended within them.
+    async fn collect_pages_within(
+        &self,
+        mut url: Url,
+        filter: &str,
+        keep: impl Fn(&UpsAudience) -> bool,
+        max_pages: usize,
+    ) -> Result<(Vec<UpsAudience>, bool), Error> {
         let filter_value = url
             .query_pairs()
             .find(|(k, _)| k == filter)
@@ -770,9 +794,9 @@ impl Session {
             .unwrap_or_default();
         let mut found = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..MAX_PAGES {
+        for _ in 0..max_pages {
             if !seen.insert(url.to_string()) {
-                break;
+                return Ok((found, true));
             }
             let page: UpsAudienceList = self
                 .json(Call::FindAudiences, Method::GET, url.clone(), None::<&()>)
@@ -784,10 +808,10 @@ impl Session {
                 self.next_page_url(&url, &page.links, &page.page, filter, &filter_value),
             ) {
                 (false, Some(next)) => url = next,
-                _ => break,
+                _ => return Ok((found, true)),
             }
         }
-        Ok(found)
+        Ok((found, false))
     }
 
     /// Resolves the next page: `_links.next.href` (absolute, `/…`, or `@/…` relative to

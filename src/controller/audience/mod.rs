@@ -733,6 +733,26 @@ async fn apply_once(cached: &ExternalAudience, shared: &Shared, api: &Api<Extern
     run(pass, decision, session.as_ref()).await
 }
 
+/// The cached objects with an audience in `endpoint`'s org and sandbox.
+fn managed_in(objects: &Store<ExternalAudience>, (org, _, sandbox): &super::reads::Endpoint) -> usize {
+    objects
+        .state()
+        .iter()
+        .filter(|o| {
+            o.spec.sandbox == *sandbox
+                && o.status
+                    .as_ref()
+                    .is_some_and(|s| s.audience_id.is_some() && s.org_id.as_deref() == Some(org.as_str()))
+        })
+        .count()
+}
+
+/// Pages of 100 the sandbox's list may take to answer for `managed` audiences: read up to 4
+/// times per drift interval, it must cost fewer requests than one read per audience.
+fn listing_page_budget(managed: usize) -> usize {
+    (managed / 4).max(1)
+}
+
 impl AudiencePass<'_> {
     /// Where the audience lives, when the credentials name that place: (org, endpoint,
     /// sandbox). Credentials that now name another org or endpoint are never used for shared
@@ -784,17 +804,23 @@ impl AudiencePass<'_> {
         };
         let max_age = (self.ctx.timing.resync / 4).max(Duration::from_secs(1));
         let background = session.background();
+        let objects = self.shared.objects.clone();
+        let here = endpoint.clone();
         let read = self
             .shared
             .reads
             .audiences
             .get(&endpoint, max_age, || async move {
-                let list = background.list_audiences(None).await?;
-                Ok(list.into_iter().map(|a| (a.id.clone(), a)).collect())
+                // Up to 4 lists per interval against one read per managed audience: the list
+                // is read only while it costs less (a sandbox full of audiences this operator
+                // does not manage is never paged through).
+                let managed = managed_in(&objects, &here);
+                let list = background.list_audiences_within(listing_page_budget(managed)).await?;
+                Ok(list.map(|l| l.into_iter().map(|a| (a.id.clone(), a)).collect()))
             })
             .await;
         match read {
-            Ok(listing) => self.gathered.listed = listing.get(audience_id).cloned(),
+            Ok(listing) => self.gathered.listed = listing.as_ref().as_ref().and_then(|l| l.get(audience_id)).cloned(),
             Err(e) => tracing::debug!(error = %e, "Could not list the sandbox's audiences"),
         }
     }
