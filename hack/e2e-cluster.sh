@@ -365,18 +365,33 @@ def key(ts):  # RFC 3339 with up to 9 fraction digits (trailing zeros trimmed) -
     day, _, rest = ts.partition("T")
     hms, _, frac = rest.rstrip("Z").partition(".")
     return f"{day}T{hms}.{frac.ljust(9, '0')}"
+# From the Pods' own logs (copied every sample): when each acquired the Lease, and its last line
+# before "Controller stopped" (the one line a leader writes after releasing the Lease). A leader
+# must have written its last such line before the next leader acquired.
+leaders = []
 for f in sorted(glob.glob(os.path.join(sys.argv[2], "*.log"))):
     pod = os.path.basename(f).split("_")[1]
-    acquired = last = None
+    acquired = last = work_end = None
     for line in open(f, errors="replace"):
         parts = line.split(" ", 3)
         if len(parts) < 4:
             continue
         last = key(parts[0])
+        if '"Controller stopped"' not in parts[3]:
+            work_end = last
         if "Acquired leadership" in parts[3] and acquired is None:
             acquired = last
     print(f"  {pod}: " + (f"acquired the Lease at {acquired}" if acquired else "never acquired the Lease")
           + f", log ends {last}")
+    if acquired:
+        leaders.append((acquired, work_end, pod))
+leaders.sort()
+for (a1, w1, p1), (a2, w2, p2) in zip(leaders, leaders[1:]):
+    if a2 <= w1:
+        print(f"FAIL: {p2} acquired the Lease at {a2}, before {p1}'s last line as leader at {w1}")
+        fail = True
+    else:
+        print(f"  hand-over {p1} -> {p2}: {p1}'s last line {w1}, {p2} acquired {a2}")
 sys.exit(1 if fail else 0)
 PY
 }
@@ -450,10 +465,14 @@ for p in "${pods[@]}"; do
 done
 
 step "Uninstall as documented: ExternalAudiences first, then kubectl delete -k"
+t=$(now_ms)
 kubectl delete ea --all -A --timeout=120s >/dev/null || die "deleting the ExternalAudiences"
+echo "ExternalAudiences deleted (their finalizers released by the operator) in $(secs $(($(now_ms) - t)))"
+t=$(now_ms)
 kubectl delete -k "$k" --timeout=180s >/dev/null || die "kubectl delete -k"
 gone() { ! kubectl get "$@" >/dev/null 2>&1; }
 wait_until 120 "namespace $ns gone" gone namespace $ns
+echo "kubectl delete -k and namespace $ns gone in $(secs $(($(now_ms) - t)))"
 left=$(
   kubectl get crd -o name | grep -c 'aep.audience-operator.dev' || true
 )
@@ -464,7 +483,9 @@ left_rbac=$(kubectl get clusterrole,clusterrolebinding -l app.kubernetes.io/part
   die "the credentials Secret still has finalizers"
 echo "nothing left: namespace $ns, CRDs and cluster RBAC gone; the Secret has no finalizer"
 read -r emu_aep2 emu_tokens2 < <(emu_received)
-echo "emulator: $emu_aep2 AEP requests, $emu_tokens2 token requests in all so far"
+deletes=$(emu_stats | python3 -c 'import json,sys; print(json.load(sys.stdin).get("received",{}).get("delete_audience",0))')
+echo "emulator: $emu_aep2 AEP requests, $emu_tokens2 token requests in all so far; delete_audience received $deletes times (deletionPolicy: Delete)"
+[ "$deletes" -ge 1 ] || die "the seed's audience was not deleted in AEP"
 
 step "helm install (same image and flags) to the seed example Ready"
 kubectl create namespace $ns >/dev/null
@@ -496,6 +517,9 @@ kept=$(kubectl get crd -o name | grep -c 'aep.audience-operator.dev' || true)
 left_rbac=$(kubectl get clusterrole,clusterrolebinding -o name | grep -c audience-operator || true)
 echo "after helm uninstall: Pods gone, $left_rbac cluster RBAC objects, $kept CRDs kept (the chart's crds.keep: true)"
 [ "$left_rbac" = 0 ] || die "$left_rbac cluster RBAC objects left by helm uninstall"
+deletes2=$(emu_stats | python3 -c 'import json,sys; print(json.load(sys.stdin).get("received",{}).get("delete_audience",0))')
+[ "$deletes2" -gt "$deletes" ] || die "the Helm install's seed audience was not deleted in AEP"
+echo "the seed's audience deleted in AEP again (delete_audience received $deletes2 times in all)"
 
 close_step
 ok=1

@@ -622,7 +622,11 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
       echo "# cluster up; in another shell:"
       echo ". $NODE_DIR/env"
       echo "# Ctrl-C (or SIGTERM to $$) tears it down"
-      while sleep 3600; do :; done
+      # The sleep must not hold the watchdog's FIFO, and a SIGKILLed shell leaves it for 1 s at most.
+      while :; do
+        sleep 1 9>&- &
+        wait $!
+      done
       ;;
     run)
       shift
