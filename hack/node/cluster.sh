@@ -259,6 +259,15 @@ for tool, table, chain in sorted(after_chains - before_chains):
 for tool, table, chain in sorted(after_chains - before_chains):
     subprocess.run([tool, "-w", "-t", table, "-X", chain], check=False, stderr=subprocess.DEVNULL)
     print(f"removed {tool} -t {table} chain {chain}")
+# A table this run brought into being (e.g. the kubelet's canary chains in mangle) stays, empty,
+# after the undo; with the nf_tables backend it can be dropped as a whole.
+version = subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout
+if "nf_tables" in version:
+    tables = lambda chains: {(t, tb) for t, tb, _ in chains}
+    for tool, table in sorted(tables(after_chains) - tables(before_chains)):
+        family = "ip6" if tool == "ip6tables" else "ip"
+        subprocess.run(["nft", "delete", "table", family, table], check=False, stderr=subprocess.DEVNULL)
+        print(f"removed {family} table {table}")
 PY
 }
 
@@ -287,6 +296,9 @@ cluster_up() {
   exec 9>"$NODE_DIR/alive"
 
   _fw_snapshot "$NODE_DIR/fw.before"
+  # Host directories the runtime creates at fixed paths (the shims' sockets under
+  # /run/containerd/s, libcni's cache under /var/lib/cni): removed at teardown if this run made them.
+  for d in /run/containerd /var/lib/cni; do [ -e "$d" ] || echo "$d" >>"$NODE_DIR/host-dirs"; done
   _pki || { _ndie "certificates"; return 1; }
   _net_up || { _ndie "network setup"; return 1; }
   _cni_conf
@@ -407,6 +419,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
         runtime_type = "io.containerd.runc.v2"
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
           BinaryName = "$node_bin/runc"
+          Root = "$NODE_DIR/containerd/runc"
           SystemdCgroup = false
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["$node_bin/cni"]
@@ -573,6 +586,11 @@ cluster_down() {
   _fw_undo >/dev/null
   # libcni's result cache (fixed at /var/lib/cni in the CRI plugin).
   rm -f /var/lib/cni/results/"$NODE_CNI_NETWORK"-* 2>/dev/null
+  if [ -f "$NODE_DIR/host-dirs" ]; then
+    while read -r d; do
+      [ -d "$d" ] && find "$d" -depth -type d -empty -delete 2>/dev/null
+    done <"$NODE_DIR/host-dirs"
+  fi
   if [ -n "${KEEP_LOGS:-}" ] && [ -d "$NODE_DIR/logs" ]; then
     mkdir -p "$KEEP_LOGS" && cp -r "$NODE_DIR/logs/." "$KEEP_LOGS/" 2>/dev/null
   fi
