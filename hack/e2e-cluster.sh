@@ -144,7 +144,9 @@ echo "node $NODE_NAME Ready; apiserver https://$NODE_API_IP:443; emulator $emula
 kubectl get node -o wide
 
 step "Load $image into the node's runtime"
-pod_image=$(cluster_load_image "$image" "$image") || die "image load failed"
+# buildah names a local build localhost/NAME:TAG; the Pods ask for that name.
+case "$image" in */*) pod_image=$image ;; *) pod_image=localhost/$image ;; esac
+cluster_load_image "$image" "$pod_image" >/dev/null || die "image load failed"
 echo "runtime image: $pod_image"
 
 emu_stats() { curl -fsS --cacert "$work/emulator-ca.pem" "$emulator_url/_emulator/stats"; }
@@ -469,10 +471,15 @@ t=$(now_ms)
 kubectl delete ea --all -A --timeout=120s >/dev/null || die "deleting the ExternalAudiences"
 echo "ExternalAudiences deleted (their finalizers released by the operator) in $(secs $(($(now_ms) - t)))"
 t=$(now_ms)
-kubectl delete -k "$k" --timeout=180s >/dev/null || die "kubectl delete -k"
+kubectl delete -k "$k" --wait=false >/dev/null || die "kubectl delete -k"
 gone() { ! kubectl get "$@" >/dev/null 2>&1; }
+no_pods() { [ -z "$(kubectl -n $ns get pods -o name 2>/dev/null)" ]; }
+wait_until 120 "the operator's Pods gone" no_pods
+echo "kubectl delete -k: the operator's Pods gone in $(secs $(($(now_ms) - t)))"
 wait_until 120 "namespace $ns gone" gone namespace $ns
-echo "kubectl delete -k and namespace $ns gone in $(secs $(($(now_ms) - t)))"
+echo "kubectl delete -k: namespace $ns gone in $(secs $(($(now_ms) - t)))"
+wait_until 60 "the CRDs gone" gone crd externalaudiences.aep.audience-operator.dev
+wait_until 60 "the CRDs gone" gone crd audienceactivations.aep.audience-operator.dev
 left=$(
   kubectl get crd -o name | grep -c 'aep.audience-operator.dev' || true
 )

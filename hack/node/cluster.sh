@@ -504,16 +504,16 @@ EOF
   _nlog "node $NODE_NAME Ready ($(( ($(date +%s%N) - t0) / 1000000 )) ms after start)"
 }
 
-# Loads an image from buildah's storage into the node's runtime under the name a Pod asks for
-# (normalised: docker.io/library/NAME:TAG for a bare NAME:TAG).
+# Loads an image from buildah's storage into the node's runtime under the name a Pod will ask
+# for. That name must be fully qualified (e.g. localhost/NAME:TAG, as buildah names local
+# builds): the runtime would qualify a bare NAME:TAG with the default registry's name.
 cluster_load_image() { # buildah-image pod-image-name
   local src=$1 want=$2 tar node_bin sock got
   node_bin=$(cat "$NODE_DIR/node_bin") sock=$NODE_DIR/containerd/containerd.sock
-  if [[ "$want" != */* ]]; then
-    want="docker.io/library/$want"
-  else
-    case "${want%%/*}" in *.*|*:*|localhost) ;; *) want="docker.io/$want" ;; esac
-  fi
+  case "${want%%/*}" in
+    *.*|*:*|localhost) [[ "$want" == */* ]] || { _ndie "image name $want is not fully qualified"; return 1; } ;;
+    *) _ndie "image name $want is not fully qualified (e.g. localhost/$want)"; return 1 ;;
+  esac
   tar=$NODE_DIR/image.oci.tar
   rm -f "$tar"
   buildah --storage-driver vfs push -q "$src" "oci-archive:$tar:$want" >/dev/null || { _ndie "buildah push $src"; return 1; }
