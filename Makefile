@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench soak clean-envtest image lint-image test-image fuzz gitops-tools
+.PHONY: all build test test-unit test-integration demo envtest crds lint fmt bench soak clean-envtest image lint-image test-image fuzz gitops-tools node e2e-cluster
 
 all: build
 
@@ -42,6 +42,18 @@ lint-image:
 ## against the local control plane and the emulator, until the seed example is Ready.
 test-image: envtest image
 	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/image-test.sh
+
+## Build (once, cached by version) the node side of the single-node cluster from pinned Go
+## modules: kubelet, kube-scheduler, containerd, runc, CNI plugins, crictl (hack/node/build.sh).
+node:
+	@hack/node/build.sh >/dev/null
+
+## The install from deploy/ and the Helm chart as real Pods on a real single-node cluster
+## (hack/node/cluster.sh) with the AEP emulator: Pod Security restricted, leader election,
+## fail-over, rolling restart, uninstall; prints each step's wall time. Needs root (it makes a
+## bridge, cgroups and mounts; all removed at the end). Not part of `make test`.
+e2e-cluster: envtest node image
+	bin="$$(hack/envtest/build.sh)" && PATH="$$bin:$$PATH" ENVTEST_BIN_DIR="$$bin" hack/e2e-cluster.sh
 
 ## Only the fast tiers (no control plane).
 test-unit:
