@@ -45,11 +45,9 @@ fi
 
 if ! have_kube; then
   log "building kube-apiserver, kube-controller-manager and kubectl v$KUBE_VERSION (cold build, about 10 minutes on 2 cores)"
-  minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
-  ld="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
-  done
+  # shellcheck source=../lib/kube-ldflags.sh
+  . "$here/../lib/kube-ldflags.sh"
+  ld=$(kube_ldflags "$KUBE_VERSION")
   start=$(date +%s)
   for cmd in kube-apiserver kube-controller-manager kubectl; do
     (cd "$here/kubernetes" && CGO_ENABLED=0 go build -mod=mod -trimpath -ldflags "$ld" \

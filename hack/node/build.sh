@@ -94,11 +94,9 @@ gobuild() { # module-dir output package [go build flags...]
 
 if ! have_kube; then
   log "building kubelet and kube-scheduler v$KUBE_VERSION (cold build, several minutes on 2 cores)"
-  minor=${KUBE_VERSION#*.}; minor=${minor%%.*}
-  ld="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld="$ld -X $pkg.gitVersion=v$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
-  done
+  # shellcheck source=../lib/kube-ldflags.sh
+  . "$here/../lib/kube-ldflags.sh"
+  ld=$(kube_ldflags "$KUBE_VERSION")
   start=$(date +%s)
   for cmd in kubelet kube-scheduler; do
     CGO_ENABLED=0 gobuild kubernetes "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd" -tags selinux,notest -ldflags "$ld"
