@@ -731,6 +731,13 @@ fn check_accepted(object: &DynamicObject, spec: &Value, known: &[String]) -> Res
             "the CRD accepted an object the operator cannot read: {e}\nstored: {stored:#}"
         ))
     })?;
+    // An object that adopts (`audienceId`) or observes its audience never sends a create: the
+    // CRD lets its fields, sourceSpec and ingestion go, so there is no create request to check.
+    if audience.spec.audience_id.is_some()
+        || audience.spec.management_policy == audience_operator::api::ManagementPolicy::Observe
+    {
+        return Ok(Verdict::Accepted);
+    }
     let metadata_name = audience.metadata.name.clone().unwrap_or_default();
     let request = plan::create_request(
         &audience.spec,

@@ -13,6 +13,8 @@
 //! 4. **finish**: one conditioned status write, the event, and when to come back.
 
 pub mod decide;
+#[cfg(test)]
+mod step_tests;
 mod steps;
 
 use std::{

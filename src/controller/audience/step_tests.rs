@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     ResourceExt,
@@ -26,7 +25,7 @@ use super::{
 };
 use crate::{
     aep::{
-        AepClient, ClientConfig, CreateAudienceRequest, CreateAudienceResponse, Error as AepError, ExtendTtlResponse,
+        CreateAudienceRequest, CreateAudienceResponse, Error as AepError, ExtendTtlResponse,
         ExternalAudience as AepAudience, Operation, OperationStatus, PatchAudienceRequest, Run, RunStatus,
         StartRunRequest, UpsAudience,
         error::{Call, ErrorKind},
@@ -34,12 +33,11 @@ use crate::{
     api::{ExternalAudience, ExternalAudienceStatus, IngestionRun, RunPending, RunState, reasons},
     controller::{
         core::{
-            Context, Error, Next, Timing,
+            Error, Next, Timing,
             events::{Captured, CapturedEvent},
         },
-        seams::{AepApi, StatusApi},
+        seams::AepApi,
     },
-    metrics::Metrics,
     status::Health,
 };
 
@@ -117,64 +115,7 @@ impl AepApi for FakeAep {
     }
 }
 
-/// The status subresource of one object, with resourceVersion preconditions.
-struct FakeStatus {
-    obj: Mutex<ExternalAudience>,
-    writes: Mutex<usize>,
-    annotation_writes: Mutex<usize>,
-}
-
-impl StatusApi<ExternalAudience> for FakeStatus {
-    fn patch_status<'a>(
-        &'a self,
-        _name: &'a str,
-        _manager: &'a str,
-        patch: json_patch::Patch,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
-        Box::pin(async move {
-            let mut obj = self.obj.lock().expect("obj");
-            let current = obj.resource_version().unwrap_or_default();
-            let mut value = serde_json::to_value(&*obj).map_err(kube::Error::SerdeError)?;
-            for op in &patch.0 {
-                if let json_patch::PatchOperation::Replace(r) = op
-                    && r.path.as_str() == "/metadata/resourceVersion"
-                    && r.value.as_str() != Some(current.as_str())
-                {
-                    return Err(kube::Error::Api(Box::new(
-                        kube::core::Status::failure("conflict", "Conflict").with_code(409),
-                    )));
-                }
-            }
-            json_patch::patch(&mut value, &patch).map_err(|e| kube::Error::Service(e.into()))?;
-            let mut updated: ExternalAudience = serde_json::from_value(value).map_err(kube::Error::SerdeError)?;
-            let next = current.parse::<u64>().unwrap_or(1) + 1;
-            updated.metadata.resource_version = Some(next.to_string());
-            *obj = updated.clone();
-            *self.writes.lock().expect("writes") += 1;
-            Ok(updated)
-        })
-    }
-
-    fn patch_annotation<'a>(
-        &'a self,
-        _name: &'a str,
-        _manager: &'a str,
-        key: &'a str,
-        value: Option<String>,
-    ) -> BoxFuture<'a, Result<ExternalAudience, kube::Error>> {
-        Box::pin(async move {
-            let mut obj = self.obj.lock().expect("obj");
-            match value {
-                Some(v) => obj.annotations_mut().insert(key.to_owned(), v),
-                None => obj.annotations_mut().remove(key),
-            };
-            let next = obj.resource_version().unwrap_or_default().parse::<u64>().unwrap_or(1) + 1;
-            obj.metadata.resource_version = Some(next.to_string());
-            *self.annotation_writes.lock().expect("writes") += 1;
-            Ok(obj.clone())
-        })
-    }
-}
+type FakeStatus = crate::controller::core::testing::FakeStatus<ExternalAudience>;
 
 fn object(status: ExternalAudienceStatus) -> ExternalAudience {
     let mut obj: ExternalAudience = serde_json::from_value(json!({
@@ -215,20 +156,8 @@ impl Harness {
 }
 
 fn context_with(runs_per_sandbox_per_day: u32) -> Harness {
-    let (service, handle) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
     // No API server: nothing but status and annotation writes (faked) may reach one.
-    drop(handle);
-    let client = kube::Client::new(service, "default");
-    let events = Arc::new(Captured::default());
-    let core = Arc::new(Context::new(
-        client,
-        AepClient::new(ClientConfig::default()).expect("client"),
-        events.clone(),
-        Timing::default(),
-        Arc::new(Metrics::default()),
-        Duration::from_secs(60),
-    ));
+    let (core, events) = crate::controller::core::testing::context(Timing::default());
     let (reader, _writer) = reflector::store();
     Harness {
         shared: super::shared(
@@ -263,11 +192,7 @@ async fn run_step_ev(
 ) -> (ExternalAudienceStatus, Next, usize, Vec<CapturedEvent>) {
     let ctx = context();
     let obj = object(status);
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let out = pass.act(decision(step), aep).await.expect("step");
     let next = out.next;
@@ -287,11 +212,7 @@ async fn run_step(status: ExternalAudienceStatus, step: Step, aep: &FakeAep) -> 
 async fn run_decided(status: ExternalAudienceStatus, aep: &FakeAep) -> (ExternalAudienceStatus, Step) {
     let ctx = context();
     let obj = object(status);
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let decided = pass.decide_with_budget();
     let step = decided.step.clone();
@@ -859,11 +780,7 @@ async fn a_stale_base_never_sends_the_mutating_call() {
         o.metadata.resource_version = Some("7".into());
         o
     };
-    let store = FakeStatus {
-        obj: Mutex::new(newer),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(newer);
     let aep = FakeAep::default();
     let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let result = pass
@@ -894,11 +811,7 @@ async fn a_malformed_resync_annotation_is_reported_not_ignored() {
             .into_iter()
             .collect(),
     );
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let aep = FakeAep::default();
     let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let decided = pass.decide();
@@ -1029,11 +942,7 @@ async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
 /// Runs for `obj` the step the decider picks (asking the run budget as the operator does), with a
 /// context shared across objects like the operator's; `expected` is the step the test exercises.
 async fn run_step_in(ctx: &Harness, obj: ExternalAudience, expected: Step, aep: &FakeAep) -> ExternalAudienceStatus {
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let mut pass = AudiencePass::new(&obj, ctx, &store);
     let decided = pass.decide_with_budget();
     tracing::debug!(expected = expected.name(), decided = decided.step.name(), "Step");
@@ -1227,11 +1136,7 @@ const PLATFORM: &str = "https://platform.adobe.io/";
 /// credentials' org and endpoint, the record annotation, the claim index); returns the written
 /// object and how many annotation writes were made.
 async fn run_prepared(ctx: &Harness, obj: ExternalAudience, aep: &FakeAep) -> (ExternalAudience, Step, usize) {
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let mut pass = AudiencePass::new(&obj, ctx, &store);
     pass.with_credentials(ORG, PLATFORM);
     let decided = pass.decide_with_budget();
@@ -1331,11 +1236,7 @@ async fn a_restored_object_reattaches_after_aep_confirms_it_and_owes_no_patch_an
     // The next pass is idle and Ready: nothing owed.
     let mut next = written.clone();
     next.metadata.resource_version = Some("9".into());
-    let store = FakeStatus {
-        obj: Mutex::new(next.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(next.clone());
     let mut pass = AudiencePass::new(&next, &ctx, &store);
     pass.with_credentials(ORG, PLATFORM);
     let plan = pass.decide();
@@ -1596,11 +1497,7 @@ async fn a_conflicted_marker_write_gives_the_run_budget_back() {
         o.metadata.resource_version = Some("7".into());
         o
     };
-    let store = FakeStatus {
-        obj: Mutex::new(newer),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(newer);
     let aep = FakeAep::default();
     let mut pass = AudiencePass::new(&obj, &ctx, &store);
     let result = pass
@@ -1821,11 +1718,7 @@ async fn a_schedule_added_to_an_existing_object_owes_no_run_for_the_times_before
     if let Some(i) = obj.spec.ingestion.as_mut() {
         i.schedule = Some("0 * * * *".into());
     }
-    let store = FakeStatus {
-        obj: Mutex::new(obj.clone()),
-        writes: Mutex::new(0),
-        annotation_writes: Mutex::new(0),
-    };
+    let store = FakeStatus::new(obj.clone());
     let pass = AudiencePass::new(&obj, &ctx, &store);
     assert_eq!(
         decide::schedule_due(&pass.facts()),

@@ -23,6 +23,8 @@ pub mod events;
 pub mod facts;
 pub mod finalizer;
 pub mod pass;
+#[cfg(test)]
+pub mod testing;
 pub mod verdict;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
