@@ -1202,10 +1202,7 @@ fn scaling_chart(runs: &[Run]) -> Option<String> {
     let span = (nmax.log10() - nmin.log10()).max(1e-9);
     let x = |n: f64| ml + (n.log10() - nmin.log10()) / span * (w - ml - mr);
     let y = |v: f64, max: f64| h - mb - v / max * (h - mt - mb);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let mut s = svg_open(w, h);
     for k in 0..=4 {
         let r = ratio_max * k as f64 / 4.0;
         let m = rss_max * k as f64 / 4.0;
@@ -1268,10 +1265,7 @@ fn chart(runs: &[Run]) -> String {
     let x = |t: f64| ml + (t / tmax) * (w - ml - mr);
     let y = |c: f64| h - mb - (c / nmax) * (h - mt - mb);
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
+    let mut s = svg_open(w, h);
     for k in 0..=5 {
         let t = tmax * k as f64 / 5.0;
         let c = nmax * k as f64 / 5.0;
@@ -1324,6 +1318,14 @@ fn chart(runs: &[Run]) -> String {
         );
     }
     s + "</svg>\n"
+}
+
+/// The opening of a chart: an SVG of `w` × `h` on a white background.
+fn svg_open(w: f64, h: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    )
 }
 
 #[cfg(test)]
