@@ -12,7 +12,8 @@
 #     while no Pod holds the Lease, none from a follower
 #   kubectl rollout restart, Lease holder and Pods sampled every 200 ms
 #   uninstall as docs/install.md says (ExternalAudiences first, then kubectl delete -k): nothing left
-#   the same with helm install / helm uninstall
+#   the same with helm install / helm uninstall, watching a list of namespaces (marketing,sales:
+#     a Role in each, nothing cluster-wide): the seed Ready in both
 #
 # The emulator listens on the node's bridge address with TLS. The operator trusts its CA through
 # the CA bundle every Pod gets (hack/node/cluster.sh NODE_EXTRA_CA): neither install needs a
@@ -494,13 +495,17 @@ deletes=$(emu_stats | python3 -c 'import json,sys; print(json.load(sys.stdin).ge
 echo "emulator: $emu_aep2 AEP requests, $emu_tokens2 token requests in all so far; delete_audience received $deletes times (deletionPolicy: Delete)"
 [ "$deletes" -ge 1 ] || die "the seed's audience was not deleted in AEP"
 
-step "helm install (same image and flags) to the seed example Ready"
+step "helm install (same image and flags, watchNamespaces={marketing,sales}) to the seed example Ready in both"
 kubectl create namespace $ns >/dev/null
+kubectl create namespace sales >/dev/null
+kubectl -n sales create secret generic aep-credentials \
+  --from-literal=clientId=local-client --from-literal=clientSecret=local-secret \
+  --from-literal=orgId=LOCAL0RG@AdobeOrg >/dev/null
 kubectl label namespace $ns pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/enforce-version=latest >/dev/null
 # The chart has a value for the activation poll interval (a second flag would be refused); the
 # other flags go to extraArgs.
 helm_args=(--set "image.repository=${pod_image%:*}" --set "image.tag=${pod_image##*:}" --set image.pullPolicy=Never
-  --set activationPollInterval=5s)
+  --set activationPollInterval=5s --set 'watchNamespaces={marketing,sales}')
 i=0
 for a in "${op_args[@]}"; do
   case "$a" in --activation-poll-interval=*) continue ;; esac
@@ -512,9 +517,16 @@ done
 wait_until 60 "2 Pods Ready (Helm)" two_ready
 wait_until 60 "a Lease holder (Helm)" bash -c "[ -n \"\$(kubectl -n $ns get lease -o jsonpath='{.items[0].spec.holderIdentity}' 2>/dev/null)\" ]"
 kubectl -n $ns get pods -o wide
+cluster_rbac=$(kubectl get clusterrole,clusterrolebinding -o name | grep -c audience-operator || true)
+[ "$cluster_rbac" = 0 ] || die "$cluster_rbac cluster RBAC objects for a namespace list"
 kubectl apply -f deploy/samples/loyalty-members.yaml >/dev/null
-kubectl -n marketing wait --for=condition=Ready --timeout=180s externalaudience/loyalty-members || die "seed not Ready (Helm)"
-kubectl -n marketing get externalaudience loyalty-members -o wide
+sed -e 's/namespace: marketing/namespace: sales/' -e 's/name: Loyalty members/name: Loyalty members (sales)/' \
+  deploy/samples/loyalty-members.yaml | kubectl apply -f - >/dev/null
+for n in marketing sales; do
+  kubectl -n $n wait --for=condition=Ready --timeout=180s externalaudience/loyalty-members || die "seed not Ready in $n (Helm)"
+  kubectl -n $n get externalaudience loyalty-members -o wide
+done
+echo "one release watching marketing and sales with a Role in each, no cluster RBAC: both seeds Ready"
 
 step "helm uninstall (ExternalAudiences first)"
 kubectl delete ea --all -A --timeout=120s >/dev/null || die "deleting the ExternalAudiences"
@@ -524,9 +536,12 @@ kept=$(kubectl get crd -o name | grep -c 'aep.audience-operator.dev' || true)
 left_rbac=$(kubectl get clusterrole,clusterrolebinding -o name | grep -c audience-operator || true)
 echo "after helm uninstall: Pods gone, $left_rbac cluster RBAC objects, $kept CRDs kept (the chart's crds.keep: true)"
 [ "$left_rbac" = 0 ] || die "$left_rbac cluster RBAC objects left by helm uninstall"
+left_roles=$(kubectl get role,rolebinding -n marketing -o name; kubectl get role,rolebinding -n sales -o name)
+[ -z "$left_roles" ] || die "Roles left in the watched namespaces by helm uninstall: $left_roles"
 deletes2=$(emu_stats | python3 -c 'import json,sys; print(json.load(sys.stdin).get("received",{}).get("delete_audience",0))')
-[ "$deletes2" -gt "$deletes" ] || die "the Helm install's seed audience was not deleted in AEP"
-echo "the seed's audience deleted in AEP again (delete_audience received $deletes2 times in all)"
+[ "$deletes2" -ge $((deletes + 2)) ] || die "the Helm install's seed audiences were not deleted in AEP"
+echo "both seeds' audiences deleted in AEP (delete_audience received $deletes2 times in all)"
+kubectl delete namespace sales --wait=false >/dev/null
 
 close_step
 ok=1

@@ -43,9 +43,12 @@ pub struct RunConfig {
     #[arg(long, env = "KUBECONFIG_PATH")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Watch only this namespace (ExternalAudiences and Secrets); all namespaces when unset.
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (ExternalAudiences, AudienceActivations and, with
+    /// `--watch-secrets`, Secrets): repeat the flag or separate them with commas
+    /// (`WATCH_NAMESPACE=marketing,sales`). All namespaces when unset. One process watches them
+    /// all, so at most one object manages an audience across them.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',', value_parser = parse_namespace)]
+    pub namespaces: Vec<String>,
 
     /// Maximum number of objects reconciled at the same time.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
@@ -203,6 +206,26 @@ pub struct RunConfig {
     pub log_format: LogFormat,
 }
 
+/// A namespace name: a DNS-1123 label (at most 63 lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit).
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid namespace {s:?}: must be a DNS-1123 label (at most 63 lowercase letters, digits and '-', \
+             starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 /// Parses a duration in jiff's friendly format (`500ms`, `30s`, `5m`, `1h30m`, `2 minutes`) or
 /// plain seconds (`0`, `90`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -219,6 +242,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_are_a_list_of_labels() {
+        let cfg = |args: &[&str]| {
+            let mut all = vec!["run"];
+            all.extend_from_slice(args);
+            RunConfig::try_parse_from(all)
+        };
+        assert!(cfg(&[]).expect("no flag").namespaces.is_empty());
+        assert_eq!(
+            cfg(&["--namespace=a,b", "--namespace", "c"])
+                .expect("a list")
+                .namespaces,
+            ["a", "b", "c"]
+        );
+        for bad in ["Marketing", "-a", "a-", "a_b", "a,,b", &"x".repeat(64)] {
+            let err = cfg(&[&format!("--namespace={bad}")]).expect_err(bad).to_string();
+            assert!(err.contains("--namespace") && err.contains("DNS-1123"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn parses_durations() {

@@ -77,7 +77,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         None => kube::Config::infer().await?,
     };
     let client = kube::Client::try_from(kube_config)?;
-    controller::check_crd(&client, cfg.namespace.as_deref())
+    controller::check_crd(&client, &controller::watch::Scope::of(&cfg.namespaces))
         .await
         .context("the ExternalAudience CRD does not answer; install it with `kubectl apply -k crds/`")?;
 

@@ -326,3 +326,211 @@ async fn metrics_after_the_seed_flow_count_the_work_with_bounded_labels() {
         }
     }
 }
+
+/// A kubeconfig for the control plane as the admin impersonating `user`: a process using it has
+/// exactly the rights RBAC gives `user` (here the ServiceAccount of a chart release).
+fn impersonating(user: &str, path: &std::path::Path) {
+    let admin = std::fs::read_to_string(support::control_plane().admin_kubeconfig()).expect("admin kubeconfig");
+    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&admin).expect("kubeconfig yaml");
+    for entry in config["users"].as_sequence_mut().expect("users") {
+        entry["user"]["as"] = serde_yaml_ng::Value::from(user);
+    }
+    std::fs::write(path, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write kubeconfig");
+}
+
+/// `doc` of a multi-document YAML stream is of one of `kinds`.
+fn is_kind(doc: &str, kinds: &[&str]) -> bool {
+    doc.lines()
+        .find_map(|l| l.strip_prefix("kind: "))
+        .is_some_and(|k| kinds.contains(&k.trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operator_watches_a_list_of_namespaces_with_the_charts_roles_and_nothing_else() {
+    use audience_operator::api::ExternalAudience;
+    use kube::{Api, api::PostParams};
+    use support::operator::{condition_message, condition_reason, fast_flags, is_ready, wait_obj_in};
+
+    let mut env = Env::start_with("watch-a", |b| b.zero_latency(), Vec::new(), true).await;
+    env.stop_operator(false);
+    let a = env.ns.clone();
+    let b = support::namespace(&env.client, "watch-b").await;
+    let c = support::namespace(&env.client, "watch-c").await;
+    let release = support::namespace(&env.client, "watch-ops").await;
+    env.create_secret_in(&b, "aep-credentials").await;
+    env.create_secret_in(&c, "aep-credentials").await;
+
+    // The chart's RBAC for `watchNamespaces={a,b}`, as `helm install` creates it: a Role in a
+    // and in b, nothing cluster-wide, nothing in c.
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/audience-operator");
+    let out = std::process::Command::new(support::helm())
+        .args(["template", "audience-operator", chart, "--namespace", &release])
+        .args([
+            "--set",
+            &format!("watchNamespaces={{{a},{b}}}"),
+            "--set",
+            "crds.install=false",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rbac: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .expect("utf-8")
+        .split("\n---\n")
+        .filter(|d| is_kind(d, &["ServiceAccount", "Role", "RoleBinding"]))
+        .collect();
+    assert_eq!(
+        rbac.len(),
+        1 + 3 * 2,
+        "the ServiceAccount, a Role and a binding in a, b and the lease's namespace"
+    );
+    let (ok, out) = kubectl(&["apply", "--server-side", "-f", "-"], Some(&rbac.join("\n---\n")));
+    assert!(ok, "{out}");
+    let dir = support::control_plane().dir();
+    let kubeconfig = dir.join(format!("release-{release}.kubeconfig"));
+    impersonating(
+        &format!("system:serviceaccount:{release}:audience-operator"),
+        &kubeconfig,
+    );
+
+    // The seed in each namespace before the operator starts, so that its first lists of a and b
+    // both hold an object (each namespace's list must not replace the other's in the cache); each
+    // with its own AEP name (a name is unique in a sandbox).
+    for ns in [&a, &b, &c] {
+        let seed = env
+            .seed_yaml_in(ns)
+            .replace("name: Loyalty members", &format!("name: Loyalty members {ns}"));
+        let (ok, out) = kubectl(&["apply", "-f", "-"], Some(&seed));
+        assert!(ok, "{out}");
+    }
+    // One operator for both namespaces; Secrets watched, and a missing Secret retried only after
+    // 10 minutes, so that only the watch can heal an object waiting for one.
+    let mut args = vec![
+        "run".to_owned(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={a},{b}"),
+        "--watch-secrets".to_owned(),
+        format!("--aep-platform-url={}", env.emulator.base_url()),
+        format!("--aep-ims-url={}", env.emulator.base_url()),
+        "--credentials-retry-interval=10m".to_owned(),
+    ];
+    args.extend(
+        fast_flags()
+            .into_iter()
+            .filter(|f| !f.starts_with("--credentials-retry-interval")),
+    );
+    let log = dir.join(format!("operator-list-{a}.log"));
+    let spawn = |log: &std::path::Path| {
+        envtest::Watched::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_controller")),
+            &args,
+            &[("RUST_LOG".to_owned(), "info,audience_operator=debug".to_owned())],
+            log,
+        )
+        .expect("operator starts")
+    };
+    let operator = spawn(&log);
+
+    let api = |ns: &str| Api::<ExternalAudience>::namespaced(env.client.clone(), ns);
+    let mut ids = Vec::new();
+    for ns in [&a, &b] {
+        let obj = wait_obj_in(&api(ns), &log, "loyalty-members", "Ready", TIMEOUT, is_ready).await;
+        ids.push(obj.status.and_then(|s| s.audience_id).expect("audience id"));
+    }
+    assert_ne!(ids[0], ids[1], "each namespace's object has its own audience");
+
+    // One claims index over both namespaces: an object in b adopting a's audience is a claimant
+    // that sends nothing, and names the holder in a.
+    let mut adopter: ExternalAudience = serde_yaml_ng::from_str(
+        &env.seed_yaml_in(&b)
+            .replace("name: loyalty-members", "name: adopter")
+            .replace("name: Loyalty members", "name: Adopter"),
+    )
+    .expect("adopter");
+    adopter.spec.audience_id = Some(ids[0].clone());
+    let before = env.emulator.stats();
+    api(&b)
+        .create(&PostParams::default(), &adopter)
+        .await
+        .expect("create adopter");
+    let claimed = wait_obj_in(&api(&b), &log, "adopter", "Stalled/AudienceClaimed", TIMEOUT, |o| {
+        condition_reason(o, "Stalled") == "AudienceClaimed"
+    })
+    .await;
+    let msg = condition_message(&claimed, "Stalled");
+    assert!(msg.contains(&format!("{a}/loyalty-members")), "{msg}");
+
+    // The Secret watch in b: an object whose Secret does not exist yet heals when it appears.
+    let late = env
+        .seed_yaml_in(&b)
+        .replace("name: loyalty-members", "name: late")
+        .replace("name: Loyalty members", "name: Late")
+        .replace("{name: aep-credentials}", "{name: late-credentials}");
+    assert!(kubectl(&["apply", "-f", "-"], Some(&late)).0);
+    wait_obj_in(&api(&b), &log, "late", "waiting for its Secret", TIMEOUT, |o| {
+        condition_reason(o, "Reconciling") == "CredentialsMissing"
+    })
+    .await;
+    env.create_secret_in(&b, "late-credentials").await;
+    // Well within the 10-minute retry and the 2-minute grace: only the watch can have woken it.
+    wait_obj_in(
+        &api(&b),
+        &log,
+        "late",
+        "Ready after its Secret appeared",
+        Duration::from_secs(60),
+        is_ready,
+    )
+    .await;
+
+    // What the operator sent: creates for a's, b's and the late object, nothing for the adopter
+    // or for c, whose object it never saw (no status, no finalizer).
+    let after = env.emulator.stats();
+    assert_eq!(after.received("create_audience"), 3, "{after:?}");
+    assert_eq!(
+        after.received("create_audience") - before.received("create_audience"),
+        1,
+        "only the late object was created after the adopter appeared"
+    );
+    let untouched = api(&c).get("loyalty-members").await.expect("c's object");
+    let status = untouched.status.unwrap_or_default();
+    assert!(
+        status.conditions.is_empty() && status.audience_id.is_none() && status.operation_id.is_none(),
+        "c is not watched: {status:?}"
+    );
+    assert!(untouched.metadata.finalizers.unwrap_or_default().is_empty());
+    let text = log_of(&log);
+    assert!(!text.contains(&c), "the operator never touched namespace {c}");
+    assert!(
+        !text.to_lowercase().contains("forbidden"),
+        "RBAC refused nothing:\n{text}"
+    );
+
+    // A restart: the first list of each namespace must not replace the other's in the cache. The
+    // cache's view (the objects gauge, counted at scrape time) holds every watched object: 3 Ready
+    // (a's, b's, the late one) and the adopter Stalled, though no event follows the lists.
+    operator.stop();
+    let log = dir.join(format!("operator-list-restarted-{a}.log"));
+    let operator = spawn(&log);
+    let addr = support::wait_for("the metrics address", TIMEOUT, || async { metrics_addr(&log_of(&log)) }).await;
+    support::wait_for("the cache to hold both namespaces' objects", TIMEOUT, || async {
+        let text = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (text.contains("externalaudience_objects{condition=\"Ready\"} 3")
+            && text.contains("externalaudience_objects{condition=\"Stalled\"} 1"))
+        .then_some(())
+    })
+    .await;
+    let still = api(&b).get("adopter").await.expect("adopter");
+    assert_eq!(condition_reason(&still, "Stalled"), "AudienceClaimed");
+    assert_eq!(
+        env.emulator.stats().received("create_audience"),
+        3,
+        "nothing created after the restart"
+    );
+    operator.stop();
+}

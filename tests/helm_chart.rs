@@ -6,25 +6,16 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use serde_yaml_ng::Value;
-use support::operator::{install_crd_and_rbac, kubectl};
+use support::{
+    helm,
+    operator::{install_crd_and_rbac, kubectl},
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/audience-operator");
-
-fn helm() -> PathBuf {
-    let out = Command::new(format!("{ROOT}/hack/helm/build.sh"))
-        .output()
-        .expect("hack/helm/build.sh runs");
-    assert!(
-        out.status.success(),
-        "hack/helm/build.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("runs");
@@ -87,7 +78,24 @@ fn grants(rules: &Value) -> std::collections::BTreeSet<(String, String, String)>
 fn the_chart_lints_in_both_watch_scopes() {
     let helm = helm();
     run(Command::new(&helm).args(["lint", "--strict", CHART]));
-    run(Command::new(&helm).args(["lint", "--strict", CHART, "--set", "watchNamespace=marketing"]));
+    run(Command::new(&helm).args(["lint", "--strict", CHART, "--set", "watchNamespaces={marketing,sales}"]));
+}
+
+#[test]
+fn a_bad_watch_namespace_is_refused_with_the_value_named() {
+    let helm = helm();
+    for (bad, says) in [
+        ("watchNamespaces={Marketing}", "does not match pattern"),
+        ("watchNamespaces={sales,sales}", "are equal"),
+    ] {
+        let out = Command::new(&helm)
+            .args(["template", "audience-operator", CHART, "--set", bad])
+            .output()
+            .expect("helm runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} is refused");
+        assert!(err.contains("/watchNamespaces") && err.contains(says), "{bad}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,11 +105,12 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kus
     let client = support::admin().await;
     let ns = support::namespace(&client, "helm").await;
     let watched = support::namespace(&client, "helm-watched").await;
+    let also = support::namespace(&client, "helm-also").await;
     for (scope, extra) in [
         ("cluster", Vec::<String>::new()),
         (
             "namespace",
-            vec!["--set".to_owned(), format!("watchNamespace={watched}")],
+            vec!["--set".to_owned(), format!("watchNamespaces={{{watched},{also}}}")],
         ),
     ] {
         let rendered = run(Command::new(&helm)
@@ -168,13 +177,26 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kus
                     of_kind(&rendered_docs, "ClusterRole").is_empty(),
                     "nothing cluster-wide"
                 );
-                assert!(args.contains(&format!("--namespace={watched}").as_str()), "{args:?}");
-                let roles: Vec<_> = of_kind(&rendered_docs, "Role")
-                    .into_iter()
-                    .filter(|r| r["metadata"]["namespace"].as_str() == Some(watched.as_str()))
-                    .collect();
-                assert_eq!(roles.len(), 1, "one Role in the watched namespace");
-                grants(&roles[0]["rules"])
+                assert!(
+                    args.contains(&format!("--namespace={watched},{also}").as_str()),
+                    "{args:?}"
+                );
+                // The same Role, bound to the operator, in each watched namespace.
+                let in_ns = |kind: &str, ns: &str| -> Vec<&Value> {
+                    of_kind(&rendered_docs, kind)
+                        .into_iter()
+                        .filter(|r| r["metadata"]["namespace"].as_str() == Some(ns))
+                        .collect()
+                };
+                let first = grants(&in_ns("Role", &watched)[0]["rules"]);
+                for n in [&watched, &also] {
+                    assert_eq!(in_ns("Role", n).len(), 1, "one Role in {n}");
+                    assert_eq!(grants(&in_ns("Role", n)[0]["rules"]), first, "{n}");
+                    let binding = in_ns("RoleBinding", n);
+                    assert_eq!(binding.len(), 1, "one RoleBinding in {n}");
+                    assert_eq!(binding[0]["subjects"][0]["namespace"].as_str(), Some(ns.as_str()));
+                }
+                first
             }
         };
         let kustomize = match scope {

@@ -21,13 +21,14 @@ pub mod keys;
 pub mod reads;
 pub mod schedule;
 pub mod seams;
+pub mod watch;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, ResourceExt,
+    Client, ResourceExt,
     api::{ListParams, PartialObjectMeta},
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt,
@@ -75,28 +76,20 @@ pub fn triggers() -> impl Predicate<ExternalAudience> + Clone {
         .combine(deletion)
 }
 
-/// Fails with a hint when a CRD is not installed (the controller never installs them).
-pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), Error> {
-    scoped::<ExternalAudience>(client, namespace)
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map_err(Error::Kube)?;
-    scoped::<AudienceActivation>(client, namespace)
-        .list_metadata(&ListParams::default().limit(1))
-        .await
-        .map(|_| ())
-        .map_err(Error::Kube)
-}
-
-/// The API of kind `K` in `namespace`, or in all namespaces.
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+/// Fails with a hint when a CRD is not installed or not readable in a watched namespace (the
+/// controller never installs them).
+pub async fn check_crd(client: &Client, scope: &watch::Scope) -> Result<(), Error> {
+    for api in scope.apis::<ExternalAudience>(client) {
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(Error::Kube)?;
     }
+    for api in scope.apis::<AudienceActivation>(client) {
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .map_err(Error::Kube)?;
+    }
+    Ok(())
 }
 
 /// Whether an AudienceActivation is being deleted.
@@ -155,7 +148,7 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         metrics.clone(),
         cfg.credentials_cache_ttl,
     ));
-    let audiences = scoped::<ExternalAudience>(&client, cfg.namespace.as_deref());
+    let scope = watch::Scope::of(&cfg.namespaces);
     let (reader, writer) = reflector::store();
     let (activation_reader, activation_writer) = reflector::store::<AudienceActivation>();
     let reads = Arc::new(reads::Reads::default());
@@ -213,46 +206,50 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
     let activations_of_changed = activation_reader.clone();
     // Our own status writes do not trigger passes (every pass that leaves work pending returns
     // an explicit requeue); spec, annotations, finalizers and deletion do.
-    let triggers = watcher(audiences, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
-        // applied manifest, which would double each object's memory for nothing.
-        .modify(|ea| {
-            ea.managed_fields_mut().clear();
-            ea.annotations_mut().remove(LAST_APPLIED);
-        })
-        .inspect(move |event| {
-            let claims = &claims_shared.claims;
-            let others = match event {
-                Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => claims.apply(ea),
-                Ok(watcher::Event::Delete(ea)) => claims.delete(ea),
-                Ok(watcher::Event::Init) => {
-                    claims.relisting();
-                    Vec::new()
-                }
-                Ok(watcher::Event::InitDone) => claims.relisted(),
-                Err(_) => Vec::new(),
-            };
-            for other in claims::refs(others) {
-                let _ = wake.unbounded_send(other);
+    let triggers = watch::watch(
+        &client,
+        &scope,
+        watcher::Config::default().any_semantic(),
+        reader.clone(),
+    )
+    // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
+    // applied manifest, which would double each object's memory for nothing.
+    .modify(|ea| {
+        ea.managed_fields_mut().clear();
+        ea.annotations_mut().remove(LAST_APPLIED);
+    })
+    .inspect(move |event| {
+        let claims = &claims_shared.claims;
+        let others = match event {
+            Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => claims.apply(ea),
+            Ok(watcher::Event::Delete(ea)) => claims.delete(ea),
+            Ok(watcher::Event::Init) => {
+                claims.relisting();
+                Vec::new()
             }
-        })
-        .reflect(writer)
-        // Ready once the cache holds its first full list (the store's own ready signal wakes only
-        // one waiter, which the Controller takes).
-        .inspect(move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
-                health.set_synced();
+            Ok(watcher::Event::InitDone) => claims.relisted(),
+            Err(_) => Vec::new(),
+        };
+        for other in claims::refs(others) {
+            let _ = wake.unbounded_send(other);
+        }
+    })
+    .reflect(writer)
+    // Ready once the cache holds its first full list (the store's own ready signal wakes only
+    // one waiter, which the Controller takes).
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            health.set_synced();
+        }
+        if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
+            let ns = ea.namespace().unwrap_or_default();
+            for a in activation::activations_of(&activations_of_changed, &ns, &ea.name_any()) {
+                let _ = wake_activations.unbounded_send(ObjectRef::from_obj(&*a));
             }
-            if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
-                let ns = ea.namespace().unwrap_or_default();
-                for a in activation::activations_of(&activations_of_changed, &ns, &ea.name_any()) {
-                    let _ = wake_activations.unbounded_send(ObjectRef::from_obj(&*a));
-                }
-            }
-        })
-        .applied_objects()
-        .predicate_filter(triggers(), PredicateConfig::default());
+        }
+    })
+    .applied_objects()
+    .predicate_filter(triggers(), PredicateConfig::default());
     let mut controller =
         Controller::for_stream(triggers, reader.clone()).reconcile_on(futures::stream::select(woken, audiences_woken));
     let activation_shared = Arc::new(activation::shared(
@@ -261,11 +258,12 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         reader,
         reads,
     ));
-    let activation_triggers = watcher(
-        scoped::<AudienceActivation>(&client, cfg.namespace.as_deref()),
+    let activation_triggers = watch::watch(
+        &client,
+        &scope,
         watcher::Config::default().any_semantic(),
+        activation_reader.clone(),
     )
-    .default_backoff()
     .modify(|a| {
         a.managed_fields_mut().clear();
         a.annotations_mut().remove(LAST_APPLIED);
@@ -296,10 +294,10 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         });
     if cfg.watch_secrets {
         // Metadata only: the operator never caches Secret data beyond the credential cache's TTL.
-        let secrets = scoped::<PartialObjectMeta<Secret>>(&client, cfg.namespace.as_deref());
         let store = controller.store();
         let watch_core = core.clone();
-        let secret_changes = watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+        let secret_changes =
+            watch::touched::<PartialObjectMeta<Secret>>(&client, &scope, watcher::Config::default().any_semantic());
         controller = controller.watches_stream(secret_changes, move |secret| {
             let ns = secret.namespace();
             let name = secret.name_any();

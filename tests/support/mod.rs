@@ -55,3 +55,16 @@ where
     }
 }
 pub mod operator;
+
+/// Helm, built from its pinned Go module by `hack/helm/build.sh` (cached after the first build).
+pub fn helm() -> std::path::PathBuf {
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/helm/build.sh"))
+        .output()
+        .expect("hack/helm/build.sh runs");
+    assert!(
+        out.status.success(),
+        "hack/helm/build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
