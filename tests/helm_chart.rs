@@ -75,9 +75,10 @@ fn grants(rules: &Value) -> std::collections::BTreeSet<(String, String, String)>
 }
 
 #[test]
-fn the_chart_lints_in_both_watch_scopes() {
+fn the_chart_lints_in_every_watch_scope() {
     let helm = helm();
     run(Command::new(&helm).args(["lint", "--strict", CHART]));
+    run(Command::new(&helm).args(["lint", "--strict", CHART, "--set", "watchAllNamespaces=true"]));
     run(Command::new(&helm).args(["lint", "--strict", CHART, "--set", "watchNamespaces={marketing,sales}"]));
 }
 
@@ -87,6 +88,7 @@ fn a_bad_watch_namespace_is_refused_with_the_value_named() {
     for (bad, says) in [
         ("watchNamespaces={Marketing}", "does not match pattern"),
         ("watchNamespaces={sales,sales}", "are equal"),
+        ("watchAllNamespaces=true,watchNamespaces={sales}", "not both"),
     ] {
         let out = Command::new(&helm)
             .args(["template", "audience-operator", CHART, "--set", bad])
@@ -94,7 +96,7 @@ fn a_bad_watch_namespace_is_refused_with_the_value_named() {
             .expect("helm runs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{bad} is refused");
-        assert!(err.contains("/watchNamespaces") && err.contains(says), "{bad}: {err}");
+        assert!(err.contains("watchNamespaces") && err.contains(says), "{bad}: {err}");
     }
 }
 
@@ -107,9 +109,14 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kus
     let watched = support::namespace(&client, "helm-watched").await;
     let also = support::namespace(&client, "helm-also").await;
     for (scope, extra) in [
-        ("cluster", Vec::<String>::new()),
         (
-            "namespace",
+            "cluster",
+            vec!["--set".to_owned(), "watchAllNamespaces=true".to_owned()],
+        ),
+        // The default: the release's own namespace, Roles only.
+        ("release", Vec::<String>::new()),
+        (
+            "namespaces",
             vec!["--set".to_owned(), format!("watchNamespaces={{{watched},{also}}}")],
         ),
     ] {
@@ -177,8 +184,12 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kus
                     of_kind(&rendered_docs, "ClusterRole").is_empty(),
                     "nothing cluster-wide"
                 );
+                let list = match scope {
+                    "release" => vec![ns.clone()],
+                    _ => vec![watched.clone(), also.clone()],
+                };
                 assert!(
-                    args.contains(&format!("--namespace={watched},{also}").as_str()),
+                    args.contains(&format!("--namespace={}", list.join(",")).as_str()),
                     "{args:?}"
                 );
                 // The same Role, bound to the operator, in each watched namespace.
@@ -186,14 +197,19 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_grants_what_the_kus
                     of_kind(&rendered_docs, kind)
                         .into_iter()
                         .filter(|r| r["metadata"]["namespace"].as_str() == Some(ns))
+                        .filter(|r| {
+                            !r["metadata"]["name"]
+                                .as_str()
+                                .is_some_and(|n| n.ends_with("leader-election"))
+                        })
                         .collect()
                 };
-                let first = grants(&in_ns("Role", &watched)[0]["rules"]);
-                for n in [&watched, &also] {
-                    assert_eq!(in_ns("Role", n).len(), 1, "one Role in {n}");
+                let first = grants(&in_ns("Role", &list[0])[0]["rules"]);
+                for n in &list {
+                    assert_eq!(in_ns("Role", n).len(), 1, "{scope}: one Role in {n}");
                     assert_eq!(grants(&in_ns("Role", n)[0]["rules"]), first, "{n}");
                     let binding = in_ns("RoleBinding", n);
-                    assert_eq!(binding.len(), 1, "one RoleBinding in {n}");
+                    assert_eq!(binding.len(), 1, "{scope}: one RoleBinding in {n}");
                     assert_eq!(binding[0]["subjects"][0]["namespace"].as_str(), Some(ns.as_str()));
                 }
                 first

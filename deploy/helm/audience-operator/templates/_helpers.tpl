@@ -43,3 +43,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* The watched namespaces, comma-separated; empty when every namespace is watched. By default
+the release's own namespace: the least-privilege install (Roles only). */}}
+{{- define "audience-operator.watched" -}}
+{{- if .Values.watchAllNamespaces -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "set either watchAllNamespaces (every namespace) or watchNamespaces (a list), not both" -}}
+{{- end -}}
+{{- else -}}
+{{- join "," (default (list .Release.Namespace) .Values.watchNamespaces) -}}
+{{- end -}}
+{{- end -}}
