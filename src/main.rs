@@ -102,9 +102,16 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
                 grace: cfg.leader_elect_grace,
             };
             let shutdown = shutdown_signal();
-            let ran = leader::run_as_leader(client.clone(), leader, &health, shutdown, || {
+            let fence = leader::Fence::closed();
+            let ran = leader::run_as_leader(client.clone(), leader, &health, &fence, shutdown, || {
                 tracing::info!("Starting ExternalAudience controller");
-                controller::run(cfg.clone(), client.clone(), metrics.clone(), health.clone())
+                controller::run(
+                    cfg.clone(),
+                    client.clone(),
+                    metrics.clone(),
+                    health.clone(),
+                    fence.clone(),
+                )
             })
             .await?;
             match ran {
@@ -113,9 +120,15 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             }
         } else {
             tracing::info!("Starting ExternalAudience controller");
-            controller::run(cfg.clone(), client.clone(), metrics.clone(), health.clone())
-                .await
-                .map_err(anyhow::Error::from)
+            controller::run(
+                cfg.clone(),
+                client.clone(),
+                metrics.clone(),
+                health.clone(),
+                leader::Fence::open(),
+            )
+            .await
+            .map_err(anyhow::Error::from)
         }
     };
     // The process lives as long as both the health server and the controller do: a server that

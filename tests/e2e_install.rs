@@ -94,6 +94,9 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
         // valid for at least `grace` (5 s): the 2.5 s frozen-leader window below stays inside it.
         "--leader-elect-lease-duration=8s".to_owned(),
         "--leader-elect-grace=5s".to_owned(),
+        // A short drift interval keeps a pass due at all times: a leader that resumes from a
+        // freeze has work to do at once (see the SIGCONT below).
+        "--resync-interval=2s".to_owned(),
     ];
     let dir = support::control_plane().dir();
     let (log_a, log_b) = (
@@ -167,17 +170,13 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
         "the lease was still valid"
     );
 
-    // SIGKILL the leader: the follower takes over once the lease expires.
-    let killed = Instant::now();
-    assert!(a.kill(), "the leader was running");
+    // Still frozen, the leader's lease runs out and the follower takes over; it converges the
+    // change made meanwhile.
     support::wait_for("replica b to take over", TIMEOUT, || async {
         log_of(&log_b).contains("Acquired leadership").then_some(())
     })
     .await;
-    let failover = killed.elapsed();
     let since_freeze = frozen.elapsed();
-    env.merge_spec("loyalty-members", json!({"description": "after the failover"}))
-        .await;
     env.wait_obj(
         "loyalty-members",
         "Ready after the failover",
@@ -186,11 +185,73 @@ async fn with_two_replicas_only_the_leader_acts_and_the_other_takes_over() {
     )
     .await;
     assert!(log_of(&log_b).contains("Planned step"), "the new leader reconciles");
+    let patches = env.emulator.stats().received("patch_audience");
+
+    // The old leader resumes (SIGCONT) while work is pending: the new leader is frozen in turn
+    // (it still holds the lease) and the spec changed again. The old leader must send nothing
+    // before it learns it lost the lease, and then stop; the new leader, resumed, sends the change.
+    let signal = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    let new_leader = b.pid().expect("new leader pid");
+    signal("-STOP", new_leader);
+    env.merge_spec(
+        "loyalty-members",
+        json!({"description": "while the new leader is frozen"}),
+    )
+    .await;
+    let resumed_at = log_of(&log_a).len();
+    signal("-CONT", leader_pid);
+    let a = std::sync::Mutex::new(a);
+    support::wait_for("the resumed old leader to stop", TIMEOUT, || {
+        let stopped = !a.lock().expect("lock").is_running();
+        async move { stopped.then_some(()) }
+    })
+    .await;
+    let after_resume = log_of(&log_a)[resumed_at..].to_owned();
+    assert!(
+        after_resume.contains("Leadership lost"),
+        "the old leader stops on losing the lease:\n{after_resume}"
+    );
+    let sent: Vec<&str> = after_resume
+        .lines()
+        .filter(|l| l.contains("AEP request") && !l.contains("not sent"))
+        .collect();
+    assert!(
+        sent.is_empty(),
+        "the resumed old leader sent AEP requests:\n{}",
+        sent.join("\n")
+    );
+    assert_eq!(
+        env.emulator.stats().received("patch_audience"),
+        patches,
+        "nothing sent while the lease holder was frozen"
+    );
+    signal("-CONT", new_leader);
+    env.wait_obj(
+        "loyalty-members",
+        "Ready after the new leader resumed",
+        TIMEOUT,
+        support::operator::is_ready_with_current_run,
+    )
+    .await;
+    assert_eq!(
+        env.emulator.stats().received("patch_audience"),
+        patches + 1,
+        "the second change sent once, by the new leader"
+    );
     eprintln!(
-        "leader failover: the follower held the lease {:.1} s after the leader stopped renewing it (frozen, \
-         then SIGKILLed {:.1} s before the takeover)",
+        "leader failover: the follower held the lease {:.1} s after the leader froze; the old leader, resumed, \
+         stopped without sending ({} requests held back by the fence)",
         since_freeze.as_secs_f64(),
-        failover.as_secs_f64()
+        after_resume
+            .lines()
+            .filter(|l| l.contains("not sent: the gate is closed"))
+            .count()
     );
     drop(b);
 }

@@ -97,8 +97,15 @@ fn activation_deletion(obj: &AudienceActivation) -> bool {
     obj.metadata.deletion_timestamp.is_some()
 }
 
-/// Builds the shared context and runs the controllers until a shutdown signal.
-pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: Arc<Health>) -> Result<(), Error> {
+/// Builds the shared context and runs the controllers until a shutdown signal. AEP requests are
+/// sent only while `fence` is open (with leader election: while this replica provably leads).
+pub async fn run(
+    cfg: RunConfig,
+    client: Client,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    fence: crate::leader::Fence,
+) -> Result<(), Error> {
     let observer = metrics.clone();
     let ca_pem = match &cfg.aep_ca_file {
         Some(path) => Some(std::fs::read(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?),
@@ -114,7 +121,8 @@ pub async fn run(cfg: RunConfig, client: Client, metrics: Arc<Metrics>, health: 
         ..ClientConfig::default()
     })
     .map_err(|e| Error::Aep(Box::new(e)))?
-    .with_observer(move |ev| observer.observe_aep(ev));
+    .with_observer(move |ev| observer.observe_aep(ev))
+    .with_gate(move || fence.is_open());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

@@ -2478,3 +2478,28 @@ async fn data_expires_ttl_after_the_last_successful_run_and_extend_ttl_pushes_it
     assert_eq!(emu.stats().received("extend_ttl"), 2);
     assert!(s.extend_ttl("no-such-audience").await.is_err());
 }
+
+#[tokio::test]
+async fn a_closed_gate_sends_nothing_and_says_why_an_open_one_sends() {
+    let emu = start(|b| b).await;
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let s = client(&emu)
+        .with_gate(move || gate.load(std::sync::atomic::Ordering::SeqCst))
+        .session(&emu.credentials(), "dev1");
+    let before = emu.admin().stats().await.unwrap().received("create_audience");
+    let err = s
+        .create_audience(&seed_request("Gated"))
+        .await
+        .expect_err("the gate is closed");
+    assert!(matches!(err.kind(), ErrorKind::Retryable { .. }), "{err:?}");
+    assert!(err.to_string().contains("leader lease"), "{err}");
+    let after = emu.admin().stats().await.unwrap().received("create_audience");
+    assert_eq!(after - before, 0, "a closed gate sends no request");
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    s.create_audience(&seed_request("Gated"))
+        .await
+        .expect("the gate is open");
+    let sent = emu.admin().stats().await.unwrap().received("create_audience");
+    assert_eq!(sent - after, 1);
+}

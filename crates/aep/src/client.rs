@@ -192,6 +192,9 @@ pub struct RequestEvent {
 
 pub(crate) type Observer = Arc<dyn Fn(&RequestEvent) + Send + Sync>;
 
+/// Whether a request may be sent now; see [`AepClient::with_gate`].
+pub(crate) type Gate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
@@ -202,6 +205,7 @@ struct Inner {
     retries: AtomicU64,
     refreshes: AtomicU64,
     observer: Option<Observer>,
+    gate: Option<Gate>,
 }
 
 /// The process-wide AEP client. Cheap to clone.
@@ -255,6 +259,7 @@ impl AepClient {
                 retries: AtomicU64::new(0),
                 refreshes: AtomicU64::new(0),
                 observer: None,
+                gate: None,
             }),
         })
     }
@@ -262,17 +267,28 @@ impl AepClient {
     /// Reports every HTTP exchange to `observer` (e.g. for Prometheus counters). Call before
     /// cloning the client.
     pub fn with_observer(self, observer: impl Fn(&RequestEvent) + Send + Sync + 'static) -> Self {
-        let inner = match Arc::try_unwrap(self.inner) {
+        self.configure("observer", |inner| inner.observer = Some(Arc::new(observer)))
+    }
+
+    /// Asks `gate` right before each AEP request is sent (after the rate limiter's wait); when it
+    /// answers false the request is not sent and the call fails as retryable (nothing was
+    /// processed). Leader election closes it when this replica cannot prove that it still holds
+    /// the lease, e.g. right after the process was frozen. Call before cloning the client.
+    pub fn with_gate(self, gate: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.configure("gate", |inner| inner.gate = Some(Arc::new(gate)))
+    }
+
+    fn configure(self, what: &str, set: impl FnOnce(&mut Inner)) -> Self {
+        match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
-                inner.observer = Some(Arc::new(observer));
-                inner
+                set(&mut inner);
+                AepClient { inner: Arc::new(inner) }
             }
             Err(shared) => {
-                tracing::warn!("AEP client observer ignored: the client was already cloned");
-                return AepClient { inner: shared };
+                tracing::warn!(what, "AEP client setting ignored: the client was already cloned");
+                AepClient { inner: shared }
             }
-        };
-        AepClient { inner: Arc::new(inner) }
+        }
     }
 
     /// Forgets every token minted for `creds` (their Secret changed or is gone).
@@ -1106,6 +1122,10 @@ impl Session {
             request = request
                 .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
                 .body(body.to_vec());
+        }
+        if inner.gate.as_ref().is_some_and(|open| !open()) {
+            tracing::debug!(operation = call.as_str(), "AEP request not sent: the gate is closed");
+            return Err(Error::gated(call));
         }
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();

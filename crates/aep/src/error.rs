@@ -313,6 +313,19 @@ impl Error {
     }
 
     /// Error raised before sending (bad input, bad configuration).
+    /// Not sent: the client's gate was closed (e.g. this replica cannot prove it still leads).
+    pub(crate) fn gated(call: Call) -> Self {
+        Error {
+            kind: ErrorKind::Retryable { retry_after: None },
+            call,
+            status: None,
+            code: None,
+            message: "not sent: this replica cannot prove that it still holds the leader lease".into(),
+            category: "gated",
+            source: None,
+        }
+    }
+
     pub(crate) fn invalid(call: Call, message: impl Into<String>) -> Self {
         Error {
             kind: ErrorKind::Terminal,
