@@ -32,7 +32,7 @@ use kube::{
     api::{ListParams, PartialObjectMeta},
     runtime::{
         Controller, Predicate, PredicateConfig, WatchStreamExt,
-        events::{Recorder, Reporter},
+        events::Reporter,
         predicates,
         reflector::{self, ObjectRef},
         watcher,
@@ -123,13 +123,6 @@ pub async fn run(
     .map_err(|e| Error::Aep(Box::new(e)))?
     .with_observer(move |ev| observer.observe_aep(ev))
     .with_gate(move || fence.is_open());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: None,
-        },
-    );
     let timing = Timing {
         operation_poll: cfg.operation_poll_interval,
         run_poll: cfg.run_poll_interval,
@@ -149,7 +142,11 @@ pub async fn run(
         client.clone(),
         aep,
         Arc::new(core::events::RecorderSink::spawn(
-            recorder,
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: None,
+            },
             metrics.events_dropped.clone(),
         )),
         timing,

@@ -8,12 +8,17 @@
 //! always through the same worker and so in order. A full queue drops the event (counted and
 //! logged) rather than slow a pass down. Tests use [`Captured`] to see every event a step
 //! publishes.
+//!
+//! The Recorder keeps every event it published for six minutes and scans that cache on each
+//! publish. When thousands of objects converge at once that cache is most of the operator's
+//! memory, so each worker starts a new Recorder after [`SERIES_EVENTS`] events: a repeat within
+//! that many of one worker's events still folds into its series; past it, it starts a new event.
 
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::api::EventReason;
 
@@ -33,7 +38,9 @@ pub trait EventSink: Send + Sync {
 /// Workers publishing events.
 const WORKERS: usize = 4;
 /// Events waiting per worker before new ones are dropped (about 1 KiB each).
-const QUEUE: usize = 4096;
+const QUEUE: usize = 1024;
+/// Events a worker's Recorder publishes (and caches) before the worker starts a new one.
+pub const SERIES_EVENTS: usize = 512;
 
 /// Events published to the API server by background workers.
 pub struct RecorderSink {
@@ -44,13 +51,24 @@ pub struct RecorderSink {
 impl RecorderSink {
     /// Starts the workers (on the current Tokio runtime); `dropped` counts the events a full
     /// queue refused.
-    pub fn spawn(recorder: Recorder, dropped: prometheus_client::metrics::counter::Counter) -> Self {
+    pub fn spawn(
+        client: kube::Client,
+        reporter: Reporter,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let queues = (0..WORKERS)
             .map(|_| {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectReference, Event)>(QUEUE);
-                let recorder = recorder.clone();
+                let (client, reporter) = (client.clone(), reporter.clone());
                 tokio::spawn(async move {
+                    let mut recorder = Recorder::new(client.clone(), reporter.clone());
+                    let mut published = 0;
                     while let Some((reference, ev)) = rx.recv().await {
+                        if published == SERIES_EVENTS {
+                            recorder = Recorder::new(client.clone(), reporter.clone());
+                            published = 0;
+                        }
+                        published += 1;
                         if let Err(e) = recorder.publish(&ev, &reference).await {
                             tracing::warn!(error = %e, reason = %ev.reason, "Failed to publish event");
                         }
