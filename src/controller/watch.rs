@@ -54,6 +54,29 @@ impl Scope {
     }
 }
 
+/// A namespaced kind a watch can follow.
+pub trait Watchable:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// An event of the merged stream: a watch event, or the deletion of an object the cache holds
 /// (the merged stream reads it from the cache when its turn comes, since `Delete` carries it).
 #[derive(Debug)]
@@ -180,13 +203,7 @@ pub fn watch<K>(
     cache: Store<K>,
 ) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watchable,
 {
     let mut apis = scope.apis::<K>(client);
     let Scope::Namespaces(list) = scope else {
@@ -239,13 +256,7 @@ pub fn touched<K>(
     config: watcher::Config,
 ) -> BoxStream<'static, Result<K, watcher::Error>>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Watchable,
 {
     futures::stream::select_all(scope.apis::<K>(client).into_iter().map(|api| {
         watcher::watcher(api, config.clone())

@@ -36,7 +36,7 @@ pub trait EventSink: Send + Sync {
 }
 
 /// Workers publishing events.
-const WORKERS: usize = 4;
+const WORKERS: usize = 8;
 /// Events waiting per worker before new ones are dropped (about 1 KiB each).
 const QUEUE: usize = 1024;
 /// Events a worker's Recorder publishes (and caches) before the worker starts a new one.
