@@ -404,13 +404,6 @@ fn impersonating(user: &str, path: &std::path::Path) {
     std::fs::write(path, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write kubeconfig");
 }
 
-/// `doc` of a multi-document YAML stream is of one of `kinds`.
-fn is_kind(doc: &str, kinds: &[&str]) -> bool {
-    doc.lines()
-        .find_map(|l| l.strip_prefix("kind: "))
-        .is_some_and(|k| kinds.contains(&k.trim()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_operator_watches_a_list_of_namespaces_with_the_charts_roles_and_nothing_else() {
     use audience_operator::api::ExternalAudience;
@@ -443,7 +436,7 @@ async fn one_operator_watches_a_list_of_namespaces_with_the_charts_roles_and_not
     let rbac: Vec<&str> = std::str::from_utf8(&out.stdout)
         .expect("utf-8")
         .split("\n---\n")
-        .filter(|d| is_kind(d, &["ServiceAccount", "Role", "RoleBinding"]))
+        .filter(|d| support::operator::is_kind(d, &["ServiceAccount", "Role", "RoleBinding"]))
         .collect();
     assert_eq!(
         rbac.len(),

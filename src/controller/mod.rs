@@ -79,12 +79,13 @@ pub fn triggers() -> impl Predicate<ExternalAudience> + Clone {
 /// Fails with a hint when a CRD is not installed or not readable in a watched namespace (the
 /// controller never installs them).
 pub async fn check_crd(client: &Client, scope: &watch::Scope) -> Result<(), Error> {
-    for api in scope.apis::<ExternalAudience>(client) {
-        api.list_metadata(&ListParams::default().limit(1))
-            .await
-            .map_err(Error::Kube)?;
-    }
-    for api in scope.apis::<AudienceActivation>(client) {
+    readable::<ExternalAudience>(client, scope).await?;
+    readable::<AudienceActivation>(client, scope).await
+}
+
+/// Lists one object of kind `K` in each watched namespace (or cluster-wide).
+async fn readable<K: watch::Watchable>(client: &Client, scope: &watch::Scope) -> Result<(), Error> {
+    for api in scope.apis::<K>(client) {
         api.list_metadata(&ListParams::default().limit(1))
             .await
             .map_err(Error::Kube)?;

@@ -206,19 +206,18 @@ where
     K: Watchable,
 {
     let mut apis = scope.apis::<K>(client);
-    let Scope::Namespaces(list) = scope else {
-        return watcher::watcher(apis.remove(0), config).default_backoff().boxed();
+    // Every namespace, or one: a single watch, as kube-runtime gives it.
+    let list = match scope {
+        Scope::Namespaces(list) if list.len() > 1 => list.clone(),
+        _ => return watcher::watcher(apis.remove(0), config).default_backoff().boxed(),
     };
-    if apis.len() == 1 {
-        return watcher::watcher(apis.remove(0), config).default_backoff().boxed();
-    }
     let merged = futures::stream::select_all(apis.into_iter().enumerate().map(|(i, api)| {
         watcher::watcher(api, config.clone())
             .default_backoff()
             .map(move |event| (i, event))
             .boxed()
     }));
-    let merge = Merge::new(list.clone());
+    let merge = Merge::new(list);
     let pending: VecDeque<Result<Out<K>, watcher::Error>> = merge.start().into_iter().map(Ok).collect();
     futures::stream::unfold(
         (merged, merge, pending, cache),

@@ -53,16 +53,19 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 use bench::INSTALLED_KINDS;
 
+/// Whether `doc`, one document of a multi-document YAML stream, is of one of `kinds`.
+pub fn is_kind(doc: &str, kinds: &[&str]) -> bool {
+    doc.lines()
+        .find_map(|l| l.strip_prefix("kind: "))
+        .is_some_and(|k| kinds.contains(&k.trim()))
+}
+
 /// `kubectl kustomize <dir>` filtered to [`INSTALLED_KINDS`], as one multi-document YAML.
 pub fn rendered_install(dir: &str) -> String {
     let (ok, out) = kubectl(&["kustomize", &format!("{ROOT}/{dir}")], None);
     assert!(ok, "kubectl kustomize {dir}: {out}");
     out.split("\n---\n")
-        .filter(|doc| {
-            doc.lines()
-                .find_map(|l| l.strip_prefix("kind: "))
-                .is_some_and(|k| INSTALLED_KINDS.contains(&k.trim()))
-        })
+        .filter(|doc| is_kind(doc, INSTALLED_KINDS))
         .collect::<Vec<_>>()
         .join("\n---\n")
 }
