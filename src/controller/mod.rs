@@ -93,6 +93,14 @@ async fn readable<K: watch::Watchable>(client: &Client, scope: &watch::Scope) ->
     Ok(())
 }
 
+/// The resourceVersion `store` holds for an object.
+fn cached_version<K>(store: reflector::Store<K>) -> impl Fn(&keys::ObjectKey) -> Option<String> + Send + Sync + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    move |(ns, name)| store.get(&ObjectRef::new(name).within(ns))?.resource_version()
+}
+
 /// Whether an AudienceActivation is being deleted.
 fn activation_deletion(obj: &AudienceActivation) -> bool {
     obj.metadata.deletion_timestamp.is_some()
@@ -157,6 +165,11 @@ pub async fn run(
     let scope = watch::Scope::of(&cfg.namespaces);
     let (reader, writer) = reflector::store();
     let (activation_reader, activation_writer) = reflector::store::<AudienceActivation>();
+    // Where each cache stands, so that a pass whose cache lags only behind this process's own
+    // last write starts from that write's answer instead of a GET.
+    core.cache_of::<ExternalAudience>(cached_version(reader.clone()));
+    core.cache_of::<AudienceActivation>(cached_version(activation_reader.clone()));
+    let (observed_core, activation_core) = (core.clone(), core.clone());
     let reads = Arc::new(reads::Reads::default());
     let shared = Arc::new(
         audience::shared(
@@ -198,7 +211,6 @@ pub async fn run(
         }
         counts.to_vec()
     });
-    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
     // Claims are indexed from the same stream, before the store sees each event: when the store
     // shows an object, the index holds every claim recorded before it. When an object lets go of
     // an audience, the other objects claiming it are looked at again.
@@ -219,11 +231,8 @@ pub async fn run(
         reader.clone(),
     )
     // The cache keeps what passes read: not the managed fields or kubectl's copy of the last
-    // applied manifest, which would double each object's memory for nothing.
-    .modify(|ea| {
-        ea.managed_fields_mut().clear();
-        ea.annotations_mut().remove(LAST_APPLIED);
-    })
+    // applied manifest.
+    .modify(core::trim)
     .inspect(move |event| {
         let claims = &claims_shared.claims;
         let others = match event {
@@ -246,6 +255,11 @@ pub async fn run(
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             health.set_synced();
+        }
+        // The answer to our own last write, kept while the cache lagged behind it, is dropped
+        // once the cache shows it.
+        if let Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) = event {
+            observed_core.observed(ea);
         }
         if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
             let ns = ea.namespace().unwrap_or_default();
@@ -270,12 +284,12 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
         activation_reader.clone(),
     )
-    .modify(|a| {
-        a.managed_fields_mut().clear();
-        a.annotations_mut().remove(LAST_APPLIED);
-    })
+    .modify(core::trim)
     .reflect(activation_writer)
     .inspect(move |event| {
+        if let Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) = event {
+            activation_core.observed(a);
+        }
         let gone = match event {
             Ok(watcher::Event::Delete(a)) => Some(a),
             Ok(watcher::Event::Apply(a)) if activation_deletion(a) => Some(a),

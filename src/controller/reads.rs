@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::{Mutex as AsyncMutex, MutexGuard};
 
-use crate::aep::{Error, ErrorKind, Flow, FlowRun, SegmentJob, UpsAudience, error::Call};
+use crate::aep::{Error, ErrorKind, Flow, FlowRun, SegmentJob, error::Call};
 
 /// Where a dataflow or a sandbox lives: (IMS org, AEP endpoint, sandbox).
 pub type Endpoint = (String, String, String);
@@ -166,9 +166,22 @@ pub struct Reads {
     flows: Mutex<FlowEntries>,
     /// Succeeded segmentation jobs of each sandbox, newest first.
     pub jobs: PerEndpoint<Vec<SegmentJob>>,
-    /// The audiences the plain list of each sandbox returns, by id (drift checks read them);
-    /// `None` for a sandbox whose list is longer than reading its managed audiences one by one.
-    pub audiences: PerEndpoint<Option<HashMap<String, UpsAudience>>>,
+    /// The audiences the plain list of each sandbox returns: by id, the digest of what a drift
+    /// check compares ([`drift_digest`]), not the audiences (a sandbox of thousands is read into
+    /// memory at once); `None` for a sandbox whose list is longer than reading its managed
+    /// audiences one by one.
+    pub audiences: PerEndpoint<Option<HashMap<String, u64>>>,
+}
+
+/// A digest of what a drift check compares: the description and the labels (in any order).
+pub fn drift_digest(description: Option<&str>, labels: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut sorted: Vec<&String> = labels.iter().collect();
+    sorted.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    description.unwrap_or_default().hash(&mut h);
+    sorted.hash(&mut h);
+    h.finish()
 }
 
 impl Reads {

@@ -34,7 +34,7 @@ use kube::{
 use self::decide::{Audience, Decision, Facts, Step};
 use super::{
     clock::now,
-    core::{Context, Error, Outcome, Pass, facts::Creds},
+    core::{Base, Context, Error, Outcome, Pass, facts::Creds},
     credentials::CredentialsError,
     reads::{Endpoint, Reads},
     seams::{FlowApi, StatusApi},
@@ -453,7 +453,7 @@ pub async fn reconcile(obj: Arc<AudienceActivation>, shared: Arc<Shared>) -> Res
     )
     .await;
     if cleaned_up {
-        shared.core.forget_object(&(ns, name));
+        shared.core.forget_object::<AudienceActivation>(&(ns, name));
     }
     shared.core.metrics.observe_reconcile(started.elapsed());
     result
@@ -515,13 +515,12 @@ async fn apply_once(
     let ctx = &shared.core;
     let key = (cached.namespace().unwrap_or_default(), cached.name_any());
     // Decide from our own last write: a cache behind it would only conflict.
-    let fresh;
-    let obj = if ctx.wrote_since(&key, cached.resource_version().as_deref()) {
-        fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
-        &fresh
-    } else {
-        cached
+    let fresh = match ctx.base::<AudienceActivation>(&key, cached.resource_version().as_deref()) {
+        Base::Unwritten | Base::Cached => None,
+        Base::Ours(ours) => Some(ours),
+        Base::Unknown => Some(Arc::new(api.get(&cached.name_any()).await.map_err(Error::Kube)?)),
     };
+    let obj = fresh.as_deref().unwrap_or(cached);
     let mut pass = ActivationPass::new(obj, shared, api);
     if let Some(ea) = pass.gathered.audience.clone() {
         own(obj, &ea, api).await?;

@@ -235,6 +235,13 @@ impl Step {
         }
     }
 
+    /// Whether the step changes nothing in AEP before a marker write conditioned on the
+    /// resourceVersion it was decided from: a stale base makes that write conflict, so nothing is
+    /// sent twice even without a fresh read.
+    pub fn guarded_by_marker(&self) -> bool {
+        matches!(self, Step::Create | Step::StartRun { .. })
+    }
+
     /// Whether the step may change something in AEP (it is then decided from a fresh read).
     pub fn mutates_aep(&self) -> bool {
         matches!(

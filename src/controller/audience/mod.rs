@@ -37,7 +37,7 @@ use super::{
     budget::{Grant, RunBudget},
     claims::{self, Claim, ClaimIndex},
     clock::{self, now},
-    core::{Context, Error, Next, Outcome, Pass},
+    core::{Base, Context, Error, Next, Outcome, Pass},
     credentials::{self, CredentialsError},
     expiry,
     keys::ObjectKey,
@@ -86,7 +86,7 @@ impl Shared {
 
     /// Forgets what was kept about an object once it is gone.
     pub fn forget_object(&self, key: &ObjectKey) {
-        self.core.forget_object(key);
+        self.core.forget_object::<ExternalAudience>(key);
         self.budget.forget(key);
         self.drift_checks.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
@@ -126,8 +126,9 @@ pub(crate) struct Gathered {
     /// AEP's succeeded segmentation jobs of the sandbox (read only while the last successful run
     /// awaits one).
     pub(crate) segmentation: Option<Arc<Vec<crate::aep::SegmentJob>>>,
-    /// For a drift check: the audience as the sandbox's shared list shows it.
-    pub(crate) listed: Option<crate::aep::UpsAudience>,
+    /// For a drift check: the digest of the audience's description and labels as the sandbox's
+    /// shared list shows them.
+    pub(crate) listed: Option<u64>,
     /// When this process last checked the object for drift.
     pub(crate) last_drift_check: Option<Timestamp>,
     pub(crate) schedule: Result<Option<Schedule>, String>,
@@ -287,6 +288,36 @@ impl<'a> AudiencePass<'a> {
         );
         self.gathered.budget = Some(grant);
         self.decide()
+    }
+
+    /// Carries `decision` out ([`AudiencePass::act`]). A create that just completed owes its
+    /// audience the first run: when the decider says so, the run starts in this pass and its
+    /// marker write records the new audience as well (one status write and one pass fewer per
+    /// object). The marker is conditioned on this pass's base; if it conflicts, nothing was sent
+    /// and the next pass reads the operation again.
+    pub(crate) async fn act_through(&mut self, decision: Decision, s: &impl AepApi) -> Result<Outcome, Error> {
+        let polled_create = matches!(decision.step, Step::PollOperation { .. });
+        let out = self.act(decision, s).await?;
+        if !polled_create || out.health.is_some() || out.next != Next::After(Duration::ZERO) {
+            return Ok(out);
+        }
+        let next = self.decide_with_budget();
+        if !matches!(next.step, Step::StartRun { .. }) {
+            return Ok(out);
+        }
+        tracing::debug!(step = ?next.step, "Planned step");
+        self.ctx.metrics.count_step(next.step.name());
+        let polled = std::mem::replace(&mut self.pass.action, next.step.name());
+        let created = out.event;
+        let out = self.act(next, s).await?;
+        // The audience is recorded now (by the marker, or by the write that follows).
+        if let Some((type_, reason, note)) = created {
+            self.ctx
+                .events
+                .publish(&self.pass.reference, type_, reason, polled, note)
+                .await;
+        }
+        Ok(out)
     }
 
     pub(crate) fn audience_name(&self) -> &str {
@@ -696,23 +727,27 @@ async fn apply_once(cached: &ExternalAudience, shared: &Shared, api: &Api<Extern
             .map_err(Error::Kube)?;
     }
     let decision = pass.decide();
-    // The cached object can predate our own last status write. Before any step with an AEP side
+    // The cached object can predate our own last status write. Before a step with an AEP side
     // effect, decide again from a fresh read (one GET), so a stale cache never repeats a call;
-    // unless the cache holds exactly our last write (nothing to learn from a GET: a newer write
-    // by someone else makes the step's conditioned marker write fail instead). Any other step
-    // reads afresh too when this process wrote the object since the cached copy: the pass's first
-    // write is conditioned on its base, and a base older than our own write would only conflict.
+    // unless the cache holds exactly our last write, or the step sends nothing before a marker
+    // write conditioned on its base (a newer write by someone else makes that write fail
+    // instead: nothing to learn from a GET). Any other step reads afresh too when this process
+    // wrote the object since the cached copy: the pass's first write is conditioned on its base,
+    // and a base older than our own write would only conflict. When the cache lags only behind
+    // this process's own writes, the last write's answer is the base: it is what a read would
+    // have returned when it was answered, and the pass's first write is conditioned on it.
     let key = (ns.clone(), cached.name_any());
-    let cache_behind_us = ctx.wrote_since(&key, cached.resource_version().as_deref());
-    let fresh;
-    if (decision.step.mutates_aep() || cache_behind_us)
-        && !ctx.holds_last_write(&key, cached.resource_version().as_deref())
+    let fresh = match ctx.base::<ExternalAudience>(&key, cached.resource_version().as_deref()) {
+        Base::Cached => None,
+        Base::Unwritten if !decision.step.mutates_aep() || decision.step.guarded_by_marker() => None,
+        Base::Ours(ours) => Some(ours),
+        Base::Unwritten | Base::Unknown => Some(Arc::new(api.get(&cached.name_any()).await.map_err(Error::Kube)?)),
+    };
+    if let Some(fresh) = fresh.as_deref()
+        && fresh.resource_version() != cached.resource_version()
     {
-        fresh = api.get(&cached.name_any()).await.map_err(Error::Kube)?;
-        if fresh.resource_version() != cached.resource_version() {
-            pass = AudiencePass::new(&fresh, shared, api);
-            session = gather_credentials(&mut pass, &ns).await?;
-        }
+        pass = AudiencePass::new(fresh, shared, api);
+        session = gather_credentials(&mut pass, &ns).await?;
     }
     // An adopted or re-attached audience is acted on only once the cache shows the claim.
     pass.gathered.cache_holds_claim =
@@ -816,11 +851,15 @@ impl AudiencePass<'_> {
                 // does not manage is never paged through).
                 let managed = managed_in(&objects, &here);
                 let list = background.list_audiences_within(listing_page_budget(managed)).await?;
-                Ok(list.map(|l| l.into_iter().map(|a| (a.id.clone(), a)).collect()))
+                Ok(list.map(|l| {
+                    l.into_iter()
+                        .map(|a| (a.id, super::reads::drift_digest(a.description.as_deref(), &a.labels)))
+                        .collect()
+                }))
             })
             .await;
         match read {
-            Ok(listing) => self.gathered.listed = listing.as_ref().as_ref().and_then(|l| l.get(audience_id)).cloned(),
+            Ok(listing) => self.gathered.listed = listing.as_ref().as_ref().and_then(|l| l.get(audience_id)).copied(),
             Err(e) => tracing::debug!(error = %e, "Could not list the sandbox's audiences"),
         }
     }
@@ -837,7 +876,7 @@ async fn run(
     pass.pass.action = decision.step.name();
     let paused = matches!(decision.step, Step::Pause);
     let out = match session {
-        Some(s) => pass.act(decision, s).await?,
+        Some(s) => pass.act_through(decision, s).await?,
         None => pass.act(decision, &NoAep).await?,
     };
     pass.finish(out, paused).await

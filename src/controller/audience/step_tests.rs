@@ -30,7 +30,7 @@ use crate::{
         StartRunRequest, UpsAudience,
         error::{Call, ErrorKind},
     },
-    api::{ExternalAudience, ExternalAudienceStatus, IngestionRun, RunPending, RunState, reasons},
+    api::{EventReason, ExternalAudience, ExternalAudienceStatus, IngestionRun, RunPending, RunState, reasons},
     controller::{
         core::{
             Error, Next, Timing,
@@ -870,8 +870,9 @@ fn passes_are_triggered_by_spec_annotations_finalizers_and_deletion_not_status()
 
 /// The happy path writes status once per pass, plus the marker before each non-idempotent call:
 /// create 2 (marker, operation id), operation SUCCESS 1, start run 2 (marker, run id), run
-/// SUCCESS 1. Six writes and the finalizer are the minimum that keeps exactly-once (the markers
-/// make a lost answer recoverable; each id must be recorded as soon as it is known).
+/// SUCCESS 1. The markers make a lost answer recoverable and each id is recorded as soon as it is
+/// known; in the operator the operation's SUCCESS and the run's start share a pass and a write
+/// (see the test below), so five writes and the finalizer are the minimum.
 #[tokio::test]
 async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
     let aep = FakeAep::default();
@@ -936,6 +937,64 @@ async fn the_happy_path_writes_status_once_per_pass_plus_each_marker() {
         (Some(reasons::READY), 1),
         "run done"
     );
+}
+
+/// A create that completes goes on to its first run in the same pass: the run's marker records
+/// the audience too, so the two passes write status twice instead of three times; and when that
+/// marker conflicts, nothing is sent and nothing is published.
+#[tokio::test]
+async fn a_completed_create_starts_its_first_run_in_the_same_pass_behind_one_marker() {
+    let obj = spec_for_hashes();
+    let polled = || ExternalAudienceStatus {
+        operation_id: Some("op".into()),
+        custom_audience_id: Some("cid".into()),
+        applied_spec_hash: Some(spec::updatable_hash(&obj.spec)),
+        ..Default::default()
+    };
+    let answers = || {
+        let aep = FakeAep::default();
+        aep.operation.lock().expect("q").push_back(Ok(serde_json::from_value(
+            json!({"operationId": "op", "status": "SUCCESS", "audienceId": "aud"}),
+        )
+        .expect("answer")));
+        aep.start_run.lock().expect("q").push_back(Ok(
+            serde_json::from_value(json!({"runId": "r1", "audienceId": "aud"})).expect("answer")
+        ));
+        aep
+    };
+    let step = || {
+        decision(Step::PollOperation {
+            operation_id: "op".into(),
+        })
+    };
+
+    let (ctx, aep) = (context(), answers());
+    let obj = object(polled());
+    let store = FakeStatus::new(obj.clone());
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
+    let out = pass.act_through(step(), &aep).await.expect("step");
+    pass.finish(out, false).await.expect("finish");
+    let st = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
+    assert_eq!(*aep.calls.lock().expect("calls"), ["operation", "start_run"]);
+    assert_eq!(*store.writes.lock().expect("writes"), 2, "the marker (with the audience), then the run id");
+    assert_eq!(st.audience_id.as_deref(), Some("aud"));
+    assert_eq!(st.last_run.as_ref().map(|r| (r.run_id.as_str(), r.status)), Some(("r1", RunState::Processing)));
+    assert!(st.run_pending.is_none());
+    let events: Vec<_> = ctx.events().into_iter().map(|e| e.reason).collect();
+    assert_eq!(events, [EventReason::AudienceCreated, EventReason::IngestionStarted]);
+
+    // Someone wrote the object after the pass's base: the marker conflicts, no run is sent, the
+    // audience is not published as created (the next pass reads the operation again).
+    let (ctx, aep) = (context(), answers());
+    let obj = object(polled());
+    let mut newer = obj.clone();
+    newer.metadata.resource_version = Some("2".into());
+    let store = FakeStatus::new(newer);
+    let mut pass = AudiencePass::new(&obj, &ctx, &store);
+    assert!(matches!(pass.act_through(step(), &aep).await, Err(Error::Stale)));
+    assert_eq!(*aep.calls.lock().expect("calls"), ["operation"]);
+    assert_eq!(*store.writes.lock().expect("writes"), 0);
+    assert!(ctx.events().is_empty());
 }
 
 /// Runs `step` for `obj` with a given context (shared across objects, like the operator's).

@@ -31,6 +31,7 @@ use crate::{
         clock::now,
         core::{Error, Next, Outcome, verdict::Phase},
         expiry,
+        reads::drift_digest,
         seams::AepApi,
     },
     status::{Health, stable_message},
@@ -1027,18 +1028,12 @@ impl AudiencePass<'_> {
     /// back next, an audience gone behind the operator's back goes to the missing-audience policy.
     pub(crate) async fn check_drift(&mut self, s: &impl AepApi, audience_id: &str) -> Result<Outcome, Error> {
         let drifted = |spec: &crate::api::ExternalAudienceSpec, a: &crate::aep::UpsAudience| {
-            let mut have_labels = a.labels.clone();
-            let mut want_labels = spec.labels.clone();
-            have_labels.sort();
-            want_labels.sort();
-            a.description.clone().unwrap_or_default() != spec.description.clone().unwrap_or_default()
-                || have_labels != want_labels
+            drift_digest(a.description.as_deref(), &a.labels) != drift_digest(spec.description.as_deref(), &spec.labels)
         };
         // The sandbox's shared list answers for most objects; one that differs there (the list
         // may predate this object's own last PATCH) or is missing from it is read on its own.
-        if let Some(listed) = self.gathered.listed.take()
-            && !drifted(&self.obj.spec, &listed)
-        {
+        let spec = &self.obj.spec;
+        if self.gathered.listed.take() == Some(drift_digest(spec.description.as_deref(), &spec.labels)) {
             self.checked();
             return Ok(Outcome::planned(Next::Exactly(self.resync_interval())));
         }

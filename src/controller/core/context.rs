@@ -1,15 +1,18 @@
 //! What every pass of every kind shares: the Kubernetes and AEP clients, the credentials cache,
 //! the event sink, timing settings, per-object backoff, and metrics. Built once at start.
 //!
-//! In-memory state here is only a cache of what the API server says: the resourceVersion of this
-//! process's last status write per object (to skip a GET when the cache already holds it) and the
-//! backoff of failing objects. A restart loses them and changes no decision.
+//! In-memory state here is only a cache of what the API server says: this process's last write
+//! per object (to skip a GET when the watch cache has not caught up with it yet) and the backoff
+//! of failing objects. A restart loses them and changes no decision.
 
 use std::{
-    collections::HashMap,
+    any::{Any, TypeId},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use kube::{Resource, ResourceExt};
 
 use super::{backoff::Backoff, events::EventSink};
 use crate::{
@@ -74,8 +77,53 @@ pub struct Context {
     /// Parsed credentials, short-lived (see [`CredentialStore`]).
     pub credentials: CredentialStore,
     backoff: Backoff,
-    /// The resourceVersion of this process's last status write per object.
-    written: Mutex<HashMap<ObjectKey, String>>,
+    /// This process's last write per object, by kind, while the cache does not show it.
+    written: Mutex<HashMap<(TypeId, ObjectKey), Written>>,
+    /// Per kind, the resourceVersion the watch cache holds for an object.
+    caches: Mutex<HashMap<TypeId, CacheLookup>>,
+}
+
+type CacheLookup = Arc<dyn Fn(&ObjectKey) -> Option<String> + Send + Sync>;
+
+/// What this process last wrote to one object.
+struct Written {
+    /// The resourceVersion our last write produced.
+    rv: String,
+    /// resourceVersions the object had before that write, each one older than `rv` (a write's
+    /// answer is the whole object as it stands after every earlier write): a cached copy at one
+    /// of them lags behind our write. Bounded.
+    older: VecDeque<String>,
+    /// Our last write's answer, trimmed like the cache. The whole entry goes once the cache
+    /// shows that write, so answers are kept only while the watch lags.
+    object: Arc<dyn Any + Send + Sync>,
+}
+
+/// How many earlier resourceVersions of one object are remembered as older than our last write.
+const OLDER_KEPT: usize = 8;
+
+/// What a pass can start from, given the cached copy and this process's last write.
+pub enum Base<K> {
+    /// This process knows no write of its own that the cache does not show (it wrote nothing
+    /// since it started, or the cache has caught up with its last write).
+    Unwritten,
+    /// The cache holds our last write.
+    Cached,
+    /// The cache lags behind our last write, which is this object: as fresh as a read made when
+    /// it was answered (a later write by someone else makes the pass's conditioned first write
+    /// fail, as it would after a read).
+    Ours(Arc<K>),
+    /// The cache shows a version this process did not write and cannot place: read afresh.
+    Unknown,
+}
+
+/// Drops what the cache keeps no use for: managed fields and kubectl's copy of the last applied
+/// manifest, which would double each object's memory for nothing.
+pub fn trim<K: Resource>(obj: &mut K) {
+    const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
 }
 
 impl Context {
@@ -96,44 +144,107 @@ impl Context {
             metrics,
             credentials: CredentialStore::new(credentials_ttl),
             written: Mutex::default(),
+            caches: Mutex::default(),
         }
     }
 
+    /// Tells where the watch cache of kind `K` stands, so that a write's answer is kept only
+    /// while that cache lags behind it.
+    pub fn cache_of<K: Resource + 'static>(&self, lookup: impl Fn(&ObjectKey) -> Option<String> + Send + Sync + 'static) {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(TypeId::of::<K>(), Arc::new(lookup));
+    }
+
     /// Forgets what was kept about an object once it is gone.
-    pub fn forget_object(&self, key: &ObjectKey) {
+    pub fn forget_object<K: 'static>(&self, key: &ObjectKey) {
         self.backoff.reset(key);
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    /// Records the resourceVersion our write produced.
-    pub fn wrote(&self, key: ObjectKey, resource_version: String) {
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, resource_version);
+            .remove(&(TypeId::of::<K>(), key.clone()));
     }
 
-    /// Whether this process wrote the object and the cached copy at `resource_version` is not
-    /// that write (the cache lags behind it, or someone wrote after it).
-    pub fn wrote_since(&self, key: &ObjectKey, resource_version: Option<&str>) -> bool {
-        self.written
+    /// Records our write's answer `updated`, made from the object at `base` (the
+    /// resourceVersion the write started from).
+    pub fn wrote<K>(&self, key: ObjectKey, base: Option<String>, updated: &K)
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+    {
+        let Some(rv) = updated.resource_version() else {
+            return;
+        };
+        let cached = self
+            .caches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .is_some_and(|w| Some(w.as_str()) != resource_version)
+            .get(&TypeId::of::<K>())
+            .cloned();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (TypeId::of::<K>(), key);
+        // Under the lock that `observed` takes after the cache has applied an event: either the
+        // cache shows this write already, or `observed` will see the answer kept here.
+        if cached.is_some_and(|c| c(&key.1).as_deref() == Some(rv.as_str())) {
+            written.remove(&key);
+            return;
+        }
+        let (previous, mut older) = written
+            .remove(&key)
+            .map_or_else(|| (None, VecDeque::new()), |w| (Some(w.rv), w.older));
+        for known in [previous, base].into_iter().flatten() {
+            if known != rv && !older.contains(&known) {
+                if older.len() == OLDER_KEPT {
+                    older.pop_front();
+                }
+                older.push_back(known);
+            }
+        }
+        let mut kept = updated.clone();
+        trim(&mut kept);
+        written.insert(
+            key,
+            Written {
+                rv,
+                older,
+                object: Arc::new(kept),
+            },
+        );
     }
 
-    /// Whether an object read from the cache at `resource_version` is exactly what this process
-    /// last wrote: a fresh read would return the same object unless someone else wrote since
-    /// (which the conditioned first write of the pass catches).
-    pub fn holds_last_write(&self, key: &ObjectKey, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| {
-            self.written
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(key)
-                .is_some_and(|w| w == rv)
-        })
+    /// The watch cache now holds `obj`: if that is our last write, nothing about it is newer than
+    /// the cache any more (the entry goes, and with it the kept answer).
+    pub fn observed<K: Resource + 'static>(&self, obj: &K) {
+        let (Some(ns), Some(rv)) = (obj.meta().namespace.clone(), obj.meta().resource_version.as_deref()) else {
+            return;
+        };
+        let key = (TypeId::of::<K>(), (ns, obj.name_any()));
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if written.get(&key).is_some_and(|w| w.rv == rv) {
+            written.remove(&key);
+        }
+    }
+
+    /// What a pass over the cached copy of `key` at `cached` can start from.
+    pub fn base<K: Send + Sync + 'static>(&self, key: &ObjectKey, cached: Option<&str>) -> Base<K> {
+        let key = (TypeId::of::<K>(), key.clone());
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = written.get(&key) else {
+            return Base::Unwritten;
+        };
+        let Some(cached) = cached else {
+            return Base::Unknown;
+        };
+        if w.rv == cached {
+            written.remove(&key);
+            return Base::Cached;
+        }
+        if w.older.iter().any(|o| o == cached)
+            && let Ok(obj) = w.object.clone().downcast::<K>()
+        {
+            return Base::Ours(obj);
+        }
+        Base::Unknown
     }
 
     /// The next backoff delay of a failing object.
@@ -152,5 +263,103 @@ impl Context {
             .reconcile_failures
             .get_or_create(&crate::metrics::CategoryLabels { category })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::Base;
+    use crate::api::{AudienceActivation, ExternalAudience};
+
+    fn at(rv: &str) -> ExternalAudience {
+        let mut ea: ExternalAudience = serde_json::from_value(serde_json::json!({
+            "apiVersion": "aep.audience-operator.dev/v1alpha1",
+            "kind": "ExternalAudience",
+            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv,
+                         "managedFields": [{"manager": "kubectl"}],
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"name": "A", "credentialsSecretRef": {"name": "s"}, "sandbox": "prod",
+                     "fields": [{"name": "ppid", "type": "string", "identityNs": "email"}],
+                     "sourceSpec": {"path": "a/b.csv", "type": "file"}}
+        }))
+        .expect("object");
+        ea.status = None;
+        ea
+    }
+
+    fn key() -> crate::controller::keys::ObjectKey {
+        ("ns".into(), "a".into())
+    }
+
+    fn base(ctx: &super::Context, cached: &str) -> &'static str {
+        match ctx.base::<ExternalAudience>(&key(), Some(cached)) {
+            Base::Unwritten => "unwritten",
+            Base::Cached => "cached",
+            Base::Ours(o) => {
+                assert!(o.metadata.managed_fields.is_none(), "kept trimmed like the cache");
+                assert!(o.annotations().is_empty(), "kept trimmed like the cache");
+                match o.metadata.resource_version.as_deref() {
+                    Some("3") => "ours@3",
+                    Some("4") => "ours@4",
+                    other => panic!("unexpected answer kept: {other:?}"),
+                }
+            }
+            Base::Unknown => "unknown",
+        }
+    }
+
+    use kube::ResourceExt;
+
+    #[tokio::test]
+    async fn a_cache_behind_only_our_own_writes_starts_from_our_last_answer() {
+        let (ctx, _) = super::super::testing::context(super::Timing::default());
+        let cache = Arc::new(Mutex::new(String::from("2")));
+        let c = cache.clone();
+        ctx.cache_of::<ExternalAudience>(move |_| Some(c.lock().unwrap().clone()));
+        assert_eq!(base(&ctx, "2"), "unwritten");
+        // 2 → 3 → 4, both ours; the cache still shows 2.
+        ctx.wrote(key(), Some("2".into()), &at("3"));
+        ctx.wrote(key(), Some("3".into()), &at("4"));
+        assert_eq!(base(&ctx, "2"), "ours@4");
+        assert_eq!(base(&ctx, "3"), "ours@4");
+        // Someone else's version (or one from before we knew the object): read afresh.
+        assert_eq!(base(&ctx, "7"), "unknown");
+        assert_eq!(base(&ctx, "1"), "unknown");
+        // Another kind under the same name knows nothing of these writes.
+        assert!(matches!(
+            ctx.base::<AudienceActivation>(&key(), Some("2")),
+            Base::Unwritten
+        ));
+        // An event for a version that is not our last write changes nothing.
+        ctx.observed(&at("3"));
+        assert_eq!(base(&ctx, "3"), "ours@4");
+        // The watch catches up: nothing of ours is newer than the cache, nothing is kept.
+        ctx.observed(&at("4"));
+        assert_eq!(base(&ctx, "4"), "unwritten");
+        assert!(ctx.written.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_cache_already_holds_is_not_kept_and_a_gone_object_is_forgotten() {
+        let (ctx, _) = super::super::testing::context(super::Timing::default());
+        let cache = Arc::new(Mutex::new(String::from("3")));
+        let c = cache.clone();
+        ctx.cache_of::<ExternalAudience>(move |_| Some(c.lock().unwrap().clone()));
+        // The watch delivered our write before its answer came back: nothing is kept.
+        ctx.wrote(key(), Some("2".into()), &at("3"));
+        assert!(ctx.written.lock().unwrap().is_empty());
+        assert_eq!(base(&ctx, "3"), "unwritten");
+        // The cache lags again: the next answer is kept, until a pass sees the cache hold it.
+        ctx.wrote(key(), Some("3".into()), &at("4"));
+        assert_eq!(base(&ctx, "3"), "ours@4");
+        *cache.lock().unwrap() = "4".into();
+        assert_eq!(base(&ctx, "4"), "cached");
+        assert_eq!(base(&ctx, "4"), "unwritten");
+        // An object that goes is forgotten.
+        ctx.wrote(key(), Some("4".into()), &at("3"));
+        ctx.forget_object::<ExternalAudience>(&key());
+        assert!(ctx.written.lock().unwrap().is_empty());
     }
 }

@@ -200,10 +200,8 @@ impl<'a, K: Managed> Pass<'a, K> {
     }
 
     fn wrote(&mut self, updated: &K) {
-        self.rv = updated.resource_version();
-        if let Some(rv) = &self.rv {
-            self.ctx.wrote(self.key(), rv.clone());
-        }
+        let base = std::mem::replace(&mut self.rv, updated.resource_version());
+        self.ctx.wrote(self.key(), base, updated);
     }
 
     /// Publishes an event about the object.
