@@ -18,7 +18,7 @@
 //! Nothing here does I/O.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::Mutex,
 };
 
@@ -153,7 +153,8 @@ pub fn holder<'a>(mine: &Claim, others: impl IntoIterator<Item = &'a Claim>) -> 
 #[derive(Default)]
 struct Inner {
     by_object: HashMap<ObjectKey, Claim>,
-    by_audience: BTreeMap<AudienceKey, BTreeSet<ObjectKey>>,
+    /// The claimants of each audience (almost always one: a list, not a tree node per audience).
+    by_audience: HashMap<AudienceKey, Vec<ObjectKey>>,
     /// Objects seen since the watch (re)listed, while it lists.
     relisting: Option<BTreeSet<ObjectKey>>,
 }
@@ -237,17 +238,17 @@ impl Inner {
             && claim.as_ref().is_none_or(|c| c.audience != old.audience)
             && let Some(set) = self.by_audience.get_mut(&old.audience)
         {
-            set.remove(&key);
+            set.retain(|k| *k != key);
             wake.extend(set.iter().cloned());
             if set.is_empty() {
                 self.by_audience.remove(&old.audience);
             }
         }
         if let Some(claim) = claim {
-            self.by_audience
-                .entry(claim.audience.clone())
-                .or_default()
-                .insert(key.clone());
+            let claimants = self.by_audience.entry(claim.audience.clone()).or_default();
+            if !claimants.contains(&key) {
+                claimants.push(key.clone());
+            }
             self.by_object.insert(key, claim);
         }
         wake
