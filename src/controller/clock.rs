@@ -21,10 +21,14 @@ pub fn set_clock_offset(offset: std::time::Duration) {
     let _ = CLOCK_OFFSET.set(SignedDuration::try_from(offset).unwrap_or(SignedDuration::ZERO));
 }
 
-/// The operator's clock now.
+/// The operator's clock now, in whole seconds: what a time in status keeps (`metav1.Time`), so
+/// that a time written to status and read back is the same time. A message or a decision made
+/// from the finer time would differ from the same one made after the round trip, and a pass
+/// would write status again only to drop the fraction.
 pub fn now() -> Time {
     let offset = CLOCK_OFFSET.get().copied().unwrap_or(SignedDuration::ZERO);
-    Time(Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::MAX))
+    let t = Timestamp::now().saturating_add(offset).unwrap_or(Timestamp::MAX);
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 /// Time from `since` to `now`; zero when `since` lies ahead (a time written by a replica whose
@@ -36,6 +40,14 @@ pub fn elapsed(since: Timestamp, now: Timestamp) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_survives_the_round_trip_through_status() {
+        let t = now();
+        let back: Time = serde_json::from_value(serde_json::to_value(&t).expect("json")).expect("time");
+        assert_eq!(back, t);
+        assert_eq!(t.0.subsec_nanosecond(), 0);
+    }
 
     #[test]
     fn a_time_ahead_of_the_clock_is_no_time_ago() {
