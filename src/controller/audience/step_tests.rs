@@ -957,9 +957,12 @@ async fn a_completed_create_starts_its_first_run_in_the_same_pass_behind_one_mar
             json!({"operationId": "op", "status": "SUCCESS", "audienceId": "aud"}),
         )
         .expect("answer")));
-        aep.start_run.lock().expect("q").push_back(Ok(
-            serde_json::from_value(json!({"runId": "r1", "audienceId": "aud"})).expect("answer")
-        ));
+        aep.start_run
+            .lock()
+            .expect("q")
+            .push_back(Ok(
+                serde_json::from_value(json!({"runId": "r1", "audienceId": "aud"})).expect("answer")
+            ));
         aep
     };
     let step = || {
@@ -976,9 +979,16 @@ async fn a_completed_create_starts_its_first_run_in_the_same_pass_behind_one_mar
     pass.finish(out, false).await.expect("finish");
     let st = store.obj.lock().expect("obj").status.clone().unwrap_or_default();
     assert_eq!(*aep.calls.lock().expect("calls"), ["operation", "start_run"]);
-    assert_eq!(*store.writes.lock().expect("writes"), 2, "the marker (with the audience), then the run id");
+    assert_eq!(
+        *store.writes.lock().expect("writes"),
+        2,
+        "the marker (with the audience), then the run id"
+    );
     assert_eq!(st.audience_id.as_deref(), Some("aud"));
-    assert_eq!(st.last_run.as_ref().map(|r| (r.run_id.as_str(), r.status)), Some(("r1", RunState::Processing)));
+    assert_eq!(
+        st.last_run.as_ref().map(|r| (r.run_id.as_str(), r.status)),
+        Some(("r1", RunState::Processing))
+    );
     assert!(st.run_pending.is_none());
     let events: Vec<_> = ctx.events().into_iter().map(|e| e.reason).collect();
     assert_eq!(events, [EventReason::AudienceCreated, EventReason::IngestionStarted]);

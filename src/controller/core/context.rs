@@ -150,7 +150,10 @@ impl Context {
 
     /// Tells where the watch cache of kind `K` stands, so that a write's answer is kept only
     /// while that cache lags behind it.
-    pub fn cache_of<K: Resource + 'static>(&self, lookup: impl Fn(&ObjectKey) -> Option<String> + Send + Sync + 'static) {
+    pub fn cache_of<K: Resource + 'static>(
+        &self,
+        lookup: impl Fn(&ObjectKey) -> Option<String> + Send + Sync + 'static,
+    ) {
         self.caches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -312,12 +315,18 @@ mod tests {
 
     use kube::ResourceExt;
 
-    #[tokio::test]
-    async fn a_cache_behind_only_our_own_writes_starts_from_our_last_answer() {
+    /// A context whose audience cache stands at the returned resourceVersion (tests move it).
+    fn context_with_cache_at(rv: &str) -> (Arc<super::Context>, Arc<Mutex<String>>) {
         let (ctx, _) = super::super::testing::context(super::Timing::default());
-        let cache = Arc::new(Mutex::new(String::from("2")));
+        let cache = Arc::new(Mutex::new(rv.to_owned()));
         let c = cache.clone();
         ctx.cache_of::<ExternalAudience>(move |_| Some(c.lock().unwrap().clone()));
+        (ctx, cache)
+    }
+
+    #[tokio::test]
+    async fn a_cache_behind_only_our_own_writes_starts_from_our_last_answer() {
+        let (ctx, _cache) = context_with_cache_at("2");
         assert_eq!(base(&ctx, "2"), "unwritten");
         // 2 → 3 → 4, both ours; the cache still shows 2.
         ctx.wrote(key(), Some("2".into()), &at("3"));
@@ -343,10 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_the_cache_already_holds_is_not_kept_and_a_gone_object_is_forgotten() {
-        let (ctx, _) = super::super::testing::context(super::Timing::default());
-        let cache = Arc::new(Mutex::new(String::from("3")));
-        let c = cache.clone();
-        ctx.cache_of::<ExternalAudience>(move |_| Some(c.lock().unwrap().clone()));
+        let (ctx, cache) = context_with_cache_at("3");
         // The watch delivered our write before its answer came back: nothing is kept.
         ctx.wrote(key(), Some("2".into()), &at("3"));
         assert!(ctx.written.lock().unwrap().is_empty());
