@@ -257,9 +257,13 @@ pub async fn run(
             health.set_synced();
         }
         // The answer to our own last write, kept while the cache lagged behind it, is dropped
-        // once the cache shows it.
-        if let Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) = event {
-            observed_core.observed(ea);
+        // once the cache shows it, or the object is gone.
+        match event {
+            Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => observed_core.observed(ea),
+            Ok(watcher::Event::Delete(ea)) => {
+                observed_core.forget_object::<ExternalAudience>(&(ea.namespace().unwrap_or_default(), ea.name_any()))
+            }
+            _ => {}
         }
         if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
             let ns = ea.namespace().unwrap_or_default();
@@ -287,8 +291,12 @@ pub async fn run(
     .modify(core::trim)
     .reflect(activation_writer)
     .inspect(move |event| {
-        if let Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) = event {
-            activation_core.observed(a);
+        match event {
+            Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => activation_core.observed(a),
+            Ok(watcher::Event::Delete(a)) => {
+                activation_core.forget_object::<AudienceActivation>(&(a.namespace().unwrap_or_default(), a.name_any()))
+            }
+            _ => {}
         }
         let gone = match event {
             Ok(watcher::Event::Delete(a)) => Some(a),
