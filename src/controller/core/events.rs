@@ -16,6 +16,11 @@
 //! within that many of one worker's events still folds into its series; past it, it starts a new
 //! event. Repeats are rare by design: a pass publishes only when its status write changed
 //! something.
+//!
+//! While thousands of objects converge, thousands of events wait in the queues (about 1,300 per
+//! 1,000 objects when the last one turns Ready). Each waits as a [`Queued`]: the object's
+//! reference in one string and the note, about 300 bytes, where the `ObjectReference` and
+//! `Event` the Recorder takes are about 800; those are built when the event's turn comes.
 
 use std::sync::Mutex;
 
@@ -33,7 +38,7 @@ pub trait EventSink: Send + Sync {
         reference: &'a ObjectReference,
         type_: EventType,
         reason: EventReason,
-        action: &'a str,
+        action: &'static str,
         note: String,
     ) -> BoxFuture<'a, ()>;
 }
@@ -47,8 +52,82 @@ pub const SERIES_EVENTS: usize = 32;
 
 /// Events published to the API server by background workers.
 pub struct RecorderSink {
-    queues: Vec<tokio::sync::mpsc::Sender<(ObjectReference, Event)>>,
+    queues: Vec<tokio::sync::mpsc::Sender<Queued>>,
     dropped: prometheus_client::metrics::counter::Counter,
+}
+
+/// An event waiting for its worker, kept small (see the module doc).
+struct Queued {
+    /// The object's apiVersion, kind, namespace, name and uid, each followed by a NUL (which
+    /// none of them can hold).
+    regarding: Box<str>,
+    type_: EventType,
+    reason: EventReason,
+    action: &'static str,
+    note: Box<str>,
+}
+
+impl Queued {
+    fn new(
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: EventReason,
+        action: &'static str,
+        note: String,
+    ) -> Queued {
+        let mut regarding = String::new();
+        for part in [
+            &reference.api_version,
+            &reference.kind,
+            &reference.namespace,
+            &reference.name,
+            &reference.uid,
+        ] {
+            regarding.push_str(part.as_deref().unwrap_or_default());
+            regarding.push('\0');
+        }
+        Queued {
+            regarding: regarding.into_boxed_str(),
+            type_,
+            reason,
+            action,
+            note: note.into_boxed_str(),
+        }
+    }
+
+    /// The object's key in [`RecorderSink`]'s choice of worker: namespace and name.
+    fn object_key(&self) -> &str {
+        let mut ends = self.regarding.match_indices('\0').map(|(i, _)| i);
+        let start = ends.nth(1).map_or(0, |i| i + 1);
+        let end = ends.nth(1).unwrap_or(self.regarding.len());
+        &self.regarding[start..end]
+    }
+
+    /// The reference and the event the Recorder publishes.
+    fn into_event(self) -> (ObjectReference, Event) {
+        let mut parts = self
+            .regarding
+            .split('\0')
+            .map(|p| (!p.is_empty()).then(|| p.to_owned()));
+        let mut next = || parts.next().flatten();
+        let reference = ObjectReference {
+            api_version: next(),
+            kind: next(),
+            namespace: next(),
+            name: next(),
+            uid: next(),
+            ..ObjectReference::default()
+        };
+        let note = String::from(self.note);
+        let event = Event {
+            type_: self.type_,
+            reason: self.reason.as_str().to_owned(),
+            action: format!("{}.{:08x}", self.action, digest(&note)),
+            note: Some(note),
+            secondary: None,
+        };
+        (reference, event)
+    }
 }
 
 impl RecorderSink {
@@ -61,12 +140,13 @@ impl RecorderSink {
     ) -> Self {
         let queues = (0..WORKERS)
             .map(|_| {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectReference, Event)>(QUEUE);
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Queued>(QUEUE);
                 let (client, reporter) = (client.clone(), reporter.clone());
                 tokio::spawn(async move {
                     let mut recorder = Recorder::new(client.clone(), reporter.clone());
                     let mut published = 0;
-                    while let Some((reference, ev)) = rx.recv().await {
+                    while let Some(queued) = rx.recv().await {
+                        let (reference, ev) = queued.into_event();
                         if published == SERIES_EVENTS {
                             recorder = Recorder::new(client.clone(), reporter.clone());
                             published = 0;
@@ -90,25 +170,14 @@ impl EventSink for RecorderSink {
         reference: &'a ObjectReference,
         type_: EventType,
         reason: EventReason,
-        action: &'a str,
+        action: &'static str,
         note: String,
     ) -> BoxFuture<'a, ()> {
-        let ev = Event {
-            type_,
-            reason: reason.as_str().to_owned(),
-            action: format!("{action}.{:08x}", digest(&note)),
-            note: Some(note),
-            secondary: None,
-        };
+        let queued = Queued::new(reference, type_, reason, action, note);
         // One object's events through one worker, in order.
-        let key = format!(
-            "{}/{}",
-            reference.namespace.as_deref().unwrap_or_default(),
-            reference.name.as_deref().unwrap_or_default()
-        );
-        let worker = digest(&key) as usize % self.queues.len().max(1);
+        let worker = digest(queued.object_key()) as usize % self.queues.len().max(1);
         if let Some(queue) = self.queues.get(worker)
-            && queue.try_send((reference.clone(), ev)).is_err()
+            && queue.try_send(queued).is_err()
         {
             let n = self.dropped.inc() + 1;
             if n.is_power_of_two() {
@@ -158,7 +227,7 @@ impl EventSink for Captured {
         reference: &'a ObjectReference,
         type_: EventType,
         reason: EventReason,
-        action: &'a str,
+        action: &'static str,
         note: String,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -175,7 +244,58 @@ impl EventSink for Captured {
 
 #[cfg(test)]
 mod tests {
-    use super::digest;
+    use super::{EventReason, EventType, ObjectReference, Queued, digest};
+
+    #[test]
+    fn a_queued_event_becomes_the_event_and_reference_it_was_published_with() {
+        let reference = ObjectReference {
+            api_version: Some("aep.audience-operator.dev/v1alpha1".into()),
+            kind: Some("ExternalAudience".into()),
+            namespace: Some("marketing".into()),
+            name: Some("loyalty-members".into()),
+            uid: Some("0b1c7a52-8f0e-4c3b-9d61-3f2a6f4d2e10".into()),
+            resource_version: Some("4711".into()),
+            field_path: None,
+        };
+        let note = "Started ingestion run r1".to_owned();
+        let queued = Queued::new(
+            &reference,
+            EventType::Normal,
+            EventReason::IngestionStarted,
+            "Reconcile",
+            note.clone(),
+        );
+        assert_eq!(queued.object_key(), "marketing\0loyalty-members");
+        let (got, event) = queued.into_event();
+        // Everything but the version it was published at, which an event does not need.
+        assert_eq!(
+            got,
+            ObjectReference {
+                resource_version: None,
+                ..reference
+            }
+        );
+        assert_eq!(event.type_, EventType::Normal);
+        assert_eq!(event.reason, "IngestionStarted");
+        assert_eq!(event.action, format!("Reconcile.{:08x}", digest(&note)));
+        assert_eq!(event.note.as_deref(), Some(note.as_str()));
+        assert!(event.secondary.is_none());
+
+        // Parts the reference lacks stay absent.
+        let bare = ObjectReference {
+            name: Some("n".into()),
+            ..ObjectReference::default()
+        };
+        let queued = Queued::new(
+            &bare,
+            EventType::Warning,
+            EventReason::IngestionFailed,
+            "Delete",
+            String::new(),
+        );
+        assert_eq!(queued.object_key(), "\0n");
+        assert_eq!(queued.into_event().0, bare);
+    }
 
     #[test]
     fn a_new_note_gets_a_new_action_and_a_repeat_the_same() {
