@@ -380,7 +380,7 @@ pub fn next_segmentation_check(status: &ExternalAudienceStatus, now: Timestamp, 
 pub fn evaluation(status: &ExternalAudienceStatus, jobs: Option<&[crate::aep::SegmentJob]>) -> Option<Evaluation> {
     let (run_id, ended) = last_success(status)?;
     if let Some(seen) = status.segmentation.as_ref().filter(|s| s.run_id == run_id) {
-        return Some(Evaluation::Done(seen.clone()));
+        return Some(Evaluation::Done((**seen).clone()));
     }
     let ended_ms = ended.as_millisecond();
     let job = jobs.into_iter().flatten().filter(|j| {
@@ -423,7 +423,7 @@ const LEGACY_TERMINAL: &[Reason] = &[
 /// The problem recorded for the current generation, if any.
 pub fn blocked_now(status: &ExternalAudienceStatus, generation: i64) -> Option<Blocked> {
     if let Some(b) = &status.blocked {
-        return (b.generation == generation).then(|| b.clone());
+        return (b.generation == generation).then(|| (**b).clone());
     }
     status
         .conditions

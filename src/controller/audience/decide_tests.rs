@@ -52,12 +52,12 @@ fn converged(spec: &ExternalAudienceSpec) -> ExternalAudienceStatus {
     }
 }
 
-fn blocked(reason: &str, generation: i64) -> Option<Blocked> {
-    Some(Blocked {
+fn blocked(reason: &str, generation: i64) -> Option<Box<Blocked>> {
+    Some(Box::new(Blocked {
         reason: reason.into(),
         generation,
         message: "m".into(),
-    })
+    }))
 }
 
 fn legacy_stalled(reason: &str, generation: i64) -> Condition {
@@ -306,13 +306,13 @@ fn next_step_table() {
             "run marker without run id recovers",
             base.clone(),
             ExternalAudienceStatus {
-                run_pending: Some(RunPending {
+                run_pending: Some(Box::new(RunPending {
                     since: now(),
                     generation: 1,
                     spec_hash: "h".into(),
                     run_request: None,
                     scheduled_for: None,
-                }),
+                })),
                 ..converged(&base)
             },
             None,

@@ -345,11 +345,11 @@ impl<'a> AudiencePass<'a> {
     /// Sets conditions (and `blocked` when asked) for `health`.
     pub(crate) fn record(&mut self, health: &Health, block: bool) {
         if block && let Health::Stalled { reason, message } = health {
-            self.pass.status.blocked = Some(Blocked {
+            self.pass.status.blocked = Some(Box::new(Blocked {
                 reason: reason.as_str().to_owned(),
                 generation: self.pass.generation,
                 message: message.clone(),
-            });
+            }));
         }
         self.pass.record_health(health);
     }
@@ -471,7 +471,7 @@ impl<'a> AudiencePass<'a> {
                      export the audience as it evaluated it",
                     seen.job_id, seen.created_at.0, seen.run_id
                 );
-                self.pass.status.segmentation = Some(seen);
+                self.pass.status.segmentation = Some(Box::new(seen));
                 with_condition(
                     &self.pass.status.conditions,
                     &self.pass.original.conditions,

@@ -711,13 +711,13 @@ async fn poll_run_recover_run_and_idle_under_every_error_kind() {
                 .push_back(Err(err(Call::ListRuns, ErrorKind::NotFound)));
         }
         let pending = ExternalAudienceStatus {
-            run_pending: Some(RunPending {
+            run_pending: Some(Box::new(RunPending {
                 since: crate::controller::clock::now(),
                 generation: 1,
                 spec_hash: "h".into(),
                 run_request: None,
                 scheduled_for: None,
-            }),
+            })),
             ..created()
         };
         let (st, next, _, events) = run_step_ev(

@@ -637,7 +637,7 @@ impl AudiencePass<'_> {
         self.status.audience_id = Some(audience_id.to_owned());
         self.status.ownership = Some(OwnershipProof::Observed);
         self.status.claimed_at = None;
-        self.status.observed = Some(observed);
+        self.status.observed = Some(Box::new(observed));
         self.status.run_pending = None;
         self.record_runs_seen(&runs);
         let health = if differences.is_empty() {
@@ -793,7 +793,7 @@ impl AudiencePass<'_> {
             run_request: self.facts().run_request.map(str::to_owned),
             scheduled_for,
         };
-        self.status.run_pending = Some(pending.clone());
+        self.status.run_pending = Some(Box::new(pending.clone()));
         if let Err(e) = self.write_marker().await {
             // Nothing was sent: the share of the budget granted for it goes back.
             self.refund_run();
