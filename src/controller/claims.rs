@@ -150,11 +150,54 @@ pub fn holder<'a>(mine: &Claim, others: impl IntoIterator<Item = &'a Claim>) -> 
         .min_by(|a, b| a.rank().cmp(&b.rank()))
 }
 
+/// A claim as the index keeps it: the object is the key it is kept under.
+struct Kept {
+    audience: AudienceKey,
+    org: Option<String>,
+    recorded: bool,
+    since: Option<Timestamp>,
+    created: Option<Timestamp>,
+}
+
+impl Kept {
+    fn new(claim: Claim) -> Kept {
+        Kept {
+            audience: claim.audience,
+            org: claim.org,
+            recorded: claim.recorded,
+            since: claim.since,
+            created: claim.created,
+        }
+    }
+
+    fn claim(&self, object: &ObjectKey) -> Claim {
+        Claim {
+            audience: self.audience.clone(),
+            org: self.org.clone(),
+            recorded: self.recorded,
+            since: self.since,
+            created: self.created,
+            object: object.clone(),
+        }
+    }
+}
+
+/// The bucket of an audience in [`Inner::by_audience`]: a digest, so the index keeps each
+/// audience's sandbox and id once (in the claims) rather than twice. Audiences whose digests
+/// collide share a bucket; every reader compares the claims' whole audience.
+fn bucket(audience: &AudienceKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    audience.hash(&mut h);
+    h.finish()
+}
+
+/// Every object in the cache has an entry here, so each is kept small (thousands of objects).
 #[derive(Default)]
 struct Inner {
-    by_object: HashMap<ObjectKey, Claim>,
-    /// The claimants of each audience (almost always one: a list, not a tree node per audience).
-    by_audience: HashMap<AudienceKey, Vec<ObjectKey>>,
+    by_object: HashMap<ObjectKey, Kept>,
+    /// The claimants of each audience bucket (almost always one: a list, not a tree node).
+    by_audience: HashMap<u64, Vec<ObjectKey>>,
     /// Objects seen since the watch (re)listed, while it lists.
     relisting: Option<BTreeSet<ObjectKey>>,
 }
@@ -209,14 +252,15 @@ impl ClaimIndex {
     /// The claim that wins over `mine` among the other objects' claims, if any.
     pub fn holder(&self, mine: &Claim) -> Option<Claim> {
         let inner = self.lock();
-        let others = inner
+        let others: Vec<Claim> = inner
             .by_audience
-            .get(&mine.audience)
+            .get(&bucket(&mine.audience))
             .into_iter()
             .flatten()
             .filter(|k| **k != mine.object)
-            .filter_map(|k| inner.by_object.get(k));
-        holder(mine, others).cloned()
+            .filter_map(|k| inner.by_object.get(k).map(|kept| kept.claim(k)))
+            .collect();
+        holder(mine, &others).cloned()
     }
 
     /// Number of objects with a claim.
@@ -236,20 +280,26 @@ impl Inner {
         let mut wake = Vec::new();
         if let Some(old) = &old
             && claim.as_ref().is_none_or(|c| c.audience != old.audience)
-            && let Some(set) = self.by_audience.get_mut(&old.audience)
+            && let Some(set) = self.by_audience.get_mut(&bucket(&old.audience))
         {
             set.retain(|k| *k != key);
-            wake.extend(set.iter().cloned());
+            // The other claimants of that audience (not of another one in its bucket).
+            let by_object = &self.by_object;
+            wake.extend(
+                set.iter()
+                    .filter(|k| by_object.get(*k).is_some_and(|c| c.audience == old.audience))
+                    .cloned(),
+            );
             if set.is_empty() {
-                self.by_audience.remove(&old.audience);
+                self.by_audience.remove(&bucket(&old.audience));
             }
         }
         if let Some(claim) = claim {
-            let claimants = self.by_audience.entry(claim.audience.clone()).or_default();
+            let claimants = self.by_audience.entry(bucket(&claim.audience)).or_default();
             if !claimants.contains(&key) {
                 claimants.push(key.clone());
             }
-            self.by_object.insert(key, claim);
+            self.by_object.insert(key, Kept::new(claim));
         }
         wake
     }
