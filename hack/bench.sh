@@ -5,6 +5,7 @@
 #   N=1000 RPS=1000 CONCURRENCY=32 STEADY_SECS=180 STEADY_RESYNC_SECS=60 REALISTIC_N=1000 DEFAULT_RPS=1 PEER_K=5 make bench
 #   RESTART_N=1000 RESTART_WINDOW_SECS=60 make bench   # also: a SIGKILL with N Ready, requests per window
 #   ACTIVATIONS_N=1000 ACTIVATION_FLOWS=10 make bench   # also: N AudienceActivations over 10 dataflows
+#   CONTROLLER=/path/to/controller make bench          # measure another build (default: target/dist)
 # Starts the local control plane and the emulator (zero latency), builds the release binaries and
 # runs crates/bench: the limit (create + the operator's writes with a plain concurrent client),
 # the operator as its own process, the steady state window, optionally realistic AEP latency.
@@ -23,6 +24,8 @@ work=${BENCH_DIR:-/tmp/audience-operator-bench}
 nice=(nice -n "${NICE:-19}")
 
 "${nice[@]}" cargo build --locked --workspace --release --bins -q
+# The controller as it ships (Cargo.toml, profile dist).
+"${nice[@]}" cargo build --locked --profile dist -p audience-operator --bin controller -q
 bin="$root/target/release"
 
 cleanup() {
@@ -77,7 +80,7 @@ for n in $n_list; do n_args+=(--n "$n"); done
 extra=()
 [ "${DEFAULT_RPS:-0}" = 1 ] && extra+=(--default-rps)
 [ "${SKIP_LIMIT:-0}" = 1 ] && extra+=(--skip-limit)
-"${nice[@]}" "$bin/bench" --emulator-url "http://$addr" --controller "$bin/controller" --nice \
+"${nice[@]}" "$bin/bench" --emulator-url "http://$addr" --controller "${CONTROLLER:-$root/target/dist/controller}" --nice \
   "${n_args[@]}" --concurrency "$concurrency" --rps "$rps" --steady-secs "$steady" \
   --realistic-n "$realistic" --timeout-secs "${TIMEOUT:-900}" --out-dir bench/results \
   --steady-resync-secs "${STEADY_RESYNC_SECS:-60}" \

@@ -79,10 +79,10 @@ fi
 # 1. The static binary. Cargo skips the build when nothing changed. RUSTFLAGS applies to the
 # target only (not to build scripts and proc macros) because --target is given.
 log "building the static release binary (cached in ${target_dir#"$root"/})"
-CARGO_TARGET_DIR="$target_dir" CARGO_PROFILE_RELEASE_STRIP=symbols \
+CARGO_TARGET_DIR="$target_dir" CARGO_PROFILE_DIST_STRIP=symbols \
   RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --release -p audience-operator --bin controller --target "$target" -q
-bin="$target_dir/$target/release/controller"
+  cargo build --locked --profile dist -p audience-operator --bin controller --target "$target" -q
+bin="$target_dir/$target/dist/controller"
 
 # 2. Static or nothing: `scratch` has no loader and no libc.
 kind=$(file -b "$bin")
