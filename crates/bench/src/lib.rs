@@ -49,6 +49,12 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     proc_status_mib(pid, "VmRSS:")
 }
 
+/// Resident memory now of process `pid` by kind, MiB: `RssAnon` (heap, stacks) and `RssFile`
+/// (mapped code and data of the binary and its libraries).
+pub fn rss_split_mib(pid: u32) -> Option<(f64, f64)> {
+    Some((proc_status_mib(pid, "RssAnon:")?, proc_status_mib(pid, "RssFile:")?))
+}
+
 fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = s

@@ -48,7 +48,7 @@ struct Args {
     #[arg(long)]
     emulator_url: String,
     /// The operator binary.
-    #[arg(long, default_value = "target/release/controller")]
+    #[arg(long, default_value = "target/dist/controller")]
     controller: PathBuf,
     /// The seed object, renamed per object.
     #[arg(long, default_value = "deploy/samples/loyalty-members.yaml")]
@@ -581,6 +581,11 @@ impl Bench {
         let cpu = op.cpu_secs().map(|c| c - cpu_before);
         let mut extra = serde_json::Map::new();
         extra.insert("rps".into(), json!(rps));
+        extra.insert("rss_mib_at_ready".into(), json!(bench::rss_mib(op.pid).map(round2)));
+        if let Some((anon, file)) = bench::rss_split_mib(op.pid) {
+            extra.insert("rss_anon_mib_at_ready".into(), json!(round2(anon)));
+            extra.insert("rss_file_mib_at_ready".into(), json!(round2(file)));
+        }
         extra.insert("operation_poll_interval".into(), json!(op_poll));
         extra.insert("run_poll_interval".into(), json!(run_poll));
         extra.insert(
