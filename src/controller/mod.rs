@@ -258,13 +258,7 @@ pub async fn run(
         }
         // The answer to our own last write, kept while the cache lagged behind it, is dropped
         // once the cache shows it, or the object is gone.
-        match event {
-            Ok(watcher::Event::Apply(ea) | watcher::Event::InitApply(ea)) => observed_core.observed(ea),
-            Ok(watcher::Event::Delete(ea)) => {
-                observed_core.forget_object::<ExternalAudience>(&(ea.namespace().unwrap_or_default(), ea.name_any()))
-            }
-            _ => {}
-        }
+        observed_core.follow_watch(event);
         if let Ok(watcher::Event::Apply(ea) | watcher::Event::Delete(ea)) = event {
             let ns = ea.namespace().unwrap_or_default();
             for a in activation::activations_of(&activations_of_changed, &ns, &ea.name_any()) {
@@ -291,13 +285,7 @@ pub async fn run(
     .modify(core::trim)
     .reflect(activation_writer)
     .inspect(move |event| {
-        match event {
-            Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => activation_core.observed(a),
-            Ok(watcher::Event::Delete(a)) => {
-                activation_core.forget_object::<AudienceActivation>(&(a.namespace().unwrap_or_default(), a.name_any()))
-            }
-            _ => {}
-        }
+        activation_core.follow_watch(event);
         let gone = match event {
             Ok(watcher::Event::Delete(a)) => Some(a),
             Ok(watcher::Event::Apply(a)) if activation_deletion(a) => Some(a),

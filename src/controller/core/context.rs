@@ -215,6 +215,17 @@ impl Context {
         );
     }
 
+    /// What the watch of kind `K` says to the answers kept for it: one the cache now shows goes
+    /// ([`Context::observed`]), and so does any for an object that is gone.
+    pub fn follow_watch<K: Resource + 'static, E>(&self, event: &Result<kube::runtime::watcher::Event<K>, E>) {
+        use kube::runtime::watcher::Event;
+        match event {
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => self.observed(obj),
+            Ok(Event::Delete(obj)) => self.forget_object::<K>(&(obj.namespace().unwrap_or_default(), obj.name_any())),
+            _ => {}
+        }
+    }
+
     /// The watch cache now holds `obj`: if that is our last write, nothing about it is newer than
     /// the cache any more (the entry goes, and with it the kept answer).
     pub fn observed<K: Resource + 'static>(&self, obj: &K) {
