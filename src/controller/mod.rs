@@ -25,7 +25,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Client, ResourceExt,
@@ -267,7 +267,8 @@ pub async fn run(
         }
     })
     .applied_objects()
-    .predicate_filter(triggers(), PredicateConfig::default());
+    .predicate_filter(triggers(), PredicateConfig::default())
+    .map_ok(core::bare_trigger);
     let mut controller =
         Controller::for_stream(triggers, reader.clone()).reconcile_on(futures::stream::select(woken, audiences_woken));
     let activation_shared = Arc::new(activation::shared(
@@ -297,7 +298,8 @@ pub async fn run(
         }
     })
     .applied_objects()
-    .predicate_filter(activation::triggers(), PredicateConfig::default());
+    .predicate_filter(activation::triggers(), PredicateConfig::default())
+    .map_ok(core::bare_trigger);
     let activations = Controller::for_stream(activation_triggers, activation_reader)
         .reconcile_on(activations_woken)
         .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))

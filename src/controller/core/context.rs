@@ -126,6 +126,17 @@ pub fn trim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// What the controller's queue needs of a changed object: the queue keys its entries (one per
+/// object while it waits for its next pass, so thousands at scale) by a reference made from this
+/// copy, and names the object by namespace and name only; the pass reads the cached object. The
+/// uid and resourceVersion would be two more strings in each entry, kept for nothing.
+pub fn bare_trigger<K: Resource>(mut obj: K) -> K {
+    let meta = obj.meta_mut();
+    meta.uid = None;
+    meta.resource_version = None;
+    obj
+}
+
 impl Context {
     pub fn new(
         client: kube::Client,
@@ -333,6 +344,28 @@ mod tests {
         let c = cache.clone();
         ctx.cache_of::<ExternalAudience>(move |_| Some(c.lock().unwrap().clone()));
         (ctx, cache)
+    }
+
+    #[test]
+    fn a_trigger_names_its_object_as_the_cache_does_without_uid_or_version() {
+        use kube::runtime::reflector::ObjectRef;
+        let mut ea = at("7");
+        ea.metadata.uid = Some("6c1f0e1a-93a5-4a57-8f0e-2f1c8f1b2a10".into());
+        let full = ObjectRef::from_obj(&ea);
+        assert_eq!(full.extra.uid.as_deref(), Some("6c1f0e1a-93a5-4a57-8f0e-2f1c8f1b2a10"));
+        assert_eq!(full.extra.resource_version.as_deref(), Some("7"));
+
+        let bare = super::bare_trigger(ea.clone());
+        let bare_ref = ObjectRef::from_obj(&bare);
+        assert_eq!(bare_ref.extra.uid, None);
+        assert_eq!(bare_ref.extra.resource_version, None);
+        // The cache's key finds it: same namespace and name.
+        let cache_keys = std::collections::HashSet::from([full]);
+        assert!(cache_keys.contains(&bare_ref), "{bare_ref:?} not found among {cache_keys:?}");
+        // Nothing else changes.
+        assert_eq!(bare.metadata.name, ea.metadata.name);
+        assert_eq!(bare.metadata.namespace, ea.metadata.namespace);
+        assert_eq!(serde_json::to_value(&bare.spec).unwrap(), serde_json::to_value(&ea.spec).unwrap());
     }
 
     #[tokio::test]

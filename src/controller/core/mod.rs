@@ -31,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use serde::{Serialize, de::DeserializeOwned};
 
-pub use context::{Base, Context, Timing, trim};
+pub use context::{Base, Context, Timing, bare_trigger, trim};
 pub use error::Error;
 pub use pass::{Next, Note, Outcome, Pass};
 
