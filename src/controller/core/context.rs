@@ -361,11 +361,17 @@ mod tests {
         assert_eq!(bare_ref.extra.resource_version, None);
         // The cache's key finds it: same namespace and name.
         let cache_keys = std::collections::HashSet::from([full]);
-        assert!(cache_keys.contains(&bare_ref), "{bare_ref:?} not found among {cache_keys:?}");
+        assert!(
+            cache_keys.contains(&bare_ref),
+            "{bare_ref:?} not found among {cache_keys:?}"
+        );
         // Nothing else changes.
         assert_eq!(bare.metadata.name, ea.metadata.name);
         assert_eq!(bare.metadata.namespace, ea.metadata.namespace);
-        assert_eq!(serde_json::to_value(&bare.spec).unwrap(), serde_json::to_value(&ea.spec).unwrap());
+        assert_eq!(
+            serde_json::to_value(&bare.spec).unwrap(),
+            serde_json::to_value(&ea.spec).unwrap()
+        );
     }
 
     #[tokio::test]
