@@ -23,8 +23,9 @@ realistic=${REALISTIC_N:-0}
 work=${BENCH_DIR:-/tmp/audience-operator-bench}
 nice=(nice -n "${NICE:-19}")
 
-"${nice[@]}" cargo build --locked --workspace --release --bins -q
-# The controller as it ships (Cargo.toml, profile dist).
+# The tools this script runs (release), and the controller as it ships (Cargo.toml, profile dist):
+# the release controller is not built, the bench never runs it.
+"${nice[@]}" cargo build --locked --release -p envtest -p aep-emulator -p bench --bins -q
 "${nice[@]}" cargo build --locked --profile dist -p audience-operator --bin controller -q
 bin="$root/target/release"
 
