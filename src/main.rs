@@ -61,6 +61,7 @@ fn limit_malloc_arenas() {
 }
 
 /// How often freed memory goes back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const RELEASE_FREED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands the allocator's free pages back to the system, every [`RELEASE_FREED_EVERY`]. glibc
@@ -69,12 +70,13 @@ const RELEASE_FREED_EVERY: std::time::Duration = std::time::Duration::from_secs(
 /// objects, answers and buffers between the long-lived cache entries, and those pages counted in
 /// the operator's peak resident memory: releasing them each second lowered it by about 2 MiB at
 /// 5,000 objects, for no measurable CPU (`make bench`, see docs/performance.md).
+/// Only glibc has `malloc_trim`; elsewhere the task is not started.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 async fn release_freed_memory() {
     let mut tick = tokio::time::interval(RELEASE_FREED_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim takes the allocator's own locks and only releases pages that hold
         // no allocation; it may be called from any thread at any time.
         unsafe {
@@ -134,6 +136,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "Serving /metrics and health checks");
     let server = server::serve(listener, metrics.clone(), health.clone());
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(release_freed_memory());
 
     let work = async {
